@@ -1,0 +1,39 @@
+//! `runner explain RECIPE [KEY=VALUE…]`: each resolved value and where it came from.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::{report, INVALID, OK};
+use crate::plan::explain::explain;
+use crate::plan::resolve;
+
+pub fn run(recipe: &Path, overrides: &[String], out: &mut dyn Write) -> std::io::Result<i32> {
+    let plan = match resolve(recipe, overrides) {
+        Ok(plan) => plan,
+        Err(errors) => {
+            report(&errors, out)?;
+            return Ok(INVALID);
+        }
+    };
+    let lines = explain(&plan);
+    let width = lines
+        .iter()
+        .map(|l| l.key.len() + l.value.len() + 3)
+        .max()
+        .unwrap_or(0)
+        .min(72);
+    for line in lines {
+        let setting = format!("{} = {}", line.key, line.value);
+        let origin = line
+            .origin
+            .as_ref()
+            .map_or_else(|| "default".to_string(), |o| o.describe());
+        write!(out, "{setting:<width$}  {origin}")?;
+        if !line.replaced.is_empty() {
+            let earlier: Vec<String> = line.replaced.iter().map(|o| o.describe()).collect();
+            write!(out, "  (replaces {})", earlier.join(", "))?;
+        }
+        writeln!(out)?;
+    }
+    Ok(OK)
+}

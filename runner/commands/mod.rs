@@ -1,0 +1,37 @@
+//! One function per subcommand. Each writes its report to the given writer and returns the
+//! process exit code, so tests can run them in-process.
+
+pub mod doctor;
+pub mod explain;
+pub mod plan;
+pub mod schema;
+pub mod validate;
+
+use std::io::Write;
+
+use crate::config::Diagnostic;
+
+/// Exit codes shared by the subcommands.
+pub const OK: i32 = 0;
+pub const INVALID: i32 = 1;
+pub const USAGE: i32 = 2;
+
+/// Output format of the checking commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Print diagnostics, one block each, and a count.
+pub fn report(errors: &[Diagnostic], out: &mut dyn Write) -> std::io::Result<()> {
+    for e in errors {
+        writeln!(out, "{e}")?;
+    }
+    writeln!(
+        out,
+        "{} error{}",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    )
+}

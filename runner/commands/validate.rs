@@ -1,0 +1,120 @@
+//! `runner validate [PATH…]`: check every recipe, sweep and fragment without a GPU, weights or
+//! data. Exit 0 when all are valid, 1 when any is invalid, 2 for usage errors.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::{Format, INVALID, OK, USAGE};
+use crate::config::Diagnostic;
+use crate::plan::resolve::{document, Document};
+
+/// Folders checked when no path is given.
+pub const DEFAULT_PATHS: [&str; 3] = ["recipes", "configs", "sweeps"];
+
+pub fn run(paths: &[PathBuf], format: Format, out: &mut dyn Write) -> std::io::Result<i32> {
+    let paths: Vec<PathBuf> = if paths.is_empty() {
+        DEFAULT_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .collect()
+    } else {
+        paths.to_vec()
+    };
+    if let Some(missing) = paths.iter().find(|p| !p.exists()) {
+        writeln!(out, "error: {} does not exist", missing.display())?;
+        return Ok(USAGE);
+    }
+    let files = yaml_files(&paths);
+    let mut results = Vec::new();
+    for file in &files {
+        results.push((file, document(file, &[])));
+    }
+    let invalid = results.iter().filter(|(_, r)| r.is_err()).count();
+    match format {
+        Format::Text => {
+            for (file, result) in &results {
+                match result {
+                    Ok(doc) => writeln!(out, "ok      {}  ({})", file.display(), describe(doc))?,
+                    Err(errors) => {
+                        writeln!(out, "invalid {}", file.display())?;
+                        for e in errors {
+                            writeln!(out, "{e}")?;
+                        }
+                    }
+                }
+            }
+            let errors: usize = results
+                .iter()
+                .filter_map(|(_, r)| r.as_ref().err())
+                .map(Vec::len)
+                .sum();
+            writeln!(
+                out,
+                "checked {} files: {} valid, {invalid} invalid ({errors} errors)",
+                files.len(),
+                files.len() - invalid
+            )?;
+        }
+        Format::Json => {
+            let entries: Vec<_> = results
+                .iter()
+                .map(|(file, result)| file_json(file, result))
+                .collect();
+            let report = json!({"valid": invalid == 0, "files": entries});
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&report).expect("JSON values serialize")
+            )?;
+        }
+    }
+    Ok(if invalid == 0 { OK } else { INVALID })
+}
+
+fn describe(doc: &Document) -> String {
+    match doc {
+        Document::Recipe(plan) => {
+            format!("{} recipe, plan {}", plan.recipe.kind(), &plan.hash[..12])
+        }
+        Document::Sweep => "sweep".into(),
+        Document::Fragment(def) => format!("fragment of {def}"),
+    }
+}
+
+fn file_json(file: &Path, result: &Result<Document, Vec<Diagnostic>>) -> serde_json::Value {
+    match result {
+        Ok(Document::Recipe(plan)) => {
+            json!({"path": file, "valid": true, "type": "recipe", "kind": plan.recipe.kind(), "hash": plan.hash, "errors": []})
+        }
+        Ok(Document::Sweep) => json!({"path": file, "valid": true, "type": "sweep", "errors": []}),
+        Ok(Document::Fragment(def)) => {
+            json!({"path": file, "valid": true, "type": "fragment", "fragment_of": def, "errors": []})
+        }
+        Err(errors) => {
+            json!({"path": file, "valid": false, "errors": errors.iter().map(Diagnostic::to_json).collect::<Vec<_>>()})
+        }
+    }
+}
+
+/// The YAML files named, folders walked recursively, in a stable order.
+fn yaml_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_file() {
+            files.push(path.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = walkdir::WalkDir::new(path)
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(walkdir::DirEntry::into_path)
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
+    files
+}

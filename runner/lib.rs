@@ -1,0 +1,10 @@
+//! runner: YAML recipes → typed, checked, hashed plans → libtorch runs → artifacts.
+//!
+//! Data flows one way: `config` (files and overrides into a located tree) → `plan` (typed
+//! recipe kinds, semantic checks, hash, estimates) → execution. `commands` holds one function
+//! per subcommand; `main.rs` only parses arguments.
+
+pub mod commands;
+pub mod config;
+pub mod plan;
+pub mod sweep;

@@ -1,0 +1,72 @@
+//! The `runner` command line: argument parsing only; each subcommand is one library call.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use runner::commands::{self, Format};
+
+/// YAML recipes resolved into typed plans that drive libtorch training.
+#[derive(Parser)]
+#[command(name = "runner", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check recipes, sweeps and config fragments (default: recipes/, configs/, sweeps/).
+    Validate {
+        paths: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Print the resolved plan with every default filled, its hash, and its cost.
+    Plan {
+        recipe: PathBuf,
+        /// Overrides, KEY.PATH=VALUE.
+        overrides: Vec<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Print each resolved value and the file position or override that set it.
+    Explain {
+        recipe: PathBuf,
+        /// Overrides, KEY.PATH=VALUE.
+        overrides: Vec<String>,
+    },
+    /// Print the JSON Schema of recipes and sweep files.
+    Schema,
+    /// Report libtorch, CUDA, devices, bf16 support and threads.
+    Doctor,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout().lock();
+    let code = match cli.command {
+        Command::Validate { paths, format } => commands::validate::run(&paths, format, &mut out),
+        Command::Plan {
+            recipe,
+            overrides,
+            format,
+        } => commands::plan::run(&recipe, &overrides, format, &mut out),
+        Command::Explain { recipe, overrides } => {
+            commands::explain::run(&recipe, &overrides, &mut out)
+        }
+        Command::Schema => commands::schema::run(&mut out),
+        Command::Doctor => commands::doctor::run(&mut out),
+    };
+    let _ = out.flush();
+    match code {
+        Ok(code) => ExitCode::from(code as u8),
+        // stdout closed (e.g. piped into `head`): nothing more to say.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(commands::USAGE as u8)
+        }
+    }
+}

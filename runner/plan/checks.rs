@@ -1,0 +1,500 @@
+//! Semantic checks on a typed recipe: the cross-key rules a schema cannot say. Each failure
+//! names the keys involved and where each was set (or that it is a default).
+
+use super::arch::{DecoderArch, Family, T5Arch, VisionArch};
+use super::estimate::{self, Part};
+use super::inventory;
+use super::recipe::Recipe;
+use super::resolve::Plan;
+use super::training::{Adapter, ScheduleKind, Training};
+use crate::config::diagnostic::did_you_mean;
+use crate::config::{Diagnostic, Origin};
+
+/// All semantic problems of a plan.
+pub fn check(plan: &Plan) -> Vec<Diagnostic> {
+    let mut c = Checker {
+        plan,
+        errors: Vec::new(),
+    };
+    c.training(plan.recipe.training());
+    c.adapter(plan.recipe.training(), &estimate::parts(&plan.recipe));
+    match &plan.recipe {
+        Recipe::IagDistill(r) => {
+            c.t5("model.student.arch", &r.model.student.arch);
+            c.t5("model.teacher.arch", &r.model.teacher.arch);
+            let t = &r.model.teacher;
+            if t.path.is_some() == t.recipe.is_some() {
+                c.fail(&["model.teacher.path", "model.teacher.recipe"], "the teacher needs exactly one of `model.teacher.path` and `model.teacher.recipe`", "give the HF folder of a trained FiD reader, or the recipe that trains it");
+            }
+            if let Some(teacher) = &t.recipe {
+                c.teacher_recipe(teacher);
+            }
+            let s = &r.model.student;
+            if t.arch.vocab_size != s.arch.vocab_size {
+                c.fail(&["model.student.arch.vocab_size", "model.teacher.arch.vocab_size"], format!("teacher and student vocabularies differ ({} and {}): distillation compares their logits token by token", t.arch.vocab_size, s.arch.vocab_size), "use one tokenizer for both, as IAG does (T5's)");
+            }
+            if let (Some(a), Some(b)) = (&t.tokenizer, &s.tokenizer) {
+                if a != b {
+                    c.fail(
+                        &["model.student.tokenizer", "model.teacher.tokenizer"],
+                        "teacher and student name different tokenizers: distillation needs one",
+                        "point both at the same tokenizer.json",
+                    );
+                }
+            }
+            if r.method.alignment.is_some()
+                && (t.arch.num_layers != s.arch.num_layers || t.arch.num_heads != s.arch.num_heads)
+            {
+                c.fail(&["method.alignment", "model.student.arch.num_layers", "model.teacher.arch.num_layers"], "hidden and attention alignment pair teacher and student layers and heads one to one, but their counts differ", "use teacher and student of the same size, or drop `method.alignment`");
+            }
+            c.eval_interval(
+                "evaluation",
+                r.evaluation.every_steps,
+                r.evaluation.every_epochs,
+            );
+        }
+        Recipe::LongloraSft(r) => {
+            let arch = &r.model.arch;
+            c.decoder("model.arch", arch);
+            let length = r.data.max_length;
+            if r.method.shifted_sparse_attention {
+                let group = r.method.group_size(length);
+                if group == 0 || length % group != 0 {
+                    c.fail(&["data.max_length", "method.group_fraction", "method.sft_group_size"], format!("S²-Attn splits {length} tokens into groups of {group}, which do not divide it evenly"), "choose a max_length that the group size divides (a multiple of 4 with group_fraction 0.25)");
+                } else if group % 2 != 0 {
+                    c.fail(&["data.max_length", "method.group_fraction"], format!("S²-Attn shifts half the heads by half a group, but the group size {group} is odd"), "choose a max_length whose group size is even");
+                }
+                if arch.num_attention_heads % 2 != 0 {
+                    c.fail(&["model.arch.num_attention_heads", "method.shifted_sparse_attention"], "S²-Attn shifts half of the attention heads, so their number must be even", "use an even number of heads, or set method.shifted_sparse_attention: false");
+                }
+            }
+            let needed = length.div_ceil(arch.max_position_embeddings.max(1)) as f64;
+            let factor = r.model.rope_factor(length);
+            if factor < needed {
+                c.fail(&["model.rope_scaling.factor", "data.max_length", "model.arch.max_position_embeddings"], format!("RoPE factor {factor} covers {} positions, fewer than data.max_length {length}", (factor * arch.max_position_embeddings as f64) as u64), format!("use factor {needed} (ceil(max_length / max_position_embeddings)), or null to derive it"));
+            }
+            if let Some(ppl) = &r.evaluation.perplexity {
+                let reach = (factor * arch.max_position_embeddings as f64) as u64;
+                if let Some(too_long) = ppl.context_lengths.iter().find(|l| **l > reach) {
+                    c.fail(&["evaluation.perplexity.context_lengths", "model.rope_scaling.factor"], format!("perplexity at {too_long} tokens exceeds the {reach} positions the model covers"), "drop that length or raise the RoPE factor");
+                }
+            }
+            c.eval_interval(
+                "evaluation",
+                r.evaluation.every_steps,
+                r.evaluation.every_epochs,
+            );
+        }
+        Recipe::CoeMultitask(r) => {
+            let m = &r.model;
+            c.decoder("model.decoder", &m.decoder);
+            c.vision("model.vision.arch", &m.vision.arch);
+            if let super::arch::Connector::Resampler { num_heads, .. } = &m.connector {
+                if m.decoder.hidden_size % num_heads != 0 {
+                    c.fail(
+                        &["model.connector.num_heads", "model.decoder.hidden_size"],
+                        format!(
+                            "the resampler's {num_heads} heads do not divide the decoder width {}",
+                            m.decoder.hidden_size
+                        ),
+                        "choose a head count that divides model.decoder.hidden_size",
+                    );
+                }
+            }
+            let image_tokens = m.connector.tokens_per_image(&m.vision.arch);
+            if image_tokens >= r.data.max_length {
+                c.fail(&["data.max_length", "model.connector"], format!("one image takes {image_tokens} tokens, leaving no room for text in data.max_length {}", r.data.max_length), "raise data.max_length, or use a resampler with fewer queries");
+            }
+            let t = &r.method.tasks;
+            if [t.question, t.rationale, t.distractor]
+                .iter()
+                .any(|w| *w < 0.0)
+                || t.question + t.rationale + t.distractor <= 0.0
+            {
+                c.fail(
+                    &[
+                        "method.tasks.question",
+                        "method.tasks.rationale",
+                        "method.tasks.distractor",
+                    ],
+                    "task weights must be non-negative and not all zero",
+                    "give each task a weight of 0 or more, at least one above 0",
+                );
+            }
+            let ret = &r.method.retrieval;
+            if ret.in_prompt > ret.top_k {
+                c.fail(
+                    &["method.retrieval.in_prompt", "method.retrieval.top_k"],
+                    format!(
+                        "{} exemplars in the prompt but only the top {} are kept",
+                        ret.in_prompt, ret.top_k
+                    ),
+                    "keep in_prompt at most top_k",
+                );
+            }
+            if ret.threshold > ret.signals.len() as f64 {
+                c.fail(
+                    &["method.retrieval.threshold", "method.retrieval.signals"],
+                    format!(
+                        "the score sums {} cosine similarities, so it never reaches {}",
+                        ret.signals.len(),
+                        ret.threshold
+                    ),
+                    "lower the threshold or add signals",
+                );
+            }
+            c.eval_interval(
+                "evaluation",
+                r.evaluation.every_steps,
+                r.evaluation.every_epochs,
+            );
+        }
+    }
+    c.errors
+}
+
+struct Checker<'a> {
+    plan: &'a Plan,
+    errors: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    /// Where a dotted key was set: its node, or the nearest enclosing key that was (a default).
+    fn locate(&self, key: &str) -> (Origin, bool) {
+        let segments: Vec<&str> = key.split('.').collect();
+        for n in (1..=segments.len()).rev() {
+            if let Some(node) = self.plan.tree.at(&segments[..n]) {
+                return (node.origin.clone(), n == segments.len());
+            }
+        }
+        (Origin::start_of(&self.plan.source), false)
+    }
+
+    /// Report a rule broken by `keys`; the first key is the position, the others are notes.
+    fn fail(&mut self, keys: &[&str], message: impl Into<String>, hint: impl Into<String>) {
+        let (origin, _) = self.locate(keys[0]);
+        let mut d = Diagnostic::error(origin, message).with_hint(hint);
+        for key in keys {
+            let (origin, set) = self.locate(key);
+            d = d.with_note(
+                origin,
+                if set {
+                    format!("`{key}` is set here")
+                } else {
+                    format!("`{key}` is the default")
+                },
+            );
+        }
+        self.errors.push(d);
+    }
+
+    fn training(&mut self, t: &Training) {
+        if t.max_steps.is_none() && t.epochs.is_none() {
+            self.fail(
+                &["training.max_steps", "training.epochs"],
+                "training has no end: set `training.max_steps` or `training.epochs`",
+                "add `max_steps: 1000` or `epochs: 3` under `training`",
+            );
+        }
+        let s = &t.schedule;
+        if s.warmup_steps.is_some() && s.warmup_ratio.is_some() {
+            self.fail(
+                &[
+                    "training.schedule.warmup_steps",
+                    "training.schedule.warmup_ratio",
+                ],
+                "set warmup by steps or by ratio, not both",
+                "remove one of the two",
+            );
+        }
+        let warms =
+            s.warmup_steps.is_some_and(|w| w > 0) || s.warmup_ratio.is_some_and(|w| w > 0.0);
+        if s.kind == ScheduleKind::Constant && warms {
+            self.fail(
+                &["training.schedule.type", "training.schedule.warmup_steps"],
+                "the `constant` schedule has no warmup",
+                "use `type: constant_with_warmup`, or remove the warmup",
+            );
+        }
+        if let (Some(warmup), Some(steps)) = (s.warmup_steps, t.max_steps) {
+            if warmup >= steps {
+                self.fail(
+                    &["training.schedule.warmup_steps", "training.max_steps"],
+                    format!("warmup ({warmup} steps) is not shorter than training ({steps} steps)"),
+                    "shorten the warmup or train longer",
+                );
+            }
+        }
+        if t.distributed.offload_params && t.distributed.zero_stage < 3 {
+            self.fail(
+                &[
+                    "training.distributed.offload_params",
+                    "training.distributed.zero_stage",
+                ],
+                "offloading weights needs ZeRO stage 3 (weights sharded)",
+                "set zero_stage: 3 or offload_params: false",
+            );
+        }
+        let [b1, b2] = t.optimizer.betas;
+        if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) {
+            self.fail(
+                &["training.optimizer.betas"],
+                format!("Adam betas must lie in [0, 1), found [{b1}, {b2}]"),
+                "the papers use [0.9, 0.999] or [0.9, 0.95]",
+            );
+        }
+        if t.early_stopping.is_some() && !self.evaluates() {
+            self.fail(
+                &["training.early_stopping", "evaluation.every_steps"],
+                "early stopping needs evaluations during training",
+                "set evaluation.every_steps (or every_epochs)",
+            );
+        }
+        if let Some(steps) = t.max_steps {
+            let global = u64::from(t.micro_batch_size) * u64::from(t.grad_accumulation);
+            if u64::from(t.grad_accumulation) > steps * 1000 || global > 1 << 20 {
+                self.fail(
+                    &["training.micro_batch_size", "training.grad_accumulation"],
+                    format!("{global} examples per device per step is implausible"),
+                    "check micro_batch_size and grad_accumulation",
+                );
+            }
+            if let Some(every) =
+                self.plan.recipe.to_json()["output"]["checkpoint_every_steps"].as_u64()
+            {
+                if every > steps {
+                    self.fail(
+                        &["output.checkpoint_every_steps", "training.max_steps"],
+                        format!(
+                            "checkpoints every {every} steps never happen in a {steps}-step run"
+                        ),
+                        "lower checkpoint_every_steps (the final checkpoint is always written)",
+                    );
+                }
+            }
+        }
+    }
+
+    fn evaluates(&self) -> bool {
+        let json = self.plan.recipe.to_json();
+        !json["evaluation"]["every_steps"].is_null()
+            || !json["evaluation"]["every_epochs"].is_null()
+    }
+
+    fn eval_interval(&mut self, section: &str, steps: Option<u64>, epochs: Option<f64>) {
+        if steps.is_some() && epochs.is_some() {
+            let keys = [
+                format!("{section}.every_steps"),
+                format!("{section}.every_epochs"),
+            ];
+            self.fail(
+                &[&keys[0], &keys[1]],
+                "evaluate every N steps or every fraction of an epoch, not both",
+                "remove one of the two",
+            );
+        }
+        if let (Some(every), Some(max)) = (steps, self.plan.recipe.training().max_steps) {
+            if every > max {
+                let key = format!("{section}.every_steps");
+                self.fail(
+                    &[&key, "training.max_steps"],
+                    format!("evaluation every {every} steps never happens in a {max}-step run"),
+                    "lower every_steps (the end of training is always evaluated)",
+                );
+            }
+        }
+    }
+
+    /// LoRA targets must name modules of the adapted model; trainable patterns must match something.
+    fn adapter(&mut self, t: &Training, parts: &[Part]) {
+        let adapted: Vec<&Part> = parts.iter().filter(|p| p.adapted).collect();
+        let params: Vec<&inventory::Param> = adapted.iter().flat_map(|p| &p.params).collect();
+        let modules: Vec<&str> = params.iter().filter_map(|p| p.linear_module()).collect();
+        let names =
+            inventory::module_names(&params.iter().map(|p| (*p).clone()).collect::<Vec<_>>());
+        for (i, target) in t.adapter.targets().iter().enumerate() {
+            if !modules.iter().any(|m| inventory::target_matches(target, m)) {
+                let key = format!("training.adapter.targets.{i}");
+                let hint = match did_you_mean(target, names.iter().map(String::as_str)) {
+                    Some(near) => format!(
+                        "did you mean `{near}`? modules of this model: {}",
+                        names.join(", ")
+                    ),
+                    None => format!("modules of this model: {}", names.join(", ")),
+                };
+                self.fail(
+                    &[&key],
+                    format!(
+                        "LoRA target `{target}` matches no module of the {} model",
+                        adapted
+                            .iter()
+                            .map(|p| p.name)
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    ),
+                    hint,
+                );
+            }
+        }
+        if let Adapter::Lora { rank, .. } | Adapter::Hyperlora { rank, .. } = &t.adapter {
+            let smallest = params
+                .iter()
+                .filter(|p| {
+                    p.linear_module().is_some_and(|m| {
+                        t.adapter
+                            .targets()
+                            .iter()
+                            .any(|x| inventory::target_matches(x, m))
+                    })
+                })
+                .map(|p| p.shape[0].min(p.shape[1]))
+                .min();
+            if let Some(smallest) = smallest.filter(|s| u64::from(*rank) > *s) {
+                self.fail(
+                    &["training.adapter.rank"],
+                    format!("rank {rank} exceeds the smallest adapted dimension ({smallest})"),
+                    "use a rank below the target modules' widths",
+                );
+            }
+        }
+        for (i, pattern) in t.adapter.also_train().iter().enumerate() {
+            if !params.iter().any(|p| p.name.contains(pattern.as_str())) {
+                let key = format!("training.adapter.also_train.{i}");
+                self.fail(&[&key], format!("`{pattern}` matches no parameter name of the trained model, so it trains nothing"), "use a part of a parameter name, such as embed or norm (see `runner plan` for names)");
+            }
+        }
+    }
+
+    fn heads(&mut self, prefix: &str, width_key: &str, width: u64, heads_key: &str, heads: u64) {
+        if heads == 0 || width % heads != 0 {
+            let (w, h) = (
+                format!("{prefix}.{width_key}"),
+                format!("{prefix}.{heads_key}"),
+            );
+            self.fail(
+                &[&h, &w],
+                format!("{heads} attention heads do not divide the width {width}"),
+                format!("choose {heads_key} that divides {width_key}"),
+            );
+        }
+    }
+
+    fn decoder(&mut self, prefix: &str, arch: &DecoderArch) {
+        self.heads(
+            prefix,
+            "hidden_size",
+            arch.hidden_size,
+            "num_attention_heads",
+            arch.num_attention_heads,
+        );
+        let kv = arch.kv_heads();
+        if kv == 0 || arch.num_attention_heads % kv != 0 {
+            let (a, b) = (
+                format!("{prefix}.num_key_value_heads"),
+                format!("{prefix}.num_attention_heads"),
+            );
+            self.fail(&[&a, &b], format!("{kv} key/value heads do not divide {} attention heads (grouped-query attention shares each among a whole group)", arch.num_attention_heads), "choose num_key_value_heads that divides num_attention_heads");
+        }
+        let head_dim = arch.hidden_size / arch.num_attention_heads.max(1);
+        if head_dim % 2 != 0 {
+            let key = format!("{prefix}.hidden_size");
+            self.fail(&[&key], format!("rotary embeddings rotate pairs of dimensions, but the head width {head_dim} is odd"), "choose an even head width");
+        }
+        if arch.sliding_window.is_some() && !matches!(arch.family, Family::Mistral | Family::Qwen2)
+        {
+            let (a, b) = (
+                format!("{prefix}.sliding_window"),
+                format!("{prefix}.family"),
+            );
+            self.fail(
+                &[&a, &b],
+                "sliding-window attention belongs to the Mistral and Qwen2 families",
+                "remove sliding_window or change family",
+            );
+        }
+        if matches!(arch.family, Family::Qwen2 | Family::Qwen) && !arch.attention_bias {
+            let (a, b) = (
+                format!("{prefix}.attention_bias"),
+                format!("{prefix}.family"),
+            );
+            self.fail(&[&a, &b], "Qwen models have a bias on the q, k, v projections; their checkpoints would not load", "set attention_bias: true");
+        }
+    }
+
+    fn t5(&mut self, prefix: &str, arch: &T5Arch) {
+        if arch.relative_attention_num_buckets < 2
+            || arch.relative_attention_max_distance < arch.relative_attention_num_buckets / 2
+        {
+            let (a, b) = (
+                format!("{prefix}.relative_attention_num_buckets"),
+                format!("{prefix}.relative_attention_max_distance"),
+            );
+            self.fail(&[&a, &b], "T5 needs at least 2 position buckets, and a maximum distance of at least half the bucket count", "use T5's 32 buckets and 128 distance");
+        }
+    }
+
+    fn vision(&mut self, prefix: &str, arch: &VisionArch) {
+        self.heads(
+            prefix,
+            "hidden_size",
+            arch.hidden_size,
+            "num_attention_heads",
+            arch.num_attention_heads,
+        );
+        if arch.patch_size == 0 || arch.image_size % arch.patch_size != 0 {
+            let (a, b) = (
+                format!("{prefix}.image_size"),
+                format!("{prefix}.patch_size"),
+            );
+            self.fail(
+                &[&a, &b],
+                format!(
+                    "patches of {} pixels do not tile a {}-pixel image",
+                    arch.patch_size, arch.image_size
+                ),
+                "choose an image_size that is a multiple of patch_size",
+            );
+        }
+    }
+
+    /// A teacher given as a recipe must resolve, and be a distillation recipe whose trained
+    /// model can serve as teacher.
+    fn teacher_recipe(&mut self, path: &str) {
+        let (origin, _) = self.locate("model.teacher.recipe");
+        let base = self
+            .plan
+            .source
+            .parent()
+            .unwrap_or(std::path::Path::new(""));
+        let full = base.join(path);
+        if !full.is_file() {
+            self.errors.push(
+                Diagnostic::error(
+                    origin,
+                    format!(
+                        "teacher recipe `{path}` does not exist (looked at {})",
+                        full.display()
+                    ),
+                )
+                .with_hint("give the path relative to this recipe"),
+            );
+            return;
+        }
+        if let Err(errors) = super::resolve::resolve(&full, &[]) {
+            let mut d = Diagnostic::error(
+                origin,
+                format!(
+                    "teacher recipe `{path}` is invalid ({} errors)",
+                    errors.len()
+                ),
+            )
+            .with_hint("run `runner validate` on it");
+            for e in errors.iter().take(3) {
+                if let Some(o) = &e.origin {
+                    d = d.with_note(o.clone(), e.message.clone());
+                }
+            }
+            self.errors.push(d);
+        }
+    }
+}

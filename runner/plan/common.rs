@@ -1,0 +1,84 @@
+//! Sections shared by every recipe kind: logging, output and how the best checkpoint is chosen.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where metrics go while the run trains.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    /// Log training loss and learning rate every this many optimizer steps.
+    #[serde(default = "ten")]
+    #[schemars(range(min = 1))]
+    pub every_steps: u64,
+    /// Write TensorBoard event files in the run directory.
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
+    /// Write metrics.csv in the run directory.
+    #[serde(default = "yes")]
+    pub csv: bool,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            every_steps: 10,
+            tensorboard: true,
+            csv: true,
+        }
+    }
+}
+
+fn ten() -> u64 {
+    10
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where the run writes, and which checkpoints it keeps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// The run directory; `{name}` is replaced by the recipe's name.
+    #[serde(default = "default_dir")]
+    pub dir: String,
+    /// Save a checkpoint every this many optimizer steps (and at the end); null saves only at the end.
+    #[serde(default)]
+    pub checkpoint_every_steps: Option<u64>,
+    /// How many of the most recent checkpoints to keep.
+    #[serde(default = "two")]
+    #[schemars(range(min = 1))]
+    pub keep_last: u32,
+    /// Also keep the checkpoint with the best evaluation metric.
+    #[serde(default = "yes")]
+    pub keep_best: bool,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Output {
+            dir: default_dir(),
+            checkpoint_every_steps: None,
+            keep_last: 2,
+            keep_best: true,
+        }
+    }
+}
+
+fn default_dir() -> String {
+    "results/runs/{name}".into()
+}
+
+fn two() -> u32 {
+    2
+}
+
+/// Whether a larger or a smaller metric is better.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Goal {
+    Maximize,
+    Minimize,
+}

@@ -1,0 +1,399 @@
+//! What a plan costs, computed from the architecture without allocating a tensor: parameter
+//! counts (total and trainable, by part and module group), tokens per optimizer step, and
+//! peak memory per device.
+//!
+//! Activation memory follows Korthikanti et al. 2022 ("Reducing Activation Recomputation in
+//! Large Transformer Models"): a transformer layer keeps about 34·s·b·h bytes at 16-bit
+//! (17 values per token and hidden unit) with a fused attention kernel (no s² scores kept).
+//! With gradient checkpointing a layer keeps only its input, plus one layer recomputed at a time.
+
+use serde::Serialize;
+
+use super::inventory::{self, Group, Param};
+use super::kinds::coe;
+use super::recipe::Recipe;
+use super::training::{Adapter, Precision, Stack, Training};
+
+/// Values a transformer layer keeps per token and hidden unit for its backward pass.
+const VALUES_PER_TOKEN_UNIT: u64 = 17;
+
+/// One model of a plan (student, teacher, vision tower…) and how it is used.
+pub struct Part {
+    pub name: &'static str,
+    pub params: Vec<Param>,
+    /// Never trained (a frozen teacher or vision tower).
+    pub frozen: bool,
+    /// The adapter (LoRA, HyperLoRA) applies to this part.
+    pub adapted: bool,
+    /// Its transformer stacks: (layers, tokens per example, hidden width).
+    pub stacks: Vec<(u64, u64, u64)>,
+    /// Vocabulary of its output head and tokens it is applied to, for logits memory.
+    pub logits: Option<(u64, u64)>,
+}
+
+/// The models of a recipe.
+pub fn parts(recipe: &Recipe) -> Vec<Part> {
+    match recipe {
+        Recipe::IagDistill(r) => {
+            let (s, t) = (&r.model.student, &r.model.teacher);
+            let answer = r.data.answer_max_length;
+            vec![
+                Part {
+                    name: "student",
+                    params: inventory::t5(&s.arch),
+                    frozen: false,
+                    adapted: true,
+                    stacks: vec![
+                        (s.arch.num_layers, s.max_length, s.arch.d_model),
+                        (s.arch.decoder_layers(), answer, s.arch.d_model),
+                    ],
+                    logits: Some((s.arch.vocab_size, answer)),
+                },
+                Part {
+                    name: "teacher",
+                    params: inventory::t5(&t.arch),
+                    frozen: !t.train,
+                    adapted: false,
+                    stacks: vec![
+                        (
+                            t.arch.num_layers,
+                            u64::from(t.n_context) * t.passage_max_length,
+                            t.arch.d_model,
+                        ),
+                        (t.arch.decoder_layers(), answer, t.arch.d_model),
+                    ],
+                    logits: Some((t.arch.vocab_size, answer)),
+                },
+            ]
+        }
+        Recipe::LongloraSft(r) => {
+            let a = &r.model.arch;
+            vec![Part {
+                name: "model",
+                params: inventory::decoder(a),
+                frozen: false,
+                adapted: true,
+                stacks: vec![(a.num_hidden_layers, r.data.max_length, a.hidden_size)],
+                logits: Some((a.vocab_size, r.data.max_length)),
+            }]
+        }
+        Recipe::CoeMultitask(r) => coe_parts(&r.model, r.data.max_length),
+    }
+}
+
+fn coe_parts(model: &coe::Model, max_length: u64) -> Vec<Part> {
+    let (v, d) = (&model.vision.arch, &model.decoder);
+    vec![
+        Part {
+            name: "vision",
+            params: inventory::vision(v),
+            frozen: model.vision.frozen,
+            adapted: false,
+            stacks: vec![(v.num_hidden_layers, v.patches() + 1, v.hidden_size)],
+            logits: None,
+        },
+        Part {
+            name: "connector",
+            params: inventory::connector(&model.connector, v, d),
+            frozen: false,
+            adapted: false,
+            stacks: vec![],
+            logits: None,
+        },
+        Part {
+            name: "decoder",
+            params: inventory::decoder(d),
+            frozen: false,
+            adapted: true,
+            stacks: vec![(d.num_hidden_layers, max_length, d.hidden_size)],
+            logits: Some((d.vocab_size, max_length)),
+        },
+    ]
+}
+
+/// Whether a base parameter trains under the adapter.
+pub fn trainable(part: &Part, param: &Param, adapter: &Adapter) -> bool {
+    if part.frozen {
+        return false;
+    }
+    match adapter {
+        Adapter::Full => true,
+        other => other
+            .also_train()
+            .iter()
+            .any(|pattern| param.name.contains(pattern.as_str())),
+    }
+}
+
+/// The parameters an adapter adds to a part (all trainable).
+pub fn adapter_params(part: &Part, adapter: &Adapter) -> Vec<Param> {
+    if !part.adapted {
+        return Vec::new();
+    }
+    let lora = |module: &str, r: u64, input: u64, output: u64| {
+        [
+            Param {
+                name: format!("{module}.lora_A.weight"),
+                shape: vec![r, input],
+                group: Group::Adapters,
+            },
+            Param {
+                name: format!("{module}.lora_B.weight"),
+                shape: vec![output, r],
+                group: Group::Adapters,
+            },
+        ]
+    };
+    match adapter {
+        Adapter::Full => Vec::new(),
+        Adapter::Lora { rank, targets, .. } => part
+            .params
+            .iter()
+            .filter_map(|p| Some((p.linear_module()?, p)))
+            .filter(|(m, _)| targets.iter().any(|t| inventory::target_matches(t, m)))
+            .flat_map(|(m, p)| lora(m, u64::from(*rank), p.shape[1], p.shape[0]))
+            .collect(),
+        Adapter::Hyperlora {
+            rank,
+            hidden,
+            whiten_dim,
+            targets,
+            stacks,
+            ffn_rank_multiplier,
+            ..
+        } => {
+            // One hypernetwork per adapted block kind (encoder self-attention, decoder
+            // self-attention, cross-attention, each FFN target), shared across layers and
+            // conditioned on the layer index: Linear(in→hidden) → ReLU → Linear(hidden→d·r).
+            let input = u64::from(*whiten_dim) + 1;
+            let hidden = u64::from(*hidden);
+            let mut blocks: Vec<(String, u64, u64, u64)> = Vec::new();
+            for p in &part.params {
+                let Some(module) = p.linear_module() else {
+                    continue;
+                };
+                let Some(target) = targets
+                    .iter()
+                    .find(|t| inventory::target_matches(t, module))
+                else {
+                    continue;
+                };
+                let stack = if module.starts_with("encoder") {
+                    Stack::Encoder
+                } else {
+                    Stack::Decoder
+                };
+                if !stacks.contains(&stack) {
+                    continue;
+                }
+                let is_ffn = module.contains("DenseReluDense");
+                let kind = module.split('.').rev().nth(1).unwrap_or("");
+                let key = if is_ffn {
+                    format!("{stack:?}.{target}")
+                } else {
+                    format!("{stack:?}.{kind}")
+                };
+                let r = u64::from(*rank)
+                    * if is_ffn {
+                        u64::from(*ffn_rank_multiplier)
+                    } else {
+                        1
+                    };
+                if !blocks.iter().any(|b| b.0 == key) {
+                    blocks.push((key, r, p.shape[1], p.shape[0]));
+                }
+            }
+            blocks
+                .into_iter()
+                .flat_map(|(key, r, input_dim, output_dim)| {
+                    let name = format!("hypernet.{}", key.to_lowercase());
+                    let mlp = move |branch: &str, out: u64| {
+                        [
+                            Param {
+                                name: format!("{name}.{branch}.0.weight"),
+                                shape: vec![hidden, input],
+                                group: Group::Adapters,
+                            },
+                            Param {
+                                name: format!("{name}.{branch}.0.bias"),
+                                shape: vec![hidden],
+                                group: Group::Adapters,
+                            },
+                            Param {
+                                name: format!("{name}.{branch}.2.weight"),
+                                shape: vec![out, hidden],
+                                group: Group::Adapters,
+                            },
+                            Param {
+                                name: format!("{name}.{branch}.2.bias"),
+                                shape: vec![out],
+                                group: Group::Adapters,
+                            },
+                        ]
+                    };
+                    let mut params = mlp("down", input_dim * r).to_vec();
+                    params.extend(mlp("up", r * output_dim));
+                    params
+                })
+                .collect()
+        }
+    }
+}
+
+/// Parameter counts of one part and module group.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct GroupCount {
+    pub part: String,
+    pub group: String,
+    pub total: u64,
+    pub trainable: u64,
+}
+
+/// Bytes per device, by what they hold.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Memory {
+    pub weights: u64,
+    pub gradients: u64,
+    pub optimizer: u64,
+    /// Activations kept for the backward pass without gradient checkpointing.
+    pub activations: u64,
+    /// The same with gradient checkpointing.
+    pub activations_checkpointed: u64,
+    /// Weights + gradients + optimizer + the activations of the plan's setting.
+    pub peak: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Estimate {
+    pub total_params: u64,
+    pub trainable_params: u64,
+    pub groups: Vec<GroupCount>,
+    /// Input tokens the trained model reads per optimizer step, all devices together.
+    pub tokens_per_step: u64,
+    pub examples_per_step: u64,
+    pub memory_per_device: Memory,
+}
+
+pub fn estimate(recipe: &Recipe) -> Estimate {
+    let training = recipe.training();
+    let parts = parts(recipe);
+    let mut groups: Vec<GroupCount> = Vec::new();
+    let mut count = |part: &str, param: &Param, trains: bool| {
+        let group = param.group.name();
+        let index = match groups
+            .iter()
+            .position(|g| g.part == part && g.group == group)
+        {
+            Some(i) => i,
+            None => {
+                groups.push(GroupCount {
+                    part: part.into(),
+                    group: group.into(),
+                    total: 0,
+                    trainable: 0,
+                });
+                groups.len() - 1
+            }
+        };
+        groups[index].total += param.numel();
+        if trains {
+            groups[index].trainable += param.numel();
+        }
+    };
+    for part in &parts {
+        for param in &part.params {
+            count(part.name, param, trainable(part, param, &training.adapter));
+        }
+        for param in adapter_params(part, &training.adapter) {
+            count(part.name, &param, true);
+        }
+    }
+    let total_params = groups.iter().map(|g| g.total).sum();
+    let trainable_params = groups.iter().map(|g| g.trainable).sum();
+    let examples_per_step = u64::from(training.micro_batch_size)
+        * u64::from(training.grad_accumulation)
+        * u64::from(training.distributed.devices);
+    let trained_tokens: u64 = parts
+        .iter()
+        .filter(|p| p.adapted)
+        .flat_map(|p| p.stacks.first())
+        .map(|s| s.1)
+        .sum();
+    Estimate {
+        total_params,
+        trainable_params,
+        groups,
+        tokens_per_step: examples_per_step * trained_tokens,
+        examples_per_step,
+        memory_per_device: memory(training, &parts, total_params, trainable_params),
+    }
+}
+
+fn memory(training: &Training, parts: &[Part], total: u64, trainable: u64) -> Memory {
+    let value_bytes: u64 = if training.precision == Precision::Fp32 {
+        4
+    } else {
+        2
+    };
+    let weight_bytes: u64 = if training.precision == Precision::Bf16 {
+        2
+    } else {
+        4
+    };
+    let d = &training.distributed;
+    let devices = u64::from(d.devices);
+    let shard = |bytes: u64, from_stage: u8| {
+        if d.zero_stage >= from_stage {
+            bytes.div_ceil(devices)
+        } else {
+            bytes
+        }
+    };
+    let weights = if d.offload_params {
+        0
+    } else {
+        shard(total * weight_bytes, 3)
+    };
+    let gradients = shard(trainable * weight_bytes, 2);
+    let optimizer = if d.offload_optimizer {
+        0
+    } else {
+        shard(trainable * 8, 1)
+    };
+    let batch = u64::from(training.micro_batch_size);
+    let (mut full, mut checkpointed) = (0, 0);
+    for part in parts {
+        let trained = !part.frozen || part.adapted;
+        for &(layers, tokens, hidden) in &part.stacks {
+            let layer = batch * tokens * hidden * VALUES_PER_TOKEN_UNIT * value_bytes;
+            if trained {
+                full += layers * layer;
+                checkpointed += layers * batch * tokens * hidden * value_bytes + layer;
+            } else {
+                // Forward only, without a graph: its output is kept for the trained part.
+                let kept = 2 * batch * tokens * hidden * value_bytes;
+                full += kept;
+                checkpointed += kept;
+            }
+        }
+        if let Some((vocab, tokens)) = part.logits.filter(|_| trained) {
+            // fp32 logits and their gradient.
+            let logits = 2 * batch * tokens * vocab * 4;
+            full += logits;
+            checkpointed += logits;
+        }
+    }
+    let activations = if training.gradient_checkpointing {
+        checkpointed
+    } else {
+        full
+    };
+    Memory {
+        weights,
+        gradients,
+        optimizer,
+        activations: full,
+        activations_checkpointed: checkpointed,
+        peak: weights + gradients + optimizer + activations,
+    }
+}

@@ -1,0 +1,225 @@
+//! `kind: longlora_sft`: long-context fine-tuning as LongLoRA defines it (arXiv 2309.12307):
+//! shifted sparse attention in training, linear RoPE position interpolation, LoRA plus
+//! trainable embeddings and norms, or full fine-tuning (as SciQAG ran it).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::arch::DecoderArch;
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(rename = "LongloraSft")]
+pub enum Kind {
+    LongloraSft,
+}
+
+/// The decoder being extended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "LongloraModel")]
+pub struct Model {
+    /// An HF folder (config.json + safetensors); null initialises randomly from `arch`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// tokenizer.json to use; null means the one in `path`.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+    pub arch: DecoderArch,
+    #[serde(default)]
+    pub rope_scaling: RopeScaling,
+}
+
+/// Position interpolation: positions are divided by `factor` so a longer context maps into
+/// the trained range.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RopeScaling {
+    #[serde(rename = "type", default)]
+    pub kind: RopeKind,
+    /// null means ceil(data.max_length / arch.max_position_embeddings), as LongLoRA sets it.
+    #[serde(default)]
+    pub factor: Option<f64>,
+}
+
+impl Default for RopeScaling {
+    fn default() -> Self {
+        RopeScaling {
+            kind: RopeKind::Linear,
+            factor: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeKind {
+    /// No interpolation.
+    None,
+    #[default]
+    Linear,
+}
+
+impl Model {
+    /// The interpolation factor in effect for sequences of `max_length` tokens.
+    pub fn rope_factor(&self, max_length: u64) -> f64 {
+        match (self.rope_scaling.kind, self.rope_scaling.factor) {
+            (RopeKind::None, _) => 1.0,
+            (RopeKind::Linear, Some(factor)) => factor,
+            (RopeKind::Linear, None) => {
+                let original = self.arch.max_position_embeddings.max(1);
+                (max_length.div_ceil(original)).max(1) as f64
+            }
+        }
+    }
+}
+
+/// Instruction data (`{instruction, input?, output}`) or plain text for continued pre-training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "LongloraData")]
+pub struct Data {
+    pub format: DataFormat,
+    pub train: String,
+    #[serde(default)]
+    pub validation: Option<String>,
+    /// The prompt template of instruction data.
+    #[serde(default)]
+    pub template: Template,
+    /// Training sequence length (LongLoRA's model_max_length); longer examples are truncated.
+    #[schemars(range(min = 1))]
+    pub max_length: u64,
+    /// The padding token added to the vocabulary, its embedding row set to the mean of the others.
+    #[serde(default = "pad")]
+    pub pad_token: String,
+    #[serde(default)]
+    pub padding_side: Side,
+}
+
+fn pad() -> String {
+    "[PAD]".into()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// A JSON list of {instruction, input?, output}; loss on the output only.
+    Instruction,
+    /// Texts joined with EOS and cut into max_length blocks (LongLoRA's context-extension stage).
+    PretrainText,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Template {
+    /// `[INST] <<SYS>> … <</SYS>> {instruction} {input} [/INST]`, as LongLoRA's SFT script.
+    #[default]
+    Llama2Chat,
+    /// The instruction and input as they are.
+    Plain,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Left,
+    #[default]
+    Right,
+}
+
+/// Perplexity with a sliding window and passkey retrieval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "LongloraEvaluation")]
+pub struct Evaluation {
+    /// Evaluate validation loss every this many optimizer steps.
+    #[serde(default)]
+    pub every_steps: Option<u64>,
+    /// Evaluate every this fraction of an epoch.
+    #[serde(default)]
+    pub every_epochs: Option<f64>,
+    #[serde(default)]
+    pub perplexity: Option<Perplexity>,
+    #[serde(default)]
+    pub passkey: Option<Passkey>,
+    /// The metric that picks the best checkpoint.
+    #[serde(default)]
+    pub best_metric: Metric,
+}
+
+/// LongLoRA's eval.py: windows of `context_lengths` tokens starting every `stride` tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Perplexity {
+    /// A token file or a text file.
+    pub data: String,
+    pub context_lengths: Vec<u64>,
+    #[serde(default = "stride")]
+    #[schemars(range(min = 1))]
+    pub stride: u64,
+}
+
+fn stride() -> u64 {
+    256
+}
+
+/// The passkey-retrieval test: a number hidden in filler text, asked for at the end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Passkey {
+    pub context_lengths: Vec<u64>,
+    /// Trials per length, each with a different passkey and position.
+    #[serde(default = "trials")]
+    #[schemars(range(min = 1))]
+    pub trials: u32,
+}
+
+fn trials() -> u32 {
+    10
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(rename = "LongloraMetric")]
+pub enum Metric {
+    #[default]
+    Loss,
+    Perplexity,
+    PasskeyAccuracy,
+}
+
+/// Shifted sparse attention (S²-Attn): attention within groups of `group_fraction × length`
+/// tokens, half the heads shifted by half a group; full attention at evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "LongloraMethod")]
+pub struct Method {
+    /// Use S²-Attn in training; false trains with full attention.
+    #[serde(default = "yes")]
+    pub shifted_sparse_attention: bool,
+    /// Group size as a fraction of the sequence length (LongLoRA: 1/4).
+    #[serde(default = "quarter")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub group_fraction: f64,
+    /// The SFT script's fixed group size, used when the length is not a multiple of 4096; null
+    /// always uses group_fraction.
+    #[serde(default)]
+    pub sft_group_size: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn quarter() -> f64 {
+    0.25
+}
+
+impl Method {
+    /// The S²-Attn group size for sequences of `length` tokens (LongLoRA's SFT rule).
+    pub fn group_size(&self, length: u64) -> u64 {
+        match self.sft_group_size {
+            Some(fixed) if length % 4096 != 0 => fixed,
+            _ => (length as f64 * self.group_fraction) as u64,
+        }
+    }
+}

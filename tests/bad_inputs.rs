@@ -1,0 +1,268 @@
+//! A table of bad inputs: each asserts the exit code, the message, and the exact line and
+//! column of the diagnostic.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use runner::commands::{self, Format};
+
+/// A valid recipe; cases edit its lines (1-based) to break it.
+const BASE: &str = "\
+kind: longlora_sft
+name: t
+model:
+  arch:
+    family: llama
+    vocab_size: 512
+    hidden_size: 64
+    intermediate_size: 128
+    num_hidden_layers: 2
+    num_attention_heads: 4
+    num_key_value_heads: 2
+    max_position_embeddings: 128
+data:
+  format: instruction
+  train: train.json
+  max_length: 256
+training:
+  max_steps: 100
+  micro_batch_size: 2
+  optimizer:
+    lr: 1.0e-3
+  schedule:
+    type: linear
+    warmup_steps: 10
+  adapter:
+    type: lora
+    rank: 8
+    alpha: 16
+    targets: [q_proj, v_proj]
+    also_train: [norm]
+method:
+  shifted_sparse_attention: true
+";
+
+/// Where the diagnostic must point: a line and column of the recipe, of another file of the
+/// case, or a column of an override.
+enum At {
+    Recipe(usize, usize),
+    File(&'static str, usize, usize),
+    Override(usize, usize),
+}
+
+struct Case {
+    name: &'static str,
+    /// (line, replacement); a replacement may hold several lines, or none (deletes the line).
+    edits: &'static [(usize, &'static str)],
+    /// Other files beside the recipe: (name, content).
+    files: &'static [(&'static str, &'static str)],
+    overrides: &'static [&'static str],
+    at: At,
+    message: &'static str,
+    hint: Option<&'static str>,
+}
+
+const CASES: &[Case] = &[
+    Case { name: "typo at the top level", edits: &[(2, "nmae: t")], files: &[], overrides: &[], at: At::Recipe(2, 1), message: "unknown key `nmae` at the top level", hint: Some("did you mean `name`?") },
+    Case { name: "typo at depth 2", edits: &[(16, "  max_lenght: 256")], files: &[], overrides: &[], at: At::Recipe(16, 3), message: "unknown key `max_lenght` in `data`", hint: Some("did you mean `max_length`?") },
+    Case { name: "typo at depth 3", edits: &[(21, "    lrr: 1.0e-3")], files: &[], overrides: &[], at: At::Recipe(21, 5), message: "unknown key `lrr` in `training.optimizer`", hint: Some("did you mean `lr`?") },
+    Case { name: "typo at depth 3 in a model", edits: &[(7, "    hiden_size: 64")], files: &[], overrides: &[], at: At::Recipe(7, 5), message: "unknown key `hiden_size` in `model.arch`", hint: Some("did you mean `hidden_size`?") },
+    Case { name: "typo inside a tagged adapter", edits: &[(27, "    rnak: 8")], files: &[], overrides: &[], at: At::Recipe(27, 5), message: "unknown key `rnak` in `training.adapter`", hint: Some("did you mean `rank`?") },
+    Case { name: "key at the wrong depth", edits: &[(18, "  max_steps: 100\n  lr: 0.1")], files: &[], overrides: &[], at: At::Recipe(19, 3), message: "unknown key `lr` in `training`", hint: Some("`lr` belongs under `training.optimizer`") },
+    Case { name: "text for a number", edits: &[(21, "    lr: fast")], files: &[], overrides: &[], at: At::Recipe(21, 9), message: "`training.optimizer.lr` expects a number, found string \"fast\"", hint: None },
+    Case { name: "fraction for an integer", edits: &[(19, "  micro_batch_size: 2.5")], files: &[], overrides: &[], at: At::Recipe(19, 21), message: "`training.micro_batch_size` expects an integer, found number 2.5", hint: None },
+    Case { name: "yes for a boolean", edits: &[(32, "  shifted_sparse_attention: yes")], files: &[], overrides: &[], at: At::Recipe(32, 29), message: "expects a boolean, found string \"yes\"", hint: Some("YAML 1.2 reads `yes` as a string") },
+    Case { name: "mapping for a scalar", edits: &[(15, "  train: {path: a.json}")], files: &[], overrides: &[], at: At::Recipe(15, 10), message: "`data.train` expects a string, found a mapping", hint: None },
+    Case { name: "misspelt enum value", edits: &[(14, "  format: instrution")], files: &[], overrides: &[], at: At::Recipe(14, 11), message: "`data.format` must be one of instruction, pretrain_text", hint: Some("did you mean `instruction`?") },
+    Case { name: "misspelt adapter type", edits: &[(26, "    type: lroa")], files: &[], overrides: &[], at: At::Recipe(26, 11), message: "`training.adapter.type` must be one of full, lora, hyperlora", hint: Some("did you mean `lora`?") },
+    Case { name: "misspelt kind", edits: &[(1, "kind: longlora_stf")], files: &[], overrides: &[], at: At::Recipe(1, 7), message: "`kind` must be one of", hint: Some("did you mean `longlora_sft`?") },
+    Case { name: "missing required key", edits: &[(19, "")], files: &[], overrides: &[], at: At::Recipe(17, 1), message: "missing required key `training.micro_batch_size`", hint: Some("add `micro_batch_size:` under `training`") },
+    Case { name: "negative count", edits: &[(18, "  max_steps: -5")], files: &[], overrides: &[], at: At::Recipe(18, 14), message: "`training.max_steps` must be at least 0", hint: None },
+    Case { name: "three betas", edits: &[(21, "    lr: 1.0e-3\n    betas: [0.9, 0.95, 0.99]")], files: &[], overrides: &[], at: At::Recipe(22, 12), message: "`training.optimizer.betas` takes exactly 2 items, found 3", hint: None },
+    Case { name: "unclosed list", edits: &[(29, "    targets: [q_proj, v_proj")], files: &[], overrides: &[], at: At::Recipe(30, 15), message: "YAML syntax error: illegal placement of ':' indicator", hint: None },
+    Case { name: "bad indentation", edits: &[(7, "     hidden_size: 64")], files: &[], overrides: &[], at: At::Recipe(7, 17), message: "YAML syntax error: mapping values are not allowed", hint: None },
+    Case { name: "duplicate key", edits: &[(8, "    hidden_size: 32")], files: &[], overrides: &[], at: At::Recipe(8, 5), message: "duplicate key `hidden_size`", hint: None },
+    Case { name: "override of an unknown key", edits: &[], files: &[], overrides: &["training.optimizer.lrr=3e-4"], at: At::Override(1, 20), message: "unknown key `lrr` in `training.optimizer`", hint: Some("did you mean `lr`?") },
+    Case { name: "override with a misspelt section", edits: &[], files: &[], overrides: &["max_steps=5", "trainig.max_steps=5"], at: At::Override(2, 1), message: "unknown key `trainig` at the top level", hint: Some("did you mean `training`?") },
+    Case { name: "override of the wrong type", edits: &[], files: &[], overrides: &["training.max_steps=many"], at: At::Override(1, 20), message: "`training.max_steps` expects an integer, found string \"many\"", hint: None },
+    Case { name: "override without =", edits: &[], files: &[], overrides: &["training.max_steps"], at: At::Override(1, 1), message: "has no `=`", hint: Some("KEY.PATH=VALUE") },
+    Case { name: "include cycle", edits: &[(2, "name: t\nextends: a.yaml")], files: &[("a.yaml", "extends: b.yaml\n"), ("b.yaml", "extends: a.yaml\n")], overrides: &[], at: At::File("b.yaml", 1, 10), message: "include cycle", hint: None },
+    Case { name: "extends a missing file", edits: &[(4, "  arch:\n    extends: models/nope.yaml")], files: &[], overrides: &[], at: At::Recipe(5, 14), message: "cannot find `models/nope.yaml` to extend", hint: Some("looked for") },
+    Case { name: "typo inside an extended file", edits: &[(4, "  arch:\n    extends: tiny.yaml"), (5, ""), (6, ""), (7, ""), (8, ""), (9, ""), (10, ""), (11, ""), (12, "")], files: &[("tiny.yaml", "family: llama\nvocab_size: 512\nhidden_size: 64\nintermediate_size: 128\nnum_hidden_layers: 2\nnum_attention_heads: 4\nmax_position_embedings: 128\n")], overrides: &[], at: At::File("tiny.yaml", 7, 1), message: "unknown key `max_position_embedings` in `model.arch`", hint: Some("did you mean `max_position_embeddings`?") },
+    Case { name: "heads do not divide the width", edits: &[(10, "    num_attention_heads: 6")], files: &[], overrides: &[], at: At::Recipe(10, 26), message: "6 attention heads do not divide the width 64", hint: None },
+    Case { name: "S2 groups do not divide the length", edits: &[(16, "  max_length: 250")], files: &[], overrides: &[], at: At::Recipe(16, 15), message: "S²-Attn splits 250 tokens into groups of 62", hint: None },
+    Case { name: "LoRA target not in the model", edits: &[(29, "    targets: [q_proj, vproj]")], files: &[], overrides: &[], at: At::Recipe(29, 23), message: "LoRA target `vproj` matches no module", hint: Some("did you mean `v_proj`?") },
+    Case { name: "warmup as long as training", edits: &[(24, "    warmup_steps: 100")], files: &[], overrides: &[], at: At::Recipe(24, 19), message: "warmup (100 steps) is not shorter than training (100 steps)", hint: None },
+    Case { name: "warmup by steps and ratio", edits: &[(24, "    warmup_steps: 10\n    warmup_ratio: 0.1")], files: &[], overrides: &[], at: At::Recipe(24, 19), message: "set warmup by steps or by ratio, not both", hint: None },
+    Case { name: "RoPE factor too small", edits: &[(12, "    max_position_embeddings: 128\n  rope_scaling: {type: linear, factor: 1.0}")], files: &[], overrides: &[], at: At::Recipe(13, 40), message: "RoPE factor 1 covers 128 positions, fewer than data.max_length 256", hint: Some("use factor 2") },
+    Case { name: "kv heads do not divide heads", edits: &[(11, "    num_key_value_heads: 3")], files: &[], overrides: &[], at: At::Recipe(11, 26), message: "3 key/value heads do not divide 4 attention heads", hint: None },
+    Case { name: "trainable pattern matching nothing", edits: &[(30, "    also_train: [embedding]")], files: &[], overrides: &[], at: At::Recipe(30, 18), message: "`embedding` matches no parameter name", hint: None },
+    Case { name: "YAML merge key", edits: &[(13, "data:\n  <<: {format: instruction}")], files: &[], overrides: &[], at: At::Recipe(14, 3), message: "merge keys (`<<`) are not supported", hint: Some("use `extends:`") },
+];
+
+fn write_case(dir: &Path, case: &Case) -> PathBuf {
+    let mut lines: Vec<String> = BASE.lines().map(String::from).collect();
+    for (line, text) in case.edits {
+        lines[line - 1] = text.to_string();
+    }
+    let text: Vec<&str> = lines
+        .iter()
+        .filter(|l| !l.is_empty())
+        .map(String::as_str)
+        .collect();
+    let recipe = dir.join("recipe.yaml");
+    fs::write(&recipe, text.join("\n") + "\n").unwrap();
+    for (name, content) in case.files {
+        fs::write(dir.join(name), content).unwrap();
+    }
+    recipe
+}
+
+#[test]
+fn the_base_recipe_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("recipe.yaml");
+    fs::write(&recipe, BASE).unwrap();
+    let mut out = Vec::new();
+    let code = commands::plan::run(&recipe, &[], Format::Text, &mut out).unwrap();
+    assert_eq!(code, commands::OK, "{}", String::from_utf8_lossy(&out));
+}
+
+#[test]
+fn each_bad_input_is_reported_at_its_line_and_column() {
+    assert!(CASES.len() >= 25);
+    let mut failures = Vec::new();
+    for case in CASES {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = write_case(dir.path(), case);
+        let overrides: Vec<String> = case.overrides.iter().map(|s| s.to_string()).collect();
+        let mut out = Vec::new();
+        let code = commands::plan::run(&recipe, &overrides, Format::Text, &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let prefix = match case.at {
+            At::Recipe(line, col) => format!("{}:{line}:{col}: error: ", recipe.display()),
+            At::File(name, line, col) => {
+                format!("{}:{line}:{col}: error: ", dir.path().join(name).display())
+            }
+            At::Override(index, col) => format!("<override {index}>:1:{col}: error: "),
+        };
+        let found = out
+            .split("\n")
+            .position(|l| l.starts_with(&prefix) && l.contains(case.message));
+        let hint_ok = match (found, case.hint) {
+            (Some(i), Some(hint)) => out
+                .split('\n')
+                .skip(i + 1)
+                .take_while(|l| l.starts_with("  "))
+                .any(|l| l.starts_with("  hint: ") && l.contains(hint)),
+            (found, None) => found.is_some(),
+            (None, _) => false,
+        };
+        if code != commands::INVALID || found.is_none() || !hint_ok {
+            failures.push(format!(
+                "case `{}`: exit {code}, wanted `{prefix}…{}` (hint {:?}), got:\n{out}",
+                case.name, case.message, case.hint
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn all_errors_come_out_in_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = Case {
+        name: "three problems",
+        edits: &[
+            (2, "nmae: t"),
+            (14, "  format: instrution"),
+            (21, "    lr: fast"),
+        ],
+        files: &[],
+        overrides: &[],
+        at: At::Recipe(0, 0),
+        message: "",
+        hint: None,
+    };
+    let recipe = write_case(dir.path(), &case);
+    let mut out = Vec::new();
+    let code = commands::plan::run(
+        &recipe,
+        &["training.max_steps=x".to_string()],
+        Format::Text,
+        &mut out,
+    )
+    .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, commands::INVALID);
+    for place in [
+        ":2:1: error: unknown key `nmae`",
+        ":1:1: error: missing required key `name`",
+        ":14:11: error: `data.format`",
+        ":21:9: error: `training.optimizer.lr`",
+        "<override 1>:1:20: error:",
+    ] {
+        assert!(out.contains(place), "missing `{place}` in:\n{out}");
+    }
+    assert!(out.contains("5 errors"), "{out}");
+}
+
+#[test]
+fn semantic_errors_point_into_extended_files() {
+    // The student's vocabulary is set in configs/models/t5-tiny.yaml, line 2.
+    let mut out = Vec::new();
+    let code = commands::plan::run(
+        Path::new("recipes/tiny/iag_distill.yaml"),
+        &["model.teacher.arch.vocab_size=1000".into()],
+        Format::Text,
+        &mut out,
+    )
+    .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, commands::INVALID);
+    assert!(out.starts_with("configs/models/t5-tiny.yaml:2:13: error: teacher and student vocabularies differ (1000 and 512)"), "{out}");
+    assert!(
+        out.contains("note: <override 1>:1:31: `model.teacher.arch.vocab_size` is set here"),
+        "{out}"
+    );
+}
+
+#[test]
+fn sweep_keys_and_values_are_checked_against_the_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("recipe.yaml"), BASE).unwrap();
+    let sweep = dir.path().join("sweep.yaml");
+    let text = "kind: sweep\nname: s\nrecipe: recipe.yaml\nparameters:\n  training.optimizer.lrr:\n    values: [1, 2]\n  training.max_steps:\n    values: [10, many]\nmetric:\n  name: eval/los\n  goal: minimize\n";
+    fs::write(&sweep, text).unwrap();
+    let mut out = Vec::new();
+    let code =
+        commands::validate::run(std::slice::from_ref(&sweep), Format::Text, &mut out).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, commands::INVALID, "{out}");
+    let s = sweep.display();
+    assert!(
+        out.contains(&format!(
+            "{s}:5:3: error: `training.optimizer.lrr` is not a key of the recipe"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{s}:8:18: error: training.max_steps = \"many\" makes an invalid trial"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{s}:10:9: error: a longlora_sft run logs no metric `eval/los`"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("did you mean `eval/loss`?"), "{out}");
+}

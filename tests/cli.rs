@@ -1,0 +1,125 @@
+//! The `runner` binary end to end: exit codes and formats.
+
+use std::process::{Command, Output};
+
+fn runner(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .output()
+        .expect("the runner binary runs")
+}
+
+#[test]
+fn validate_passes_on_everything_shipped() {
+    let out = runner(&["validate"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for file in [
+        "recipes/tiny/iag_distill.yaml",
+        "recipes/paper/coe_scienceqa_qwen_vl_chat.yaml",
+        "sweeps/lr.yaml",
+        "configs/models/t5-base.yaml",
+    ] {
+        assert!(
+            text.contains(&format!("ok      {file}")),
+            "{file} not reported valid:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn validate_exit_codes_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "kind: longlora_sft\nname: x\nmodle: {}\n").unwrap();
+    let out = runner(&["validate", "--format", "json", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(report["valid"], false);
+    let errors = report["files"][0]["errors"].as_array().unwrap();
+    let typo = errors
+        .iter()
+        .find(|e| e["message"].as_str().unwrap().contains("`modle`"))
+        .expect("the typo is reported");
+    assert_eq!(
+        (typo["line"].as_u64(), typo["col"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(typo["hint"], "did you mean `model`?");
+
+    assert_eq!(runner(&["validate", "no/such/path"]).status.code(), Some(2));
+    assert_eq!(
+        runner(&["validate", "--format", "xml"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(runner(&["frobnicate"]).status.code(), Some(2));
+}
+
+#[test]
+fn schema_is_json_schema_with_descriptions() {
+    let out = runner(&["schema"]);
+    assert_eq!(out.status.code(), Some(0));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["oneOf"].as_array().unwrap().len(), 4);
+    let training = &schema["$defs"]["Training"];
+    assert_eq!(training["additionalProperties"], false);
+    assert!(training["properties"]["micro_batch_size"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("per device"));
+}
+
+#[test]
+fn plan_json_and_explain() {
+    let out = runner(&[
+        "plan",
+        "--format",
+        "json",
+        "recipes/tiny/longlora_sft.yaml",
+        "training.optimizer.lr=3e-3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["plan"]["training"]["optimizer"]["lr"], 3e-3);
+    assert_eq!(plan["hash"].as_str().unwrap().len(), 64);
+
+    let out = runner(&[
+        "explain",
+        "recipes/tiny/longlora_sft.yaml",
+        "training.optimizer.lr=3e-3",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("{key} missing:\n{text}"))
+            .to_string()
+    };
+    assert!(line("training.optimizer.lr").contains("override 1 `training.optimizer.lr=3e-3`  (replaces configs/training/cpu-tiny.yaml:6:7)"), "{text}");
+    assert!(
+        line("model.arch.hidden_size").ends_with("configs/models/llama-tiny.yaml:4:14"),
+        "{text}"
+    );
+    assert!(
+        line("training.micro_batch_size").contains(
+            "recipes/tiny/longlora_sft.yaml:22:21  (replaces configs/training/cpu-tiny.yaml:3:19)"
+        ),
+        "{text}"
+    );
+    assert!(line("data.pad_token").ends_with("default"), "{text}");
+}
+
+#[test]
+fn doctor_reports_libtorch_and_bf16() {
+    let out = runner(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("libtorch        2.11.0"), "{text}");
+    assert!(text.contains("bf16 on Cpu     supported"), "{text}");
+    assert!(text.contains("cuda            "), "{text}");
+}

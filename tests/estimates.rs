@@ -1,0 +1,110 @@
+//! Parameter counts against the numbers HF transformers reports for the same configs, and the
+//! plan's step and memory arithmetic against hand-derived values.
+
+use std::path::Path;
+
+use runner::plan::estimate::estimate;
+use runner::plan::resolve;
+
+fn count(recipe: &str, overrides: &[&str]) -> runner::plan::estimate::Estimate {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    estimate(&resolve(Path::new(recipe), &overrides).unwrap().recipe)
+}
+
+fn part_total(e: &runner::plan::estimate::Estimate, part: &str) -> u64 {
+    e.groups
+        .iter()
+        .filter(|g| g.part == part && g.group != "adapters")
+        .map(|g| g.total)
+        .sum()
+}
+
+#[test]
+fn t5_base_and_llama_2_7b_have_their_hf_parameter_counts() {
+    // T5ForConditionalGeneration("t5-base").num_parameters() == 222_903_552 (tied head).
+    let iag = count("recipes/paper/iag_imcqa_nq_t5_base.yaml", &[]);
+    assert_eq!(part_total(&iag, "student"), 222_903_552);
+    assert_eq!(part_total(&iag, "teacher"), 222_903_552);
+    // LlamaForCausalLM(Llama-2-7b-hf).num_parameters() == 6_738_415_616.
+    let llama = count("recipes/paper/longlora_llama2_7b_8k_lora_plus.yaml", &[]);
+    assert_eq!(part_total(&llama, "model"), 6_738_415_616);
+}
+
+#[test]
+fn lora_plus_trains_adapters_embeddings_and_norms() {
+    let e = count("recipes/paper/longlora_llama2_7b_8k_lora_plus.yaml", &[]);
+    // LoRA r8 on q,k,v,o (4096×4096): 32 layers × 4 modules × 8 × (4096 + 4096).
+    let lora = 32 * 4 * 8 * (4096 + 4096);
+    let embed = 32_000 * 4096;
+    let norms = (2 * 32 + 1) * 4096;
+    assert_eq!(e.trainable_params, lora + embed + norms);
+    // 8 devices × 1 example × 8 accumulation × 8192 tokens.
+    assert_eq!(e.tokens_per_step, 8 * 8 * 8192);
+}
+
+#[test]
+fn memory_follows_precision_sharding_and_checkpointing() {
+    let e = count(
+        "recipes/tiny/longlora_sft.yaml",
+        &[
+            "training.adapter={type: full}",
+            "training.gradient_checkpointing=false",
+        ],
+    );
+    let m = &e.memory_per_device;
+    // fp32: 4 bytes a weight, 4 a gradient, 8 of AdamW moments.
+    assert_eq!(m.weights, 4 * e.total_params);
+    assert_eq!(m.gradients, 4 * e.trainable_params);
+    assert_eq!(m.optimizer, 8 * e.trainable_params);
+    // 2 layers × micro-batch 2 × 256 tokens × 64 wide × 17 values × 4 bytes, plus fp32 logits
+    // and their gradient (2 × 256 × 512 vocabulary × 4 bytes × 2).
+    let layers = 2 * 2 * 256 * 64 * 17 * 4;
+    let logits = 2 * 2 * 256 * 512 * 4;
+    assert_eq!(m.activations, layers + logits);
+    assert_eq!(
+        m.peak,
+        m.weights + m.gradients + m.optimizer + m.activations
+    );
+    // Checkpointed: each layer keeps its input, one layer is recomputed at a time.
+    assert_eq!(
+        m.activations_checkpointed,
+        2 * 2 * 256 * 64 * 4 + layers / 2 + logits
+    );
+
+    let zero = count(
+        "recipes/tiny/longlora_sft.yaml",
+        &[
+            "training.adapter={type: full}",
+            "training.distributed={devices: 4, zero_stage: 3}",
+        ],
+    );
+    assert_eq!(
+        zero.memory_per_device.weights,
+        (4 * e.total_params).div_ceil(4)
+    );
+    assert_eq!(
+        zero.memory_per_device.optimizer,
+        (8 * e.trainable_params).div_ceil(4)
+    );
+}
+
+#[test]
+fn tied_t5_embeddings_are_named_once_as_shared() {
+    // HyperLoRA on encoder self-attention: a down and an up hypernetwork, each
+    // Linear(256→8) → Linear(8→768·32 or 32·768).
+    let e = count(
+        "recipes/paper/iag_imcqa_nq_t5_base.yaml",
+        &[
+            "training.adapter.stacks=[encoder]",
+            "training.adapter.also_train=[norm]",
+        ],
+    );
+    let adapters: u64 = e
+        .groups
+        .iter()
+        .filter(|g| g.group == "adapters")
+        .map(|g| g.total)
+        .sum();
+    let branch = (256 * 8 + 8) + (8 * 768 * 32 + 768 * 32);
+    assert_eq!(adapters, 2 * branch);
+}

@@ -1,0 +1,7 @@
+//! The one integration-test binary (each test binary links libtorch, and linking is slow).
+
+mod bad_inputs;
+mod cli;
+mod estimates;
+mod plans;
+mod yaml;
