@@ -266,3 +266,27 @@ fn sweep_keys_and_values_are_checked_against_the_recipe() {
     );
     assert!(out.contains("did you mean `eval/loss`?"), "{out}");
 }
+
+#[test]
+fn a_recipe_cannot_be_its_own_teacher() {
+    let overrides = [
+        "model.teacher.path=null".to_string(),
+        "model.teacher.recipe=iag_distill.yaml".to_string(),
+    ];
+    let mut out = Vec::new();
+    let code = commands::plan::run(
+        Path::new("recipes/tiny/iag_distill.yaml"),
+        &overrides,
+        Format::Text,
+        &mut out,
+    )
+    .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, commands::INVALID);
+    assert!(
+        out.starts_with(
+            "<override 2>:1:22: error: teacher recipe `iag_distill.yaml` leads back to this recipe"
+        ),
+        "{out}"
+    );
+}

@@ -365,28 +365,23 @@ impl Checker<'_> {
         }
     }
 
-    fn heads(&mut self, prefix: &str, width_key: &str, width: u64, heads_key: &str, heads: u64) {
+    /// Attention heads must split the width evenly.
+    fn heads(&mut self, prefix: &str, width: u64, heads: u64) {
         if heads == 0 || width % heads != 0 {
-            let (w, h) = (
-                format!("{prefix}.{width_key}"),
-                format!("{prefix}.{heads_key}"),
+            let (h, w) = (
+                format!("{prefix}.num_attention_heads"),
+                format!("{prefix}.hidden_size"),
             );
             self.fail(
                 &[&h, &w],
                 format!("{heads} attention heads do not divide the width {width}"),
-                format!("choose {heads_key} that divides {width_key}"),
+                "choose num_attention_heads that divides hidden_size",
             );
         }
     }
 
     fn decoder(&mut self, prefix: &str, arch: &DecoderArch) {
-        self.heads(
-            prefix,
-            "hidden_size",
-            arch.hidden_size,
-            "num_attention_heads",
-            arch.num_attention_heads,
-        );
+        self.heads(prefix, arch.hidden_size, arch.num_attention_heads);
         let kv = arch.kv_heads();
         if kv == 0 || arch.num_attention_heads % kv != 0 {
             let (a, b) = (
@@ -434,13 +429,7 @@ impl Checker<'_> {
     }
 
     fn vision(&mut self, prefix: &str, arch: &VisionArch) {
-        self.heads(
-            prefix,
-            "hidden_size",
-            arch.hidden_size,
-            "num_attention_heads",
-            arch.num_attention_heads,
-        );
+        self.heads(prefix, arch.hidden_size, arch.num_attention_heads);
         if arch.patch_size == 0 || arch.image_size % arch.patch_size != 0 {
             let (a, b) = (
                 format!("{prefix}.image_size"),
@@ -480,7 +469,21 @@ impl Checker<'_> {
             );
             return;
         }
-        if let Err(errors) = super::resolve::resolve(&full, &[]) {
+        // A teacher recipe may itself name a teacher recipe; a chain that comes back is a cycle.
+        thread_local!(static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
+        if DEPTH.get() >= 8
+            || std::fs::canonicalize(&full).ok() == std::fs::canonicalize(&self.plan.source).ok()
+        {
+            self.errors.push(
+                Diagnostic::error(origin, format!("teacher recipe `{path}` leads back to this recipe"))
+                    .with_hint("a recipe cannot be its own teacher; point at the recipe that trains the FiD reader"),
+            );
+            return;
+        }
+        DEPTH.set(DEPTH.get() + 1);
+        let resolved = super::resolve::resolve(&full, &[]);
+        DEPTH.set(DEPTH.get() - 1);
+        if let Err(errors) = resolved {
             let mut d = Diagnostic::error(
                 origin,
                 format!(

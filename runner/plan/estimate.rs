@@ -132,16 +132,16 @@ pub fn adapter_params(part: &Part, adapter: &Adapter) -> Vec<Param> {
     }
     let lora = |module: &str, r: u64, input: u64, output: u64| {
         [
-            Param {
-                name: format!("{module}.lora_A.weight"),
-                shape: vec![r, input],
-                group: Group::Adapters,
-            },
-            Param {
-                name: format!("{module}.lora_B.weight"),
-                shape: vec![output, r],
-                group: Group::Adapters,
-            },
+            Param::new(
+                format!("{module}.lora_A.weight"),
+                &[r, input],
+                Group::Adapters,
+            ),
+            Param::new(
+                format!("{module}.lora_B.weight"),
+                &[output, r],
+                Group::Adapters,
+            ),
         ]
     };
     match adapter {
@@ -209,26 +209,22 @@ pub fn adapter_params(part: &Part, adapter: &Adapter) -> Vec<Param> {
                     let name = format!("hypernet.{}", key.to_lowercase());
                     let mlp = move |branch: &str, out: u64| {
                         [
-                            Param {
-                                name: format!("{name}.{branch}.0.weight"),
-                                shape: vec![hidden, input],
-                                group: Group::Adapters,
-                            },
-                            Param {
-                                name: format!("{name}.{branch}.0.bias"),
-                                shape: vec![hidden],
-                                group: Group::Adapters,
-                            },
-                            Param {
-                                name: format!("{name}.{branch}.2.weight"),
-                                shape: vec![out, hidden],
-                                group: Group::Adapters,
-                            },
-                            Param {
-                                name: format!("{name}.{branch}.2.bias"),
-                                shape: vec![out],
-                                group: Group::Adapters,
-                            },
+                            Param::new(
+                                format!("{name}.{branch}.0.weight"),
+                                &[hidden, input],
+                                Group::Adapters,
+                            ),
+                            Param::new(
+                                format!("{name}.{branch}.0.bias"),
+                                &[hidden],
+                                Group::Adapters,
+                            ),
+                            Param::new(
+                                format!("{name}.{branch}.2.weight"),
+                                &[out, hidden],
+                                Group::Adapters,
+                            ),
+                            Param::new(format!("{name}.{branch}.2.bias"), &[out], Group::Adapters),
                         ]
                     };
                     let mut params = mlp("down", input_dim * r).to_vec();

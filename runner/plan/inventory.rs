@@ -15,6 +15,14 @@ pub struct Param {
 }
 
 impl Param {
+    pub fn new(name: String, shape: &[u64], group: Group) -> Param {
+        Param {
+            name,
+            shape: shape.to_vec(),
+            group,
+        }
+    }
+
     pub fn numel(&self) -> u64 {
         self.shape.iter().product()
     }
@@ -62,11 +70,7 @@ struct Builder(Vec<Param>);
 
 impl Builder {
     fn add(&mut self, name: String, shape: &[u64], group: Group) {
-        self.0.push(Param {
-            name,
-            shape: shape.to_vec(),
-            group,
-        });
+        self.0.push(Param::new(name, shape, group));
     }
 
     /// A linear layer `out × in`, with an optional bias.
