@@ -53,6 +53,11 @@ fn validate_exit_codes_and_json() {
         Some(2)
     );
     assert_eq!(runner(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        runner(&["plan", "no/such/recipe.yaml"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(runner(&["explain"]).status.code(), Some(2));
 }
 
 #[test]
@@ -119,7 +124,8 @@ fn doctor_reports_libtorch_and_bf16() {
     let out = runner(&["doctor"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("libtorch        2.11.0"), "{text}");
+    assert!(text.contains("libtorch        2.11.0+"), "{text}");
+    assert!(text.contains("(built for 2.11.0, tch 0.24)"), "{text}");
     assert!(text.contains("bf16 on Cpu     supported"), "{text}");
     assert!(text.contains("cuda            "), "{text}");
 }

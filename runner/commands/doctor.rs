@@ -1,6 +1,8 @@
 //! `runner doctor`: what this machine offers the runner: libtorch, CUDA, devices, bf16, threads.
 
+use std::fs;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tch::{Cuda, Device, Kind, Tensor};
@@ -12,11 +14,20 @@ pub const LIBTORCH_VERSION: &str = "2.11.0";
 
 pub fn run(out: &mut dyn Write) -> std::io::Result<i32> {
     writeln!(out, "runner {}", env!("CARGO_PKG_VERSION"))?;
-    writeln!(out, "libtorch        {LIBTORCH_VERSION} (tch 0.24)")?;
+    // Any call loads libtorch, so its path shows in /proc/self/maps.
+    let threads = tch::get_num_threads();
+    match loaded_libtorch() {
+        Some((dir, version)) => writeln!(
+            out,
+            "libtorch        {version} from {} (built for {LIBTORCH_VERSION}, tch 0.24)",
+            dir.display()
+        )?,
+        None => writeln!(out, "libtorch        built for {LIBTORCH_VERSION} (tch 0.24); the loaded library was not found")?,
+    }
     writeln!(
         out,
         "threads         {} intra-op, {} inter-op",
-        tch::get_num_threads(),
+        threads,
         tch::get_num_interop_threads()
     )?;
     let cuda = Cuda::is_available();
@@ -72,6 +83,22 @@ fn bf16_works(device: Device) -> Result<(), String> {
     } else {
         Err(format!("64x64 ones squared gave {value}, expected 64"))
     }
+}
+
+/// The folder of the libtorch this process loaded, and the version of the torch package it belongs to.
+fn loaded_libtorch() -> Option<(PathBuf, String)> {
+    let maps = fs::read_to_string("/proc/self/maps").ok()?;
+    let lib = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libtorch_cpu.so"))?;
+    let dir = Path::new(lib).parent()?.to_path_buf();
+    let version_file = fs::read_to_string(dir.join("../version.py")).ok()?;
+    let line = version_file
+        .lines()
+        .find(|l| l.starts_with("__version__"))?;
+    let version = line.split(['\'', '"']).nth(1)?.to_string();
+    Some((dir, version))
 }
 
 /// GPU names from nvidia-smi (libtorch's device properties are not bound by tch).

@@ -3,11 +3,15 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::{report, INVALID, OK};
+use super::{report, INVALID, OK, USAGE};
 use crate::plan::explain::explain;
 use crate::plan::resolve;
 
 pub fn run(recipe: &Path, overrides: &[String], out: &mut dyn Write) -> std::io::Result<i32> {
+    if !recipe.is_file() {
+        writeln!(out, "error: recipe {} does not exist", recipe.display())?;
+        return Ok(USAGE);
+    }
     let plan = match resolve(recipe, overrides) {
         Ok(plan) => plan,
         Err(errors) => {

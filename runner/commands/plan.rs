@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{report, Format, INVALID, OK};
+use super::{report, Format, INVALID, OK, USAGE};
 use crate::config::emit;
 use crate::plan::estimate::{estimate, Estimate};
 use crate::plan::resolve;
@@ -17,6 +17,10 @@ pub fn run(
     format: Format,
     out: &mut dyn Write,
 ) -> std::io::Result<i32> {
+    if !recipe.is_file() {
+        writeln!(out, "error: recipe {} does not exist", recipe.display())?;
+        return Ok(USAGE);
+    }
     let plan = match resolve(recipe, overrides) {
         Ok(plan) => plan,
         Err(errors) => {
