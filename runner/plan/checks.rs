@@ -17,6 +17,7 @@ pub fn check(plan: &Plan) -> Vec<Diagnostic> {
         errors: Vec::new(),
     };
     c.training(plan.recipe.training());
+    c.eval_interval();
     c.adapter(plan.recipe.training(), &estimate::parts(&plan.recipe));
     match &plan.recipe {
         Recipe::IagDistill(r) => {
@@ -47,11 +48,6 @@ pub fn check(plan: &Plan) -> Vec<Diagnostic> {
             {
                 c.fail(&["method.alignment", "model.student.arch.num_layers", "model.teacher.arch.num_layers"], "hidden and attention alignment pair teacher and student layers and heads one to one, but their counts differ", "use teacher and student of the same size, or drop `method.alignment`");
             }
-            c.eval_interval(
-                "evaluation",
-                r.evaluation.every_steps,
-                r.evaluation.every_epochs,
-            );
         }
         Recipe::LongloraSft(r) => {
             let arch = &r.model.arch;
@@ -79,11 +75,6 @@ pub fn check(plan: &Plan) -> Vec<Diagnostic> {
                     c.fail(&["evaluation.perplexity.context_lengths", "model.rope_scaling.factor"], format!("perplexity at {too_long} tokens exceeds the {reach} positions the model covers"), "drop that length or raise the RoPE factor");
                 }
             }
-            c.eval_interval(
-                "evaluation",
-                r.evaluation.every_steps,
-                r.evaluation.every_epochs,
-            );
         }
         Recipe::CoeMultitask(r) => {
             let m = &r.model;
@@ -143,11 +134,6 @@ pub fn check(plan: &Plan) -> Vec<Diagnostic> {
                     "lower the threshold or add signals",
                 );
             }
-            c.eval_interval(
-                "evaluation",
-                r.evaluation.every_steps,
-                r.evaluation.every_epochs,
-            );
         }
     }
     c.errors
@@ -259,9 +245,7 @@ impl Checker<'_> {
                     "check micro_batch_size and grad_accumulation",
                 );
             }
-            if let Some(every) =
-                self.plan.recipe.to_json()["output"]["checkpoint_every_steps"].as_u64()
-            {
+            if let Some(every) = self.plan.recipe.output().checkpoint_every_steps {
                 if every > steps {
                     self.fail(
                         &["output.checkpoint_every_steps", "training.max_steps"],
@@ -276,28 +260,23 @@ impl Checker<'_> {
     }
 
     fn evaluates(&self) -> bool {
-        let json = self.plan.recipe.to_json();
-        !json["evaluation"]["every_steps"].is_null()
-            || !json["evaluation"]["every_epochs"].is_null()
+        let (steps, epochs) = self.plan.recipe.evaluation_interval();
+        steps.is_some() || epochs.is_some()
     }
 
-    fn eval_interval(&mut self, section: &str, steps: Option<u64>, epochs: Option<f64>) {
+    fn eval_interval(&mut self) {
+        let (steps, epochs) = self.plan.recipe.evaluation_interval();
         if steps.is_some() && epochs.is_some() {
-            let keys = [
-                format!("{section}.every_steps"),
-                format!("{section}.every_epochs"),
-            ];
             self.fail(
-                &[&keys[0], &keys[1]],
+                &["evaluation.every_steps", "evaluation.every_epochs"],
                 "evaluate every N steps or every fraction of an epoch, not both",
                 "remove one of the two",
             );
         }
         if let (Some(every), Some(max)) = (steps, self.plan.recipe.training().max_steps) {
             if every > max {
-                let key = format!("{section}.every_steps");
                 self.fail(
-                    &[&key, "training.max_steps"],
+                    &["evaluation.every_steps", "training.max_steps"],
                     format!("evaluation every {every} steps never happens in a {max}-step run"),
                     "lower every_steps (the end of training is always evaluated)",
                 );

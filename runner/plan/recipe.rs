@@ -97,6 +97,23 @@ impl Recipe {
         }
     }
 
+    pub fn output(&self) -> &Output {
+        match self {
+            Recipe::IagDistill(r) => &r.output,
+            Recipe::LongloraSft(r) => &r.output,
+            Recipe::CoeMultitask(r) => &r.output,
+        }
+    }
+
+    /// When evaluation runs: (every N optimizer steps, every fraction of an epoch).
+    pub fn evaluation_interval(&self) -> (Option<u64>, Option<f64>) {
+        match self {
+            Recipe::IagDistill(r) => (r.evaluation.every_steps, r.evaluation.every_epochs),
+            Recipe::LongloraSft(r) => (r.evaluation.every_steps, r.evaluation.every_epochs),
+            Recipe::CoeMultitask(r) => (r.evaluation.every_steps, r.evaluation.every_epochs),
+        }
+    }
+
     pub fn training(&self) -> &Training {
         match self {
             Recipe::IagDistill(r) => &r.training,
