@@ -6,5 +6,6 @@
 
 pub mod commands;
 pub mod config;
+pub mod models;
 pub mod plan;
 pub mod sweep;

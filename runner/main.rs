@@ -41,6 +41,36 @@ enum Command {
     Schema,
     /// Report libtorch, CUDA, devices, bf16 support and threads.
     Doctor,
+    /// Measure what a feature costs or saves (see README, Benchmarks).
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+    /// Fold a PEFT LoRA adapter into its base model and save an HF folder.
+    Merge {
+        /// The base model's HF folder (config.json + safetensors).
+        base: PathBuf,
+        /// The adapter folder (adapter_config.json + adapter_model.safetensors).
+        adapter: PathBuf,
+        /// Where to write the merged HF folder.
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Peak memory of one training step with and without gradient checkpointing.
+    Checkpointing {
+        #[arg(long, default_value_t = 12)]
+        layers: u64,
+        #[arg(long, default_value_t = 2048)]
+        tokens: i64,
+        #[arg(long, default_value_t = 256)]
+        hidden: u64,
+        /// Internal: measure one mode in this process.
+        #[arg(long, hide = true)]
+        child: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +88,28 @@ fn main() -> ExitCode {
         }
         Command::Schema => commands::schema::run(&mut out),
         Command::Doctor => commands::doctor::run(&mut out),
+        Command::Bench {
+            what:
+                Bench::Checkpointing {
+                    layers,
+                    tokens,
+                    hidden,
+                    child,
+                },
+        } => commands::bench::run(
+            commands::bench::Shape {
+                layers,
+                tokens,
+                hidden,
+            },
+            child.as_deref(),
+            &mut out,
+        ),
+        Command::Merge {
+            base,
+            adapter,
+            out: dir,
+        } => commands::merge::run(&base, &adapter, &dir, &mut out),
     };
     let _ = out.flush();
     match code {

@@ -3,5 +3,6 @@
 mod bad_inputs;
 mod cli;
 mod estimates;
+mod models;
 mod plans;
 mod yaml;

@@ -1,8 +1,10 @@
 //! One function per subcommand. Each writes its report to the given writer and returns the
 //! process exit code, so tests can run them in-process.
 
+pub mod bench;
 pub mod doctor;
 pub mod explain;
+pub mod merge;
 pub mod plan;
 pub mod schema;
 pub mod validate;
@@ -34,4 +36,18 @@ pub fn report(errors: &[Diagnostic], out: &mut dyn Write) -> std::io::Result<()>
         errors.len(),
         if errors.len() == 1 { "" } else { "s" }
     )
+}
+
+/// Prints a command's report, or its error, and gives the exit code.
+pub fn finish(result: anyhow::Result<String>, out: &mut dyn Write) -> std::io::Result<i32> {
+    match result {
+        Ok(report) => {
+            writeln!(out, "{report}")?;
+            Ok(OK)
+        }
+        Err(e) => {
+            writeln!(out, "error: {e:#}")?;
+            Ok(USAGE)
+        }
+    }
 }

@@ -224,11 +224,12 @@ pub fn decoder(arch: &DecoderArch) -> Vec<Param> {
                 arch.attention_bias,
                 Group::Attention,
             );
+            // Llama's `attention_bias` also puts a bias on o_proj; Qwen2's biases stop at v.
             b.linear(
                 &format!("{layer}.self_attn.o_proj"),
                 h,
                 h,
-                false,
+                arch.attention_bias && arch.family == Family::Llama,
                 Group::Attention,
             );
             b.linear(
@@ -385,4 +386,25 @@ pub fn module_names(params: &[Param]) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// Checkpoint names that hold a copy of another parameter (tied weights), with the parameter
+/// they copy: loading reads them into it, saving leaves them out.
+pub fn t5_aliases(arch: &T5Arch) -> Vec<(String, String)> {
+    let mut aliases = vec![
+        ("encoder.embed_tokens.weight".into(), "shared.weight".into()),
+        ("decoder.embed_tokens.weight".into(), "shared.weight".into()),
+    ];
+    if arch.tie_word_embeddings {
+        aliases.push(("lm_head.weight".into(), "shared.weight".into()));
+    }
+    aliases
+}
+
+/// As [`t5_aliases`], for decoders.
+pub fn decoder_aliases(arch: &DecoderArch) -> Vec<(String, String)> {
+    match arch.tie_word_embeddings {
+        true => vec![("lm_head.weight".into(), "model.embed_tokens.weight".into())],
+        false => Vec::new(),
+    }
 }

@@ -1,0 +1,182 @@
+//! Gradient checkpointing by recomputation. libtorch's autograd cannot be extended from tch
+//! (no custom functions, and `run_backward` takes no output gradients), so the tape does the
+//! bookkeeping itself:
+//!
+//! - forward: each layer ("segment") runs without a graph; the tape keeps only its inputs and
+//!   hands on its output as a fresh leaf, so the rest of the model builds a small graph on it;
+//! - backward: `loss.backward()` fills the gradients of those leaves; then, newest first, each
+//!   segment is re-run with a graph and back-propagated with `(y · ∂L/∂y).sum().backward()`,
+//!   which accumulates the parameters' gradients and yields its inputs' gradients.
+//!
+//! Tensors used by several segments (T5's position bias, the encoder output in the decoder)
+//! enter through [`Tape::boundary`], a leaf whose gradient is collected from every user before
+//! it is passed on, once, to the graph that made it.
+//!
+//! Dropout must draw the same mask when a segment is recomputed. There is no way to save and
+//! restore libtorch's generator state from tch, so while training every segment reseeds the
+//! global generator from (step seed, segment index), in both modes, which also makes the two
+//! modes draw identical masks.
+
+use std::cell::RefCell;
+
+use tch::Tensor;
+
+/// Whether layers keep their activations for the backward pass or recompute them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checkpointing {
+    Off,
+    Recompute,
+}
+
+type Segment<'a> = Box<dyn Fn(&[Tensor]) -> Tensor + 'a>;
+
+enum Event<'a> {
+    Segment {
+        run: Segment<'a>,
+        inputs: Vec<Tensor>,
+        output: Tensor,
+        seed: Option<i64>,
+    },
+    Boundary {
+        made: Tensor,
+        leaf: Tensor,
+    },
+}
+
+/// The record of one forward pass.
+pub struct Tape<'a> {
+    mode: Checkpointing,
+    /// Seed of this step's dropout masks; None when not training.
+    seed: Option<i64>,
+    events: RefCell<Vec<Event<'a>>>,
+    segments: RefCell<i64>,
+}
+
+impl<'a> Tape<'a> {
+    /// A tape for one training step; `seed` derives every dropout mask of the step, also
+    /// those drawn outside segments (it reseeds the global generator now).
+    pub fn training(mode: Checkpointing, seed: i64) -> Tape<'a> {
+        tch::manual_seed(seed);
+        Tape {
+            mode,
+            seed: Some(seed),
+            events: RefCell::new(Vec::new()),
+            segments: RefCell::new(0),
+        }
+    }
+
+    /// A tape that records nothing: evaluation, or training without reseeding.
+    pub fn plain() -> Tape<'a> {
+        Tape {
+            mode: Checkpointing::Off,
+            seed: None,
+            events: RefCell::new(Vec::new()),
+            segments: RefCell::new(0),
+        }
+    }
+
+    fn recomputing(&self) -> bool {
+        self.mode == Checkpointing::Recompute
+    }
+
+    /// A tensor that several segments read. Returned as is unless recomputing.
+    pub fn boundary(&self, t: &Tensor) -> Tensor {
+        if !self.recomputing() || !t.requires_grad() {
+            return t.shallow_clone();
+        }
+        let leaf = t.detach().set_requires_grad(true);
+        self.events.borrow_mut().push(Event::Boundary {
+            made: t.shallow_clone(),
+            leaf: leaf.shallow_clone(),
+        });
+        leaf
+    }
+
+    /// Runs one segment (a layer) on `inputs`.
+    pub fn segment(&self, inputs: &[&Tensor], run: impl Fn(&[Tensor]) -> Tensor + 'a) -> Tensor {
+        let index = {
+            let mut n = self.segments.borrow_mut();
+            *n += 1;
+            *n
+        };
+        let seed = self.seed.map(|s| segment_seed(s, index));
+        let inputs: Vec<Tensor> = inputs.iter().map(|t| t.shallow_clone()).collect();
+        reseed(seed);
+        if !self.recomputing() {
+            return run(&inputs);
+        }
+        let output = tch::no_grad(|| run(&inputs)).set_requires_grad(true);
+        self.events.borrow_mut().push(Event::Segment {
+            run: Box::new(run),
+            inputs,
+            output: output.shallow_clone(),
+            seed,
+        });
+        output
+    }
+
+    /// Back-propagates `loss` through the whole forward pass, recomputing segments as needed.
+    pub fn backward(&self, loss: &Tensor) {
+        loss.backward();
+        let mut events = self.events.borrow_mut();
+        while let Some(event) = events.pop() {
+            match event {
+                Event::Segment {
+                    run,
+                    inputs,
+                    output,
+                    seed,
+                } => {
+                    let grad = output.grad();
+                    if !grad.defined() {
+                        continue;
+                    }
+                    let copies: Vec<Tensor> = inputs
+                        .iter()
+                        .map(|x| match x.requires_grad() {
+                            true => x.detach().set_requires_grad(true),
+                            false => x.shallow_clone(),
+                        })
+                        .collect();
+                    reseed(seed);
+                    let y = tch::with_grad(|| run(&copies));
+                    pull(&y, &grad);
+                    for (copy, input) in copies.iter().zip(&inputs) {
+                        let g = copy.grad();
+                        if copy.requires_grad() && g.defined() {
+                            // Inputs are leaves (earlier outputs or boundaries): this
+                            // accumulates into their gradient.
+                            pull(input, &g);
+                        }
+                    }
+                }
+                Event::Boundary { made, leaf } => {
+                    let grad = leaf.grad();
+                    if grad.defined() {
+                        pull(&made, &grad);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Back-propagates `grad` (∂L/∂t) into the graph that made `t`.
+fn pull(t: &Tensor, grad: &Tensor) {
+    (t * grad.to_kind(t.kind())).sum(t.kind()).backward();
+}
+
+fn reseed(seed: Option<i64>) {
+    if let Some(s) = seed {
+        tch::manual_seed(s);
+    }
+}
+
+/// A seed per (step, segment), mixed so that neighbouring steps do not share masks.
+fn segment_seed(step_seed: i64, index: i64) -> i64 {
+    let mut x = (step_seed as u64) ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 29;
+    (x >> 1) as i64
+}

@@ -1,0 +1,57 @@
+//! A whole model as an HF folder: its architecture (config.json) and its weights in a
+//! [`ParamStore`], loaded, freshly initialised, or saved.
+
+use std::path::Path;
+
+use anyhow::Result;
+use tch::{Device, Kind};
+
+use super::hf_folder::{self, HfConfig};
+use super::{llama, t5, ParamStore};
+use crate::plan::inventory::{self, Param};
+
+/// HF's default shard size for `save_pretrained`.
+pub const MAX_SHARD_BYTES: usize = 5 << 30;
+
+/// Every parameter of the architecture, by HF name.
+pub fn params(config: &HfConfig) -> Vec<Param> {
+    match config {
+        HfConfig::T5(arch) => inventory::t5(arch),
+        HfConfig::Decoder { arch, .. } => inventory::decoder(arch),
+    }
+}
+
+/// Randomly initialised weights, with the standard deviations transformers uses.
+pub fn random(config: &HfConfig, seed: i64, device: Device, kind: Kind) -> ParamStore {
+    let params = params(config);
+    match config {
+        HfConfig::T5(arch) => {
+            ParamStore::init(&params, |p| t5::init_std(arch, p), seed, device, kind)
+        }
+        HfConfig::Decoder { .. } => {
+            ParamStore::init(&params, |_| llama::INIT_STD, seed, device, kind)
+        }
+    }
+}
+
+/// The architecture and weights of an HF folder.
+pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<(HfConfig, ParamStore)> {
+    let config = hf_folder::read_config(dir)?;
+    let aliases = match &config {
+        HfConfig::T5(arch) => inventory::t5_aliases(arch),
+        HfConfig::Decoder { arch, .. } => inventory::decoder_aliases(arch),
+    };
+    let mut store = ParamStore::zeros(&params(&config), device, kind);
+    store.load_hf(dir, &aliases)?;
+    Ok((config, store))
+}
+
+/// Saves config.json and the weights (adapters excluded) as transformers lays them out.
+pub fn save(dir: &Path, config: &HfConfig, store: &ParamStore) -> Result<()> {
+    hf_folder::write_folder(
+        dir,
+        &hf_folder::config_json(config),
+        &store.base_tensors(),
+        MAX_SHARD_BYTES,
+    )
+}

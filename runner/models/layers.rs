@@ -1,0 +1,93 @@
+//! The building blocks every model shares: linear layers (with an optional LoRA branch), RMS
+//! normalisation, embedding lookup.
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use super::store::ParamStore;
+
+/// A LoRA branch (Hu et al.): `scale · B·A·dropout(x)`, with A `[rank, in]` and B `[out, rank]`.
+pub struct LoraBranch {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+/// `x·Wᵀ + b`, plus the LoRA branch when the store holds one for this module.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraBranch>,
+}
+
+impl Linear {
+    /// The module `name` (`name.weight`, `name.bias` if the checkpoint has one, and
+    /// `name.lora_A.weight`/`name.lora_B.weight` if adapters were attached).
+    pub fn load(store: &ParamStore, name: &str) -> Result<Linear> {
+        let lora = match (
+            store.find(&format!("{name}.lora_A.weight")),
+            store.find(&format!("{name}.lora_B.weight")),
+            store.lora,
+        ) {
+            (Some(a), Some(b), Some(settings)) => Some(LoraBranch {
+                a,
+                b,
+                scale: settings.scale,
+                dropout: settings.dropout,
+            }),
+            _ => None,
+        };
+        Ok(Linear {
+            weight: store.get(&format!("{name}.weight"))?,
+            bias: store.find(&format!("{name}.bias")),
+            lora,
+        })
+    }
+
+    /// `x` is in the compute kind; master weights are cast to it where they are used.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let kind = x.kind();
+        let bias = self.bias.as_ref().map(|b| b.to_kind(kind));
+        let y = x.linear(&self.weight.to_kind(kind), bias);
+        match &self.lora {
+            None => y,
+            Some(l) => {
+                let h = x
+                    .dropout(l.dropout, train)
+                    .linear::<Tensor>(&l.a.to_kind(kind), None)
+                    .linear::<Tensor>(&l.b.to_kind(kind), None);
+                y + h * l.scale
+            }
+        }
+    }
+}
+
+/// Root-mean-square normalisation without centring (T5LayerNorm, LlamaRMSNorm): statistics in
+/// fp32, the result in the input's kind.
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(store: &ParamStore, name: &str, eps: f64) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: store.get(&format!("{name}.weight"))?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let x32 = x.to_kind(Kind::Float);
+        let variance = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let normed = (x32 * (variance + self.eps).rsqrt()).to_kind(kind);
+        normed * self.weight.to_kind(kind)
+    }
+}
+
+/// Rows of an embedding table, cast to the compute kind.
+pub fn embed(table: &Tensor, ids: &Tensor, kind: Kind) -> Tensor {
+    Tensor::embedding(table, ids, -1, false, false).to_kind(kind)
+}

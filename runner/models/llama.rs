@@ -1,0 +1,270 @@
+//! The Llama family (Llama, Mistral, Qwen2) as `*ForCausalLM`: pre-norm decoder layers of
+//! grouped-query self-attention with rotary positions and a SwiGLU MLP, RMS norms.
+//! Qwen2 adds q/k/v biases, Mistral a sliding attention window. Training may use LongLoRA's
+//! shifted sparse attention; evaluation and generation always attend fully.
+
+use std::rc::Rc;
+
+use anyhow::{bail, Result};
+use tch::{Device, Kind, Tensor};
+
+use super::attention::{attend, decoder_mask, repeat_kv, shifted_sparse, KvCache, Mask};
+use super::checkpoint::Tape;
+use super::layers::{embed, Linear, RmsNorm};
+use super::rope::{self, Rotary};
+use super::store::ParamStore;
+use crate::plan::arch::{DecoderArch, Family};
+
+/// transformers' default `initializer_range`.
+pub const INIT_STD: f64 = 0.02;
+
+/// Choices the plan makes on top of the checkpoint's architecture.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DecoderOptions {
+    /// Linear RoPE position interpolation (1 = none).
+    pub rope_factor: f64,
+    /// S²-Attn groups while training (LongLoRA: 4, i.e. group = length / 4); None = full attention.
+    pub shifted_sparse_groups: Option<i64>,
+}
+
+impl Default for DecoderOptions {
+    fn default() -> Self {
+        DecoderOptions {
+            rope_factor: 1.0,
+            shifted_sparse_groups: None,
+        }
+    }
+}
+
+pub struct Llama {
+    pub arch: DecoderArch,
+    pub options: DecoderOptions,
+    kind: Kind,
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rotary: Rotary,
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+}
+
+/// What every layer of one forward pass shares: rotary angles and how to attend.
+struct Context {
+    cos: Tensor,
+    sin: Tensor,
+    attention: How,
+}
+
+enum How {
+    Full(Mask),
+    ShiftedSparse {
+        groups: i64,
+        key_padding: Option<Tensor>,
+    },
+}
+
+/// Cached keys and values of every layer.
+pub struct DecoderCache {
+    layers: Vec<KvCache>,
+}
+
+impl DecoderCache {
+    pub fn len(&self) -> i64 {
+        self.layers.first().map_or(0, KvCache::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Llama {
+    pub fn new(
+        store: &ParamStore,
+        arch: &DecoderArch,
+        options: DecoderOptions,
+        kind: Kind,
+    ) -> Result<Llama> {
+        if arch.family == Family::Qwen {
+            bail!("the `qwen` (Qwen-7B / Qwen-VL) module layout cannot run yet; llama, mistral and qwen2 can");
+        }
+        let heads = arch.num_attention_heads as i64;
+        let head_dim = arch.hidden_size as i64 / heads;
+        let eps = arch.rms_norm_eps;
+        let layers = (0..arch.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                let l = |name: &str| Linear::load(store, &format!("{p}.{name}"));
+                Ok(Layer {
+                    input_norm: RmsNorm::load(store, &format!("{p}.input_layernorm"), eps)?,
+                    q: l("self_attn.q_proj")?,
+                    k: l("self_attn.k_proj")?,
+                    v: l("self_attn.v_proj")?,
+                    o: l("self_attn.o_proj")?,
+                    post_norm: RmsNorm::load(store, &format!("{p}.post_attention_layernorm"), eps)?,
+                    gate: l("mlp.gate_proj")?,
+                    up: l("mlp.up_proj")?,
+                    down: l("mlp.down_proj")?,
+                    heads,
+                    kv_heads: arch.kv_heads() as i64,
+                    head_dim,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let embed_tokens = store.get("model.embed_tokens.weight")?;
+        let lm_head = match arch.tie_word_embeddings {
+            true => embed_tokens.shallow_clone(),
+            false => store.get("lm_head.weight")?,
+        };
+        Ok(Llama {
+            arch: arch.clone(),
+            options,
+            kind,
+            rotary: Rotary::new(head_dim, arch.rope_theta, options.rope_factor, store.device),
+            embed_tokens,
+            layers,
+            norm: RmsNorm::load(store, "model.norm", eps)?,
+            lm_head,
+        })
+    }
+
+    /// Logits `[B, T, vocab]` (fp32) of `ids` `[B, T]`; `mask` is 1 for real tokens.
+    pub fn forward<'a>(
+        &'a self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        tape: &Tape<'a>,
+        train: bool,
+    ) -> Tensor {
+        let t = ids.size()[1];
+        let attention = match self.options.shifted_sparse_groups {
+            Some(groups) if train => How::ShiftedSparse {
+                groups,
+                key_padding: mask.map(Tensor::shallow_clone),
+            },
+            _ => How::Full(decoder_mask(t, 0, self.window(), mask, ids.device())),
+        };
+        let context = Rc::new(self.context(ids, mask, 0, attention));
+        let mut x = tape.boundary(&embed(&self.embed_tokens, ids, self.kind));
+        for layer in &self.layers {
+            let context = Rc::clone(&context);
+            x = tape.segment(&[&x], move |xs| {
+                layer.forward(&xs[0], &context, train, None)
+            });
+        }
+        self.head(&x)
+    }
+
+    /// Logits of the new tokens `ids` `[B, T]` after the cached ones (no gradients).
+    /// `mask` `[B, cached + T]` covers cached and new tokens (left padding of prompts).
+    pub fn forward_cached(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut DecoderCache,
+    ) -> Tensor {
+        let (t, past) = (ids.size()[1], cache.len());
+        let attention = How::Full(decoder_mask(t, past, self.window(), mask, ids.device()));
+        let context = self.context(ids, mask, past, attention);
+        let mut x = embed(&self.embed_tokens, ids, self.kind);
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(&x, &context, false, Some(kv));
+        }
+        self.head(&x)
+    }
+
+    pub fn new_cache(&self) -> DecoderCache {
+        DecoderCache {
+            layers: self.layers.iter().map(|_| KvCache::default()).collect(),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed_tokens.device()
+    }
+
+    fn window(&self) -> Option<i64> {
+        self.arch.sliding_window.map(|w| w as i64)
+    }
+
+    /// Positions count real tokens only, so left-padded prompts start at 0 as in transformers.
+    fn context(&self, ids: &Tensor, mask: Option<&Tensor>, past: i64, attention: How) -> Context {
+        let (b, t) = ids.size2().expect("ids are [B, T]");
+        let positions = match mask {
+            Some(m) => (m.cumsum(1, Kind::Int64) - 1)
+                .clamp_min(0)
+                .narrow(1, past, t),
+            None => Tensor::arange_start(past, past + t, (Kind::Int64, ids.device()))
+                .view([1, t])
+                .expand([b, t], false),
+        };
+        let (cos, sin) = self.rotary.cos_sin(&positions, self.kind);
+        Context {
+            cos,
+            sin,
+            attention,
+        }
+    }
+
+    fn head(&self, x: &Tensor) -> Tensor {
+        let y = self.norm.forward(x);
+        y.linear::<Tensor>(&self.lm_head.to_kind(y.kind()), None)
+            .to_kind(Kind::Float)
+    }
+}
+
+impl Layer {
+    /// `x + Attn(norm x)`, then `+ MLP(norm x)`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        context: &Context,
+        train: bool,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let (b, t, _) = x.size3().expect("[B, T, d]");
+        let heads = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2);
+        let h = self.input_norm.forward(x);
+        // [B, T, d] → [B, H, T, head_dim], rotated.
+        let q = heads(self.q.forward(&h, train), self.heads);
+        let k = heads(self.k.forward(&h, train), self.kv_heads);
+        let v = heads(self.v.forward(&h, train), self.kv_heads);
+        let q = rope::apply(&q, &context.cos, &context.sin);
+        let k = rope::apply(&k, &context.cos, &context.sin);
+        let (k, v) = match cache {
+            Some(c) => c.append(k, v),
+            None => (k, v),
+        };
+        let n_rep = self.heads / self.kv_heads;
+        let (k, v) = (repeat_kv(&k, n_rep), repeat_kv(&v, n_rep));
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let out = match &context.attention {
+            How::Full(mask) => attend(&q, &k, &v, mask, scale, 0.0, false),
+            How::ShiftedSparse {
+                groups,
+                key_padding,
+            } => shifted_sparse(&q, &k, &v, *groups, key_padding.as_ref(), scale),
+        };
+        let out = out
+            .transpose(1, 2)
+            .reshape([b, t, self.heads * self.head_dim]);
+        let x = x + self.o.forward(&out, train);
+        let h = self.post_norm.forward(&x);
+        let mlp = self.gate.forward(&h, train).silu() * self.up.forward(&h, train);
+        x + self.down.forward(&mlp, train)
+    }
+}

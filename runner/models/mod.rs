@@ -1,0 +1,24 @@
+//! Native models on libtorch, parameter for parameter the HF transformers modules they mirror.
+//!
+//! Weights live in one [`ParamStore`] keyed by HF names (the names come from
+//! `plan::inventory`, the one place where module names are mapped). Models borrow shallow
+//! handles to those tensors, so LoRA, freezing and saving act on the store, not on the model.
+
+pub mod attention;
+pub mod checkpoint;
+pub mod fid;
+pub mod generate;
+pub mod hf_folder;
+pub mod hf_model;
+pub mod layers;
+pub mod llama;
+pub mod lora;
+pub mod loss;
+pub mod precision;
+pub mod rope;
+pub mod store;
+pub mod t5;
+
+pub use checkpoint::{Checkpointing, Tape};
+pub use precision::Compute;
+pub use store::ParamStore;

@@ -1,0 +1,606 @@
+"""Generate the HF-transformers reference fixtures that the Rust model tests compare against.
+
+What it generates (all under tests/fixtures/):
+
+  models/t5-v1_0/             T5 v1.0 (relu FFN, tied embeddings, decoder output rescaled by d_model**-0.5),
+                              plus Fusion-in-Decoder expectations
+  models/t5-v1_1/             T5 v1.1 (gated-gelu FFN, separate lm_head, no rescaling)
+  models/llama-gqa-rope/      Llama with GQA and linear RoPE scaling, saved as sharded safetensors
+  models/qwen2-bias/          Qwen2 (q/k/v biases, made non-zero)
+  models/mistral-window/      Mistral with sliding_window=4
+  models/llama-gqa-rope-lora/ PEFT LoRA adapter for llama-gqa-rope (q/v LoRA + embeddings and all norms trained)
+  s2attn.safetensors          LongLoRA shifted sparse attention, loop-based reference
+
+How to run (from the repository root):
+
+  .venv/bin/pip install -r scripts/fixtures-requirements.txt && .venv/bin/python scripts/make_fixtures.py
+
+  .venv/bin/python scripts/make_fixtures.py check-adapter --base DIR --adapter DIR --expected FILE
+      loads the base model and PEFT adapter, compares logits with FILE (exit 1 if max abs diff > 1e-4).
+
+Everything runs on CPU in fp32, single-threaded, with fixed seeds and eager attention, so reruns
+are bit-identical on the same machine. The script asserts its own results: saved files reload to
+the same logits, generate() matches cache-free greedy argmax with a clear margin, the adapter
+round-trips through PeftModel.from_pretrained.
+
+Fixture format, per model folder models/<name>/:
+
+  config.json, generation_config.json, model.safetensors (or model-0000i-of-0000n.safetensors
+  shards + model.safetensors.index.json): exactly what HF save_pretrained writes.
+  expected.safetensors:
+    input_ids          int64 [2, T]   token ids in [3, vocab); row 2 is padded (see below)
+    attention_mask     int64 [2, T]
+    labels             int64          -100 where ignored
+    decoder_input_ids  int64 [2, 6]   T5 only: labels shifted right with decoder_start_token_id, -100 -> pad
+    logits             float32        eval-mode forward (T5: with decoder_input_ids; decoder-only:
+                                      input_ids + attention_mask)
+    loss               float32 [1]    HF loss of the same batch, computed in train mode (all dropout is 0)
+    grad.<param name>  float32        gradient of that loss for every model.named_parameters() entry
+    gen_input_ids      int64 [2, 5]   decoder-only only: unpadded greedy-decoding prompt
+    generated          int64 [2, 8]   the 8 new tokens of greedy decoding with KV cache, EOS stopping
+                                      disabled (T5: prompt = input_ids/attention_mask, decoder start
+                                      token excluded)
+    fid_input_ids      int64 [2,3,10] t5-v1_0 only: 2 questions x 3 passages x 10 tokens
+    fid_attention_mask int64 [2,3,10]
+    fid_logits         float32        FiD: passages encoded independently, encoder outputs and mask
+                                      concatenated per question, decoded with decoder_input_ids
+  Padding: decoder-only inputs are right padded (row 2, last 3 positions: pad id 0, mask 0,
+  label -100; labels = input_ids elsewhere, HF shifts internally). T5 encoder row 2 has its last 3
+  positions padded; T5 labels row 2 has -100 on its last 2 positions.
+
+  models/llama-gqa-rope-lora/: adapter_config.json + adapter_model.safetensors (PEFT save_pretrained,
+  its boilerplate README.md dropped) and expected.safetensors with input_ids, attention_mask (same as llama-gqa-rope) and logits of
+  the PeftModel in eval mode.
+
+  s2attn.safetensors: q, k, v, output, full_causal, all float32 [B=2, H=4, T=16, D=8].
+
+  models/llama-gqa-rope-runner-lora/ is not generated here: runner's own Rust test writes it (an
+  adapter saved by runner, with runner's logits); this script checks that PEFT loads it and gives
+  those logits.
+"""
+
+import argparse
+import copy
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils.other import ModulesToSaveWrapper
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoModelForCausalLM,
+    DynamicCache,
+    EncoderDecoderCache,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+MODELS = FIXTURES / "models"
+
+VOCAB = 96
+PAD = 0
+IGNORE = -100
+FIRST_TOKEN = 3  # ids 0..2 are pad / eos / bos in these configs; keep them out of random inputs
+NEW_TOKENS = 8
+ADAPTER_TOLERANCE = 1e-4
+
+# Sizes shared by the decoder-only models.
+DECODER_ONLY_SIZES = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=16,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    attention_dropout=0.0,
+    pad_token_id=PAD,
+    # HF's default std 0.02 leaves attention near-uniform and some gradients ~1e-4 at this width;
+    # 0.2 gives O(1) activations so the comparisons actually discriminate.
+    initializer_range=0.2,
+)
+
+T5_SIZES = dict(
+    vocab_size=VOCAB,
+    d_model=32,
+    d_kv=8,
+    d_ff=64,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=16,
+    dropout_rate=0.0,
+    decoder_start_token_id=0,
+    pad_token_id=PAD,
+    eos_token_id=1,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def random_tokens(*shape):
+    return torch.randint(FIRST_TOKEN, VOCAB, shape, dtype=torch.int64)
+
+
+def causal_lm_batch(seq_len):
+    """Two rows; row 2 is right padded on its last 3 positions."""
+    input_ids = random_tokens(2, seq_len)
+    attention_mask = torch.ones(2, seq_len, dtype=torch.int64)
+    attention_mask[1, -3:] = 0
+    input_ids[attention_mask == 0] = PAD
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE)
+    return input_ids, attention_mask, labels
+
+
+def fresh_dir(path):
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def save_tensors(path, tensors):
+    save_file({name: t.detach().contiguous() for name, t in tensors.items()}, str(path))
+
+
+def train_step(model, **inputs):
+    """Loss and per-parameter gradients of one HF training step (train mode, no optimizer update)."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss = model(**inputs).loss
+    loss.backward()
+    grads = {}
+    for name, param in model.named_parameters():
+        assert param.grad is not None, f"no gradient for {name}"
+        grads[f"grad.{name}"] = param.grad.detach().clone()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return {"loss": loss.detach().reshape(1), **grads}
+
+
+def greedy_generate(model, **inputs):
+    """Greedy decoding of exactly NEW_TOKENS tokens with the KV cache, EOS stopping disabled.
+
+    generate() fills every None field of the passed GenerationConfig from model.generation_config,
+    so eos_token_id=None there alone would be overridden by the model's EOS. Clearing it on the
+    model's own generation config (on a copy, so the saved files are untouched) really disables it.
+    """
+    saved = model.generation_config
+    model.generation_config = copy.deepcopy(saved)
+    model.generation_config.eos_token_id = None
+    config = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=NEW_TOKENS,
+        eos_token_id=None,
+        pad_token_id=PAD,
+        use_cache=True,
+    )
+    try:
+        with torch.no_grad():
+            return model.generate(**inputs, generation_config=config)
+    finally:
+        model.generation_config = saved
+
+
+def check_greedy(next_logits_fn, generated):
+    """Re-derive the greedy tokens with cache-free full forwards; also require a clear argmax margin
+    so the fixture is robust to float noise in other implementations."""
+    min_margin = math.inf
+    for step in range(generated.shape[1]):
+        logits = next_logits_fn(generated[:, :step])
+        top2 = logits.topk(2, dim=-1).values
+        min_margin = min(min_margin, (top2[:, 0] - top2[:, 1]).min().item())
+        assert torch.equal(logits.argmax(-1), generated[:, step]), f"greedy mismatch at step {step}"
+    assert min_margin > 5e-3, f"greedy argmax margin too small: {min_margin}"
+    return min_margin
+
+
+def check_reload(model_cls, out_dir, inputs, logits):
+    """The saved files must reproduce the in-memory model, since the Rust side only sees the files."""
+    reloaded = model_cls.from_pretrained(out_dir, attn_implementation="eager").eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, logits), f"{out_dir}: reload changed logits"
+
+
+def causal_lm_fixture(name, model, seq_len, save_kwargs=None):
+    """Forward/backward/generation expectations shared by all decoder-only models."""
+    out_dir = fresh_dir(MODELS / name)
+    model.save_pretrained(out_dir, safe_serialization=True, **(save_kwargs or {}))
+
+    input_ids, attention_mask, labels = causal_lm_batch(seq_len)
+    gen_input_ids = random_tokens(2, 5)
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    check_reload(type(model), out_dir, {"input_ids": input_ids, "attention_mask": attention_mask}, logits)
+    training = train_step(model, input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    gen_mask = torch.ones_like(gen_input_ids)
+    sequences = greedy_generate(model, input_ids=gen_input_ids, attention_mask=gen_mask)
+    assert sequences.shape == (2, 5 + NEW_TOKENS), sequences.shape
+    generated = sequences[:, 5:]
+
+    def next_logits(prefix):
+        with torch.no_grad():
+            return model(input_ids=torch.cat([gen_input_ids, prefix], dim=1)).logits[:, -1]
+
+    margin = check_greedy(next_logits, generated)
+
+    save_tensors(
+        out_dir / "expected.safetensors",
+        {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "logits": logits,
+            **training,
+            "gen_input_ids": gen_input_ids,
+            "generated": generated,
+        },
+    )
+    print(f"{name}: loss {training['loss'].item():.6f}, greedy margin {margin:.4g}")
+    return input_ids, attention_mask
+
+
+# ---------------------------------------------------------------------------------------------
+# T5
+# ---------------------------------------------------------------------------------------------
+
+
+def t5_batch():
+    """Encoder row 2 padded on its last 3 positions; labels row 2 ignored on its last 2."""
+    input_ids = random_tokens(2, 12)
+    attention_mask = torch.ones(2, 12, dtype=torch.int64)
+    attention_mask[1, -3:] = 0
+    input_ids[attention_mask == 0] = PAD
+    labels = random_tokens(2, 6)
+    labels[1, -2:] = IGNORE
+    return input_ids, attention_mask, labels
+
+
+def fid_logits(model, fid_input_ids, fid_attention_mask, decoder_input_ids):
+    """Fusion-in-Decoder (facebookresearch/FiD): encode every passage on its own, then let the
+    decoder cross-attend over the concatenation of all passages of a question."""
+    batch, passages, length = fid_input_ids.shape
+    with torch.no_grad():
+        encoded = model.encoder(
+            input_ids=fid_input_ids.reshape(batch * passages, length),
+            attention_mask=fid_attention_mask.reshape(batch * passages, length),
+        ).last_hidden_state
+        encoded = encoded.reshape(batch, passages * length, -1)
+        return model(
+            encoder_outputs=(encoded,),
+            attention_mask=fid_attention_mask.reshape(batch, passages * length),
+            decoder_input_ids=decoder_input_ids,
+        ).logits
+
+
+def t5_fixture(name, model, with_fid):
+    out_dir = fresh_dir(MODELS / name)
+    model.save_pretrained(out_dir, safe_serialization=True)
+
+    input_ids, attention_mask, labels = t5_batch()
+    # What HF itself feeds the decoder when given labels.
+    decoder_input_ids = model._shift_right(labels)
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits
+        plain = model(
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids
+        ).logits
+    assert torch.equal(logits, plain)
+    check_reload(
+        type(model),
+        out_dir,
+        {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": decoder_input_ids},
+        logits,
+    )
+    training = train_step(model, input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    # generate() sizes its default cache from config.num_hidden_layers, which T5 maps to the
+    # *encoder* depth (num_layers); with num_decoder_layers > num_layers that cache is too short
+    # (IndexError). Config-less caches grow per layer on demand.
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    sequences = greedy_generate(
+        model, input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache
+    )
+    assert sequences.shape == (2, 1 + NEW_TOKENS), sequences.shape
+    assert (sequences[:, 0] == model.config.decoder_start_token_id).all()
+    generated = sequences[:, 1:]
+
+    start = torch.full((2, 1), model.config.decoder_start_token_id, dtype=torch.int64)
+
+    def next_logits(prefix):
+        with torch.no_grad():
+            return model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                decoder_input_ids=torch.cat([start, prefix], dim=1),
+            ).logits[:, -1]
+
+    margin = check_greedy(next_logits, generated)
+
+    tensors = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "decoder_input_ids": decoder_input_ids,
+        "logits": logits,
+        **training,
+        "generated": generated,
+    }
+    if with_fid:
+        # Passage lengths before trailing padding; some passages are full, some padded.
+        lengths = torch.tensor([[10, 7, 4], [9, 10, 6]])
+        fid_attention_mask = (torch.arange(10) < lengths[..., None]).to(torch.int64)
+        fid_input_ids = random_tokens(2, 3, 10).masked_fill(fid_attention_mask == 0, PAD)
+        tensors["fid_input_ids"] = fid_input_ids
+        tensors["fid_attention_mask"] = fid_attention_mask
+        tensors["fid_logits"] = fid_logits(model, fid_input_ids, fid_attention_mask, decoder_input_ids)
+
+    save_tensors(out_dir / "expected.safetensors", tensors)
+    print(f"{name}: loss {training['loss'].item():.6f}, greedy margin {margin:.4g}")
+
+
+def make_t5_v1_0():
+    torch.manual_seed(1000)
+    config = T5Config(**T5_SIZES, num_decoder_layers=3, feed_forward_proj="relu", tie_word_embeddings=True)
+    model = T5ForConditionalGeneration._from_config(config, attn_implementation="eager")
+    assert model.lm_head.weight is model.shared.weight and config.scale_decoder_outputs
+    t5_fixture("t5-v1_0", model, with_fid=True)
+
+
+def make_t5_v1_1():
+    torch.manual_seed(1001)
+    # transformers 5 turns tie_word_embeddings=False into scale_decoder_outputs=False but still
+    # forces tie_word_embeddings=True (lm_head tied to shared). Real v1.1 checkpoints ship a
+    # separate lm_head, so untie it by hand, initialised like HF's untied v1.1 head (std 1.0).
+    config = T5Config(**T5_SIZES, num_decoder_layers=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    model = T5ForConditionalGeneration._from_config(config, attn_implementation="eager")
+    assert not config.scale_decoder_outputs
+    std = config.initializer_factor * 1.0
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, config.d_model) * std)
+    t5_fixture("t5-v1_1", model, with_fid=False)
+    assert model.lm_head.weight is not model.shared.weight
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder-only models
+# ---------------------------------------------------------------------------------------------
+
+
+def make_llama():
+    torch.manual_seed(2001)
+    config = LlamaConfig(
+        **DECODER_ONLY_SIZES,
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+    )
+    model = LlamaForCausalLM._from_config(config, attn_implementation="eager")
+    # A small shard limit so the loader's sharded path (index.json) is exercised.
+    return causal_lm_fixture("llama-gqa-rope", model, seq_len=12, save_kwargs={"max_shard_size": "50KB"})
+
+
+def make_qwen2():
+    torch.manual_seed(3000)
+    config = Qwen2Config(**DECODER_ONLY_SIZES, use_sliding_window=False, sliding_window=None)
+    model = Qwen2ForCausalLM._from_config(config, attn_implementation="eager")
+    # HF initialises the q/k/v biases to zero, which would make a missing bias invisible.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.copy_(torch.randn_like(param) * 0.1)
+    causal_lm_fixture("qwen2-bias", model, seq_len=12)
+
+
+def make_mistral():
+    torch.manual_seed(4000)
+    config = MistralConfig(**DECODER_ONLY_SIZES, sliding_window=4)
+    model = MistralForCausalLM._from_config(config, attn_implementation="eager")
+    input_ids, attention_mask = causal_lm_fixture("mistral-window", model, seq_len=12)
+
+    # The window must actually change the result, otherwise the fixture tests nothing.
+    full = copy.deepcopy(model)
+    full.config.sliding_window = None
+    with torch.no_grad():
+        windowed = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        unwindowed = full(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert torch.equal(windowed[:, :4], unwindowed[:, :4])
+    assert not torch.allclose(windowed[:, 4:], unwindowed[:, 4:])
+
+
+# ---------------------------------------------------------------------------------------------
+# PEFT LoRA adapter
+# ---------------------------------------------------------------------------------------------
+
+# PEFT matches modules_to_save by plain string suffix of the module path, so "norm" catches
+# model.norm and every layer's input_layernorm / post_attention_layernorm (LongLoRA trains
+# the embeddings and all norms).
+LORA_MODULES_TO_SAVE = ["embed_tokens", "norm"]
+
+
+def make_llama_lora(input_ids, attention_mask):
+    torch.manual_seed(5000)
+    base = AutoModelForCausalLM.from_pretrained(MODELS / "llama-gqa-rope", attn_implementation="eager")
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+        modules_to_save=LORA_MODULES_TO_SAVE,
+        init_lora_weights=False,  # random lora_B, so the adapter changes the output
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base, config)
+
+    wrapped = sorted(n for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper))
+    expected = ["embed_tokens", "norm"] + [
+        f"layers.{i}.{norm}" for i in range(2) for norm in ("input_layernorm", "post_attention_layernorm")
+    ]
+    assert wrapped == sorted(f"base_model.model.model.{n}" for n in expected), wrapped
+
+    with torch.no_grad():
+        # The trained copies start equal to the base weights; perturb them so they matter.
+        for name, param in model.named_parameters():
+            if ".modules_to_save.default." in name:
+                param.add_(torch.randn_like(param) * 0.05)
+            if ".lora_B." in name:
+                assert param.abs().min() > 0, name
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    # Keep adapter_config.json byte-stable: PEFT stores target_modules as a set (hash-seed order)
+    # and records the base model's absolute path.
+    saved_config = model.peft_config["default"]
+    saved_config.target_modules = sorted(saved_config.target_modules)
+    saved_config.base_model_name_or_path = "tests/fixtures/models/llama-gqa-rope"
+
+    out_dir = fresh_dir(MODELS / "llama-gqa-rope-lora")
+    model.save_pretrained(out_dir)
+    (out_dir / "README.md").unlink()  # PEFT's boilerplate model card; nothing the tests use
+    expected_path = out_dir / "expected.safetensors"
+    save_tensors(expected_path, {"input_ids": input_ids, "attention_mask": attention_mask, "logits": logits})
+
+    # Round trip through the saved files, as the Rust side will.
+    diff = adapter_logits_diff(MODELS / "llama-gqa-rope", out_dir, expected_path)
+    assert diff <= ADAPTER_TOLERANCE, diff
+    print(f"llama-gqa-rope-lora: reload max abs diff {diff:.3g}")
+
+
+def adapter_logits_diff(base_dir, adapter_dir, expected_path):
+    """Max abs logits difference, over unmasked positions, between FILE and base+adapter."""
+    expected = load_file(str(expected_path))
+    base = AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="eager")
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    with torch.no_grad():
+        logits = model(input_ids=expected["input_ids"], attention_mask=expected["attention_mask"]).logits
+    keep = expected["attention_mask"].bool()
+    return (logits[keep] - expected["logits"][keep]).abs().max().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# LongLoRA shifted sparse attention
+# ---------------------------------------------------------------------------------------------
+
+
+def causal_attention(q, k, v):
+    """Plain causal softmax attention over [T, D] tensors of one head."""
+    scores = (q @ k.T) / math.sqrt(q.shape[-1])
+    future = torch.ones(q.shape[0], k.shape[0], dtype=torch.bool).triu(1)
+    weights = torch.softmax(scores.masked_fill(future, -math.inf).float(), dim=-1)
+    return weights @ v
+
+
+def s2_attention_reference(q, k, v):
+    """S2-Attn (LongLoRA, arXiv 2309.12307) with explicit loops over batch, head and group.
+
+    Sequence split into groups of G = T/4 attended to independently (causal inside a group); the
+    second half of the heads work on the sequence rolled by -G/2 and are rolled back afterwards,
+    so their groups straddle the first half's group boundaries.
+    """
+    batch, heads, seq_len, head_dim = q.shape
+    group = seq_len // 4
+    shift = group // 2
+    output = torch.empty_like(q)
+    for b in range(batch):
+        for h in range(heads):
+            shifted = h >= heads // 2
+            qh, kh, vh = q[b, h], k[b, h], v[b, h]
+            if shifted:
+                qh, kh, vh = (torch.roll(x, -shift, dims=0) for x in (qh, kh, vh))
+            out_h = torch.empty_like(qh)
+            for start in range(0, seq_len, group):
+                span = slice(start, start + group)
+                out_h[span] = causal_attention(qh[span], kh[span], vh[span])
+            if shifted:
+                out_h = torch.roll(out_h, shift, dims=0)
+            output[b, h] = out_h
+    return output
+
+
+def make_s2attn():
+    torch.manual_seed(6000)
+    q, k, v = (torch.randn(2, 4, 16, 8) for _ in range(3))
+    full = torch.stack(
+        [torch.stack([causal_attention(q[b, h], k[b, h], v[b, h]) for h in range(4)]) for b in range(2)]
+    )
+    output = s2_attention_reference(q, k, v)
+    # The first group of unshifted heads sees the same context in both schemes.
+    assert torch.allclose(output[:, :2, :4], full[:, :2, :4])
+    save_tensors(FIXTURES / "s2attn.safetensors", {"q": q, "k": k, "v": v, "output": output, "full_causal": full})
+    print("s2attn: done")
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def check_runner_adapter():
+    """The other direction: an adapter runner saved (committed by the Rust test
+    `runner_adapters_are_the_committed_peft_checked_fixture`, RUNNER_BLESS=1 rewrites it) loads in
+    PEFT and gives the logits runner computed."""
+    adapter_dir = MODELS / "llama-gqa-rope-runner-lora"
+    if not adapter_dir.is_dir():
+        print(f"{adapter_dir.name}: absent, run the Rust tests with RUNNER_BLESS=1 first")
+        return
+    diff = adapter_logits_diff(MODELS / "llama-gqa-rope", adapter_dir, adapter_dir / "expected.safetensors")
+    assert diff <= ADAPTER_TOLERANCE, f"runner's adapter gives other logits in PEFT: {diff}"
+    print(f"{adapter_dir.name}: PEFT logits match runner's, max abs diff {diff:.3g}")
+
+
+def generate_all():
+    MODELS.mkdir(parents=True, exist_ok=True)
+    make_t5_v1_0()
+    make_t5_v1_1()
+    llama_input_ids, llama_attention_mask = make_llama()
+    make_qwen2()
+    make_mistral()
+    make_llama_lora(llama_input_ids, llama_attention_mask)
+    make_s2attn()
+    check_runner_adapter()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    check = sub.add_parser("check-adapter", help="compare a base model + PEFT adapter with expected logits")
+    check.add_argument("--base", required=True, type=Path)
+    check.add_argument("--adapter", required=True, type=Path)
+    check.add_argument("--expected", required=True, type=Path)
+    args = parser.parse_args()
+
+    # Single-threaded CPU fp32 keeps reductions in a fixed order, so reruns are bit-identical.
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
+
+    if args.command == "check-adapter":
+        diff = adapter_logits_diff(args.base, args.adapter, args.expected)
+        print(f"max abs logits diff: {diff:.3g}")
+        sys.exit(1 if diff > ADAPTER_TOLERANCE else 0)
+    generate_all()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+//! Logits, loss, gradients and greedy generations against transformers' on the same weights
+//! (fp32; acceptance bound 1e-4).
+
+use runner::models::generate::{self, GenerateOptions, Strategy};
+use runner::models::loss::{causal_lm_loss, cross_entropy};
+use runner::models::t5::shift_right;
+use runner::models::{fid, ParamStore, Tape};
+use tch::{Kind, Tensor};
+
+use super::{eval_logits, expected, fixture, grads, llama, load, max_diff, real_diff, t5};
+
+const BOUND: f64 = 1e-4;
+
+fn greedy(n: i64) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens: n,
+        strategy: Strategy::Greedy,
+        eos: None,
+        pad: 0,
+        seed: 0,
+    }
+}
+
+/// Loss and every gradient of the training step against transformers'.
+fn check_step(
+    name: &str,
+    store: &ParamStore,
+    loss: &Tensor,
+    e: &std::collections::HashMap<String, Tensor>,
+) {
+    let d = max_diff(&loss.view([1]), &e["loss"]);
+    assert!(d < BOUND, "{name}: loss differs by {d}");
+    let ours = grads(store);
+    let mut compared = 0;
+    for (key, theirs) in e.iter().filter(|(k, _)| k.starts_with("grad.")) {
+        let param = &key["grad.".len()..];
+        let (_, g) = ours
+            .iter()
+            .find(|(n, _)| n == param)
+            .unwrap_or_else(|| panic!("{name}: no parameter {param}"));
+        let d = max_diff(g, theirs);
+        assert!(d < BOUND, "{name}: gradient of {param} differs by {d}");
+        compared += 1;
+    }
+    assert_eq!(
+        compared,
+        ours.len(),
+        "{name}: every parameter's gradient is compared"
+    );
+}
+
+fn decoder_parity(name: &str) {
+    let (config, store) = load(name, Kind::Float);
+    let model = llama(&config, &store, Kind::Float);
+    let e = expected(&fixture(name));
+    let (ids, mask) = (&e["input_ids"], &e["attention_mask"]);
+
+    let d = real_diff(&eval_logits(&model, &e), &e);
+    assert!(d < BOUND, "{name}: logits differ by {d}");
+
+    let loss = causal_lm_loss(
+        &model.forward(ids, Some(mask), &Tape::plain(), true),
+        &e["labels"],
+    );
+    loss.backward();
+    check_step(name, &store, &loss, &e);
+
+    let generated = generate::decoder_only(&model, &e["gen_input_ids"], None, &greedy(8));
+    assert_eq!(
+        generated, e["generated"],
+        "{name}: greedy generation differs"
+    );
+}
+
+#[test]
+fn llama_with_gqa_and_linear_rope_scaling_matches_transformers() {
+    decoder_parity("llama-gqa-rope");
+}
+
+#[test]
+fn qwen2_with_qkv_bias_matches_transformers() {
+    decoder_parity("qwen2-bias");
+}
+
+#[test]
+fn mistral_with_a_sliding_window_matches_transformers() {
+    decoder_parity("mistral-window");
+}
+
+fn t5_parity(name: &str) {
+    let (config, store) = load(name, Kind::Float);
+    let model = t5(&config, &store, Kind::Float);
+    let e = expected(&fixture(name));
+    let (ids, mask, labels) = (&e["input_ids"], &e["attention_mask"], &e["labels"]);
+    let decoder_ids = shift_right(labels);
+    assert_eq!(decoder_ids, e["decoder_input_ids"]);
+
+    let logits = tch::no_grad(|| model.forward(ids, mask, &decoder_ids, &Tape::plain(), false));
+    let d = max_diff(&logits, &e["logits"]);
+    assert!(d < BOUND, "{name}: logits differ by {d}");
+
+    let logits = model.forward(ids, mask, &decoder_ids, &Tape::plain(), true);
+    let loss = cross_entropy(&logits, labels);
+    loss.backward();
+    check_step(name, &store, &loss, &e);
+
+    let encoded = tch::no_grad(|| model.encode(ids, mask, &Tape::plain(), false));
+    let generated = generate::encoder_decoder(&model, &encoded, mask, &greedy(8));
+    assert_eq!(
+        generated, e["generated"],
+        "{name}: greedy generation differs"
+    );
+}
+
+#[test]
+fn t5_v1_0_relu_tied_matches_transformers() {
+    t5_parity("t5-v1_0");
+}
+
+#[test]
+fn t5_v1_1_gated_gelu_untied_matches_transformers() {
+    t5_parity("t5-v1_1");
+}
+
+#[test]
+fn fusion_in_decoder_matches_transformers_encoding_passages_apart() {
+    let (config, store) = load("t5-v1_0", Kind::Float);
+    let model = t5(&config, &store, Kind::Float);
+    let e = expected(&fixture("t5-v1_0"));
+    let logits = tch::no_grad(|| {
+        fid::forward(
+            &model,
+            &e["fid_input_ids"],
+            &e["fid_attention_mask"],
+            &e["decoder_input_ids"],
+            &Tape::plain(),
+            false,
+        )
+    });
+    let d = max_diff(&logits, &e["fid_logits"]);
+    assert!(d < BOUND, "FiD logits differ by {d}");
+    assert_eq!(
+        fid::passage_text("who?", "T", "text"),
+        "question: who? title: T context: text"
+    );
+}

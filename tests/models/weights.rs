@@ -1,0 +1,105 @@
+//! HF folders: sharded reading, writing the same layout, and errors that name the file.
+
+use runner::models::hf_folder::{self, read_config, HfConfig};
+use runner::models::hf_model;
+use tch::{Device, Kind};
+
+use super::{fixture, load, max_diff};
+
+#[test]
+fn config_json_maps_onto_the_architecture() {
+    let HfConfig::Decoder { arch, rope_factor } = read_config(&fixture("llama-gqa-rope")).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (arch.hidden_size, arch.num_hidden_layers, arch.kv_heads()),
+        (32, 2, 2)
+    );
+    assert_eq!(rope_factor, 2.0);
+    let HfConfig::Decoder { arch, .. } = read_config(&fixture("qwen2-bias")).unwrap() else {
+        panic!()
+    };
+    assert!(arch.attention_bias);
+    let HfConfig::Decoder { arch, .. } = read_config(&fixture("mistral-window")).unwrap() else {
+        panic!()
+    };
+    assert_eq!(arch.sliding_window, Some(4));
+    let HfConfig::T5(arch) = read_config(&fixture("t5-v1_0")).unwrap() else {
+        panic!()
+    };
+    assert_eq!((arch.num_layers, arch.decoder_layers()), (2, 3));
+}
+
+#[test]
+fn saving_in_shards_and_reloading_keeps_every_tensor() {
+    for name in ["llama-gqa-rope", "t5-v1_0"] {
+        let (config, store) = load(name, Kind::Float);
+        let dir = tempfile::tempdir().unwrap();
+        let tensors = store.base_tensors();
+        hf_folder::write_folder(
+            dir.path(),
+            &hf_folder::config_json(&config),
+            &tensors,
+            8 << 10,
+        )
+        .unwrap();
+        assert!(
+            dir.path().join(hf_folder::INDEX).is_file(),
+            "{name}: sharded with an index"
+        );
+        let (again, reloaded) = hf_model::load(dir.path(), Device::Cpu, Kind::Float).unwrap();
+        assert_eq!(again, config);
+        assert_eq!(reloaded.len(), store.len());
+        for (n, t, _) in store.iter() {
+            assert_eq!(max_diff(t, &reloaded.get(n).unwrap()), 0.0, "{name}: {n}");
+        }
+        // One file when it fits.
+        let single = tempfile::tempdir().unwrap();
+        hf_model::save(single.path(), &config, &store).unwrap();
+        assert!(single.path().join(hf_folder::SINGLE).is_file());
+    }
+}
+
+#[test]
+fn bad_folders_give_errors_that_name_the_file() {
+    let err = |dir: &std::path::Path| {
+        format!(
+            "{:#}",
+            hf_model::load(dir, Device::Cpu, Kind::Float)
+                .err()
+                .expect("an error")
+        )
+    };
+    let empty = tempfile::tempdir().unwrap();
+    let e = err(empty.path());
+    assert!(e.contains("config.json") && e.contains("hint:"), "{e}");
+
+    // A config whose sizes disagree with the weights.
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("qwen2-bias");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    let config = config.replace("\"intermediate_size\": 64", "\"intermediate_size\": 48");
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    let e = err(dir.path());
+    assert!(
+        e.contains("model.safetensors") && e.contains("mlp") && e.contains("shape"),
+        "{e}"
+    );
+
+    // No weights.
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let e = err(dir.path());
+    assert!(
+        e.contains("no model.safetensors") && e.contains("hint:"),
+        "{e}"
+    );
+
+    // An unknown model type.
+    std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+    let e = err(dir.path());
+    assert!(e.contains("gpt2") && e.contains("config.json"), "{e}");
+}
