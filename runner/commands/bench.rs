@@ -76,6 +76,11 @@ fn compare(shape: Shape) -> Result<String> {
 
 /// One training step in this process; peak memory growth as JSON.
 fn measure(shape: Shape, mode: &str) -> Result<Value> {
+    if shape.hidden == 0 || shape.hidden % 64 != 0 || shape.tokens < 2 || shape.layers == 0 {
+        return Err(anyhow!(
+            "--hidden must be a multiple of 64 (heads of width 64), --tokens at least 2 and --layers at least 1"
+        ));
+    }
     let checkpointing = match mode {
         "off" => Checkpointing::Off,
         "recompute" => Checkpointing::Recompute,
@@ -87,7 +92,7 @@ fn measure(shape: Shape, mode: &str) -> Result<Value> {
         hidden_size: shape.hidden,
         intermediate_size: shape.hidden * 8 / 3,
         num_hidden_layers: shape.layers,
-        num_attention_heads: (shape.hidden / 64).max(1),
+        num_attention_heads: shape.hidden / 64,
         num_key_value_heads: None,
         max_position_embeddings: shape.tokens as u64,
         rope_theta: 10000.0,

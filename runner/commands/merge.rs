@@ -5,15 +5,14 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use tch::{Device, Kind};
+use anyhow::{bail, Context, Result};
+use tch::{Device, Kind, Tensor};
 
 use crate::models::hf_folder::{self, CONFIG};
 use crate::models::{hf_model, lora};
 
-/// Files of the base folder the merged folder keeps as they are.
-const CARRIED: [&str; 7] = [
-    CONFIG,
+/// Files of the base folder the merged folder keeps as they are (config.json is kept too).
+const CARRIED: [&str; 6] = [
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
@@ -32,15 +31,28 @@ pub fn run(
 }
 
 fn merge(base: &Path, adapter: &Path, out_dir: &Path) -> Result<String> {
-    let (config, mut store) = hf_model::load(base, Device::Cpu, Kind::Float)?;
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same(out_dir, base) || same(out_dir, adapter) {
+        bail!(
+            "{}: the output folder is an input folder\n  hint: write the merged model to a new folder",
+            out_dir.display()
+        );
+    }
+    // Merge in fp32; save in the kind the base checkpoint has (a bf16 model stays bf16).
+    let (_, mut store) = hf_model::load(base, Device::Cpu, Kind::Float)?;
     let spec = lora::load_peft(adapter, &mut store)?;
     let merged = lora::merge(&mut store)?;
-    hf_folder::write_folder(
-        out_dir,
-        &hf_folder::config_json(&config),
-        &store.base_tensors(),
-        hf_model::MAX_SHARD_BYTES,
-    )?;
+    let kind = store.checkpoint_kind.unwrap_or(Kind::Float);
+    let tensors: Vec<(String, Tensor)> = store
+        .base_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_kind(kind)))
+        .collect();
+    let config = hf_folder::read_json(&base.join(CONFIG), "the base must be an HF model folder")?;
+    hf_folder::write_folder(out_dir, &config, &tensors, hf_model::MAX_SHARD_BYTES)?;
     for name in CARRIED {
         let from = base.join(name);
         if from.is_file() {
@@ -50,7 +62,7 @@ fn merge(base: &Path, adapter: &Path, out_dir: &Path) -> Result<String> {
         }
     }
     Ok(format!(
-        "merged {merged} LoRA adapters (rank {}, alpha {}) into {}\nwrote {}",
+        "merged {merged} LoRA adapters (rank {}, alpha {}) into the weights of {}\nwrote {} ({kind:?})",
         spec.rank,
         spec.alpha,
         base.display(),

@@ -5,7 +5,7 @@ use tch::{Device, Kind, Tensor};
 
 /// Which keys each query may see.
 pub enum Mask {
-    /// Every query sees every key (encoder without padding, or one new token against its cache).
+    /// Every query sees every key (one new token against its cache).
     All,
     /// Query i sees keys 0..=i (training without padding: SDPA's `is_causal`, the fused path).
     Causal,
@@ -60,28 +60,16 @@ fn keep_own_position(allowed: Tensor, q_len: i64, past: i64, device: Device) -> 
     allowed.logical_or(&own)
 }
 
-/// Softmax attention of `q` `[B, H, Q, d]` over `k`, `v` `[B, H, K, d]`, plus an additive `bias`
-/// broadcastable to `[B, H, Q, K]` (T5's relative positions and padding), scaled by `scale`.
-pub fn attend(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &Mask,
-    scale: f64,
-    dropout: f64,
-    train: bool,
-) -> Tensor {
-    let p = if train { dropout } else { 0.0 };
+/// Softmax attention of `q` `[B, H, Q, d]` over `k`, `v` `[B, H, K, d]` where `mask` allows,
+/// scores scaled by `scale`.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Mask, scale: f64) -> Tensor {
+    let sdpa = |m: Option<&Tensor>, causal: bool| {
+        Tensor::scaled_dot_product_attention(q, k, v, m, 0.0, causal, scale, false)
+    };
     match mask {
-        Mask::All => {
-            Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, p, false, scale, false)
-        }
-        Mask::Causal => {
-            Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, p, true, scale, false)
-        }
-        Mask::Allowed(m) => {
-            Tensor::scaled_dot_product_attention(q, k, v, Some(m), p, false, scale, false)
-        }
+        Mask::All => sdpa(None, false),
+        Mask::Causal => sdpa(None, true),
+        Mask::Allowed(m) => sdpa(Some(m), false),
     }
 }
 
@@ -112,7 +100,7 @@ pub fn shifted_sparse(
     let g = t / groups;
     if groups <= 1 || t % groups != 0 || g < 2 || h < 2 {
         let mask = decoder_mask(t, 0, None, key_padding, q.device());
-        return attend(q, k, v, &mask, scale, 0.0, false);
+        return attend(q, k, v, &mask, scale);
     }
     let half = h / 2;
     let shift = |x: &Tensor, by: i64, axis: i64| {
@@ -149,15 +137,7 @@ pub fn shifted_sparse(
             ))
         }
     };
-    let out = attend(
-        &grouped(q),
-        &grouped(k),
-        &grouped(v),
-        &mask,
-        scale,
-        0.0,
-        false,
-    );
+    let out = attend(&grouped(q), &grouped(k), &grouped(v), &mask, scale);
     let out = out
         .view([b, groups, h, g, d])
         .transpose(1, 2)

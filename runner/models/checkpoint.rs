@@ -17,7 +17,7 @@
 //! global generator from (step seed, segment index), in both modes, which also makes the two
 //! modes draw identical masks.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use tch::Tensor;
 
@@ -49,7 +49,7 @@ pub struct Tape<'a> {
     /// Seed of this step's dropout masks; None when not training.
     seed: Option<i64>,
     events: RefCell<Vec<Event<'a>>>,
-    segments: RefCell<i64>,
+    segments: Cell<i64>,
 }
 
 impl<'a> Tape<'a> {
@@ -61,7 +61,7 @@ impl<'a> Tape<'a> {
             mode,
             seed: Some(seed),
             events: RefCell::new(Vec::new()),
-            segments: RefCell::new(0),
+            segments: Cell::new(0),
         }
     }
 
@@ -71,7 +71,7 @@ impl<'a> Tape<'a> {
             mode: Checkpointing::Off,
             seed: None,
             events: RefCell::new(Vec::new()),
-            segments: RefCell::new(0),
+            segments: Cell::new(0),
         }
     }
 
@@ -79,7 +79,8 @@ impl<'a> Tape<'a> {
         self.mode == Checkpointing::Recompute
     }
 
-    /// A tensor that several segments read. Returned as is unless recomputing.
+    /// A tensor that several segments read. Returned as is unless recomputing. Call it once
+    /// per tensor: its graph is back-propagated once, after its last reader.
     pub fn boundary(&self, t: &Tensor) -> Tensor {
         if !self.recomputing() || !t.requires_grad() {
             return t.shallow_clone();
@@ -92,13 +93,11 @@ impl<'a> Tape<'a> {
         leaf
     }
 
-    /// Runs one segment (a layer) on `inputs`.
+    /// Runs one segment (a layer) on `inputs`, which must be boundaries, outputs of earlier
+    /// segments, or tensors that need no gradient.
     pub fn segment(&self, inputs: &[&Tensor], run: impl Fn(&[Tensor]) -> Tensor + 'a) -> Tensor {
-        let index = {
-            let mut n = self.segments.borrow_mut();
-            *n += 1;
-            *n
-        };
+        let index = self.segments.get() + 1;
+        self.segments.set(index);
         let seed = self.seed.map(|s| segment_seed(s, index));
         let inputs: Vec<Tensor> = inputs.iter().map(|t| t.shallow_clone()).collect();
         reseed(seed);
@@ -140,12 +139,18 @@ impl<'a> Tape<'a> {
                         .collect();
                     reseed(seed);
                     let y = tch::with_grad(|| run(&copies));
+                    if !y.requires_grad() {
+                        // Nothing in or before this segment trains (a frozen layer below the
+                        // first adapter): no gradient flows further down.
+                        continue;
+                    }
                     pull(&y, &grad);
                     for (copy, input) in copies.iter().zip(&inputs) {
                         let g = copy.grad();
                         if copy.requires_grad() && g.defined() {
                             // Inputs are leaves (earlier outputs or boundaries): this
                             // accumulates into their gradient.
+                            debug_assert!(input.is_leaf(), "segment inputs must be leaves");
                             pull(input, &g);
                         }
                     }

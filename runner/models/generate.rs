@@ -76,6 +76,9 @@ fn run(
         tch::manual_seed(options.seed);
     }
     let b = first.size()[0];
+    if options.max_new_tokens <= 0 {
+        return Tensor::zeros([b, 0], (Kind::Int64, first.device()));
+    }
     let mut logits = first;
     let mut done = Tensor::zeros([b], (Kind::Bool, logits.device()));
     let mut out = Vec::new();
@@ -104,9 +107,11 @@ pub fn pick(logits: &Tensor, strategy: Strategy) -> Tensor {
             let probs =
                 (logits.to_kind(Kind::Float) / temperature.max(1e-6)).softmax(-1, Kind::Float);
             let (sorted, order) = probs.sort(-1, true);
-            // Keep a token while the mass before it is below top_p (the first always stays).
+            // Keep a token while the mass before it is below top_p; the most likely token, with
+            // no mass before it, always stays.
             let before = sorted.cumsum(-1, Kind::Float) - &sorted;
-            let kept = sorted.masked_fill(&before.ge(top_p), 0.0);
+            let dropped = before.ge(top_p).logical_and(&before.gt(0.0));
+            let kept = sorted.masked_fill(&dropped, 0.0);
             let choice = kept.multinomial(1, false);
             order.gather(-1, &choice, false).squeeze_dim(-1)
         }

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use tch::Tensor;
 
-use crate::plan::arch::{DecoderArch, Family, FeedForward, T5Arch};
+use crate::plan::arch::{ArchProblem, DecoderArch, Family, FeedForward, T5Arch};
 
 pub const CONFIG: &str = "config.json";
 pub const SINGLE: &str = "model.safetensors";
@@ -87,7 +87,7 @@ fn t5_config(v: &Value) -> Result<T5Arch> {
         "gated-gelu" => FeedForward::GatedGelu,
         other => bail!("key `feed_forward_proj`: expected relu or gated-gelu, found {other:?}"),
     };
-    Ok(T5Arch {
+    let arch = T5Arch {
         vocab_size: uint(v, "vocab_size")?,
         d_model: uint(v, "d_model")?,
         d_kv: uint(v, "d_kv")?,
@@ -109,7 +109,9 @@ fn t5_config(v: &Value) -> Result<T5Arch> {
             Value::Bool(scale) => *scale,
             _ => bool_or(v, "tie_word_embeddings", true)?,
         },
-    })
+    };
+    refuse_problems(arch.problems())?;
+    Ok(arch)
 }
 
 fn decoder_config(v: &Value, model_type: &str) -> Result<HfConfig> {
@@ -122,7 +124,7 @@ fn decoder_config(v: &Value, model_type: &str) -> Result<HfConfig> {
     let heads = uint(v, "num_attention_heads")?;
     if let Some(head_dim) = v["head_dim"].as_u64() {
         if head_dim * heads != hidden_size {
-            bail!("key `head_dim`: {head_dim} × {heads} heads ≠ hidden_size {hidden_size}; runner needs head_dim = hidden_size / num_attention_heads");
+            bail!("key `head_dim`: {head_dim} × {heads} heads (num_attention_heads) ≠ hidden_size {hidden_size}\n  hint: runner needs head_dim = hidden_size / num_attention_heads");
         }
     }
     // transformers 5 writes `rope_parameters`; earlier versions `rope_scaling` and `rope_theta`.
@@ -141,7 +143,12 @@ fn decoder_config(v: &Value, model_type: &str) -> Result<HfConfig> {
         other => bail!("key `rope_scaling`: rope type {other:?} is not implemented; runner supports default and linear"),
     };
     let sliding_window = match family {
-        Family::Qwen2 if !bool_or(v, "use_sliding_window", false)? => None,
+        Family::Qwen2 if bool_or(v, "use_sliding_window", false)? => bail!(
+            "key `use_sliding_window`: Qwen2's window applies to layers from max_window_layers on, which runner does not implement\n  hint: set use_sliding_window: false (Qwen2 checkpoints are trained without it)"
+        ),
+        Family::Qwen2 => None,
+        // transformers' MistralConfig default when the key is absent.
+        Family::Mistral if v.get("sliding_window").is_none() => Some(4096),
         _ => v["sliding_window"].as_u64(),
     };
     let arch = DecoderArch {
@@ -155,11 +162,30 @@ fn decoder_config(v: &Value, model_type: &str) -> Result<HfConfig> {
         max_position_embeddings: uint(v, "max_position_embeddings")?,
         rope_theta: float_or(&rope, "rope_theta", float_or(v, "rope_theta", 10000.0)?)?,
         rms_norm_eps: float_or(v, "rms_norm_eps", 1e-6)?,
-        attention_bias: family == Family::Qwen2 || bool_or(v, "attention_bias", false)?,
+        // Qwen2 always has q/k/v biases, Mistral never; Llama says so in its config.
+        attention_bias: match family {
+            Family::Qwen2 => true,
+            Family::Mistral => false,
+            _ => bool_or(v, "attention_bias", false)?,
+        },
         sliding_window,
         tie_word_embeddings: bool_or(v, "tie_word_embeddings", false)?,
     };
+    refuse_problems(arch.problems())?;
     Ok(HfConfig::Decoder { arch, rope_factor })
+}
+
+/// Turns an architecture's problems into an error naming the config keys.
+fn refuse_problems(problems: Vec<ArchProblem>) -> Result<()> {
+    match problems.first() {
+        None => Ok(()),
+        Some(p) => bail!(
+            "key `{}`: {}\n  hint: {}",
+            p.keys.join("`, `"),
+            p.message,
+            p.hint
+        ),
+    }
 }
 
 /// The `config.json` transformers writes for this architecture.
@@ -302,6 +328,13 @@ pub fn write_folder(
         }
         bytes += size;
         shards.last_mut().expect("one shard").push(entry);
+    }
+    // A layout left from an earlier save would shadow this one (the index wins on reading).
+    for stale in [INDEX, SINGLE] {
+        let path = dir.join(stale);
+        if path.is_file() {
+            fs::remove_file(&path).with_context(|| format!("cannot replace {}", path.display()))?;
+        }
     }
     if shards.len() == 1 {
         write_safetensors(&dir.join(SINGLE), &shards[0])?;

@@ -10,7 +10,7 @@ use super::hf_folder::{self, HfConfig};
 use super::{llama, t5, ParamStore};
 use crate::plan::inventory::{self, Param};
 
-/// HF's default shard size for `save_pretrained`.
+/// Shards of at most 5 GiB, the size most Hub checkpoints were saved with.
 pub const MAX_SHARD_BYTES: usize = 5 << 30;
 
 /// Every parameter of the architecture, by HF name.
@@ -37,12 +37,12 @@ pub fn random(config: &HfConfig, seed: i64, device: Device, kind: Kind) -> Param
 /// The architecture and weights of an HF folder.
 pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<(HfConfig, ParamStore)> {
     let config = hf_folder::read_config(dir)?;
-    let aliases = match &config {
-        HfConfig::T5(arch) => inventory::t5_aliases(arch),
-        HfConfig::Decoder { arch, .. } => inventory::decoder_aliases(arch),
+    let (aliases, ignored) = match &config {
+        HfConfig::T5(arch) => (inventory::t5_aliases(arch), &inventory::T5_IGNORED[..]),
+        HfConfig::Decoder { arch, .. } => (inventory::decoder_aliases(arch), &[][..]),
     };
     let mut store = ParamStore::zeros(&params(&config), device, kind);
-    store.load_hf(dir, &aliases)?;
+    store.load_hf(dir, &aliases, ignored)?;
     Ok((config, store))
 }
 

@@ -6,7 +6,7 @@
 use std::rc::Rc;
 
 use anyhow::{bail, Result};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::attention::{attend, decoder_mask, repeat_kv, shifted_sparse, KvCache, Mask};
 use super::checkpoint::Tape;
@@ -158,7 +158,7 @@ impl Llama {
             },
             _ => How::Full(decoder_mask(t, 0, self.window(), mask, ids.device())),
         };
-        let context = Rc::new(self.context(ids, mask, 0, attention));
+        let context = Rc::new(self.context(ids, mask, 0, attention, false));
         let mut x = tape.boundary(&embed(&self.embed_tokens, ids, self.kind));
         for layer in &self.layers {
             let context = Rc::clone(&context);
@@ -179,7 +179,7 @@ impl Llama {
     ) -> Tensor {
         let (t, past) = (ids.size()[1], cache.len());
         let attention = How::Full(decoder_mask(t, past, self.window(), mask, ids.device()));
-        let context = self.context(ids, mask, past, attention);
+        let context = self.context(ids, mask, past, attention, true);
         let mut x = embed(&self.embed_tokens, ids, self.kind);
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &context, false, Some(kv));
@@ -193,18 +193,23 @@ impl Llama {
         }
     }
 
-    pub fn device(&self) -> Device {
-        self.embed_tokens.device()
-    }
-
     fn window(&self) -> Option<i64> {
         self.arch.sliding_window.map(|w| w as i64)
     }
 
-    /// Positions count real tokens only, so left-padded prompts start at 0 as in transformers.
-    fn context(&self, ids: &Tensor, mask: Option<&Tensor>, past: i64, attention: How) -> Context {
+    /// Rotary angles for the new tokens. `count_real`: positions count real tokens only, so a
+    /// left-padded prompt starts at 0, as transformers' `generate` does; its forward pass
+    /// (and so training) numbers positions 0, 1, … whatever the padding.
+    fn context(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        past: i64,
+        attention: How,
+        count_real: bool,
+    ) -> Context {
         let (b, t) = ids.size2().expect("ids are [B, T]");
-        let positions = match mask {
+        let positions = match mask.filter(|_| count_real) {
             Some(m) => (m.cumsum(1, Kind::Int64) - 1)
                 .clamp_min(0)
                 .narrow(1, past, t),
@@ -253,7 +258,7 @@ impl Layer {
         let (k, v) = (repeat_kv(&k, n_rep), repeat_kv(&v, n_rep));
         let scale = (self.head_dim as f64).powf(-0.5);
         let out = match &context.attention {
-            How::Full(mask) => attend(&q, &k, &v, mask, scale, 0.0, false),
+            How::Full(mask) => attend(&q, &k, &v, mask, scale),
             How::ShiftedSparse {
                 groups,
                 key_padding,

@@ -109,17 +109,10 @@ fn add_adapters(store: &mut ParamStore, spec: &LoraSpec, draw: bool) -> Result<V
             let _ = a.uniform_(-bound, bound);
         }
         let b = Tensor::zeros([out, spec.rank], options);
-        let kind = store.kind;
-        store.insert(
-            &format!("{module}.lora_A.weight"),
-            a.to_kind(kind),
-            Group::Adapters,
-        );
-        store.insert(
-            &format!("{module}.lora_B.weight"),
-            b.to_kind(kind),
-            Group::Adapters,
-        );
+        // fp32 even in pure bf16, as PEFT's autocast_adapter_dtype: small updates to A and B
+        // would round away in bf16. Linear casts them to the compute kind where used.
+        store.insert(&format!("{module}.lora_A.weight"), a, Group::Adapters);
+        store.insert(&format!("{module}.lora_B.weight"), b, Group::Adapters);
     }
     store.lora = Some(LoraSettings {
         scale: spec.scale(),
@@ -175,20 +168,13 @@ pub fn save_peft(
     let mut tensors = Vec::new();
     let mut extras = Vec::new();
     for (name, t, group) in store.iter() {
-        if group == Group::Adapters {
+        if group == Group::Adapters || t.requires_grad() {
             tensors.push((format!("{PEFT_PREFIX}{name}"), t.detach()));
-        } else if t.requires_grad() {
-            // PEFT's modules_to_save: the whole module's weights, under the module's name.
-            tensors.push((format!("{PEFT_PREFIX}{name}"), t.detach()));
-            let module = name.rsplit_once('.').map_or(name, |(m, _)| m);
-            extras.push(module.rsplit('.').next().unwrap_or(module).to_string());
+        }
+        if group != Group::Adapters && t.requires_grad() {
+            extras.push(module_of(name).to_string());
         }
     }
-    extras.sort();
-    extras.dedup();
-    // PEFT matches modules_to_save as name suffixes: `norm` already covers `input_layernorm`.
-    let covered = extras.clone();
-    extras.retain(|e| !covered.iter().any(|o| o != e && e.ends_with(o.as_str())));
     let config = json!({
         "peft_type": "LORA",
         "task_type": task_type,
@@ -198,7 +184,7 @@ pub fn save_peft(
         "lora_alpha": if spec.alpha.fract() == 0.0 { json!(spec.alpha as i64) } else { json!(spec.alpha) },
         "lora_dropout": spec.dropout,
         "target_modules": spec.targets,
-        "modules_to_save": if extras.is_empty() { Value::Null } else { json!(extras) },
+        "modules_to_save": if extras.is_empty() { Value::Null } else { json!(modules_to_save(store, &extras)) },
         "bias": "none",
         "fan_in_fan_out": false,
         "inference_mode": true,
@@ -263,17 +249,33 @@ fn spec_from_config(v: &Value) -> Result<LoraSpec> {
         );
     }
     let targets = match &v["target_modules"] {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a
-            .iter()
-            .filter_map(|t| t.as_str().map(str::to_string))
-            .collect(),
-        other => bail!("key `target_modules`: expected a list of module names, found {other}"),
+        Value::Array(a) => a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
+        other => bail!(
+            "key `target_modules`: expected a list of module names, found {other}\n  hint: regular expressions and \"all-linear\" are not supported; list the modules"
+        ),
     };
+    // Variants whose weights mean something else than W + alpha/r·B·A: refuse rather than
+    // merge them wrongly.
+    for (key, plain) in [
+        ("use_rslora", json!(false)),
+        ("use_dora", json!(false)),
+        ("bias", json!("none")),
+        ("rank_pattern", json!({})),
+        ("alpha_pattern", json!({})),
+    ] {
+        let value = &v[key];
+        if !value.is_null() && *value != plain {
+            bail!("key `{key}`: {value} is not supported; runner reads plain LoRA adapters ({key}: {plain})");
+        }
+    }
+    let rank = v["r"].as_i64().filter(|r| *r > 0);
     Ok(LoraSpec {
-        rank: v["r"]
-            .as_i64()
-            .ok_or_else(|| anyhow!("key `r`: expected an integer rank"))?,
+        rank: rank.ok_or_else(|| {
+            anyhow!(
+                "key `r`: expected a positive integer rank, found {}",
+                v["r"]
+            )
+        })?,
         alpha: v["lora_alpha"]
             .as_f64()
             .ok_or_else(|| anyhow!("key `lora_alpha`: expected a number"))?,
@@ -281,4 +283,33 @@ fn spec_from_config(v: &Value) -> Result<LoraSpec> {
         targets,
         also_train: Vec::new(),
     })
+}
+
+/// The module a parameter belongs to (its name without `.weight` / `.bias`).
+fn module_of(param: &str) -> &str {
+    param.rsplit_once('.').map_or(param, |(module, _)| module)
+}
+
+/// PEFT's `modules_to_save` for the trained extras. PEFT matches each entry as a suffix of
+/// module names, so a short name (`norm`) stands for every module ending in it; it is used
+/// only when all those modules are trained, else the full paths are.
+fn modules_to_save(store: &ParamStore, trained: &[String]) -> Vec<String> {
+    let modules: Vec<&str> = store.iter().map(|(n, _, _)| module_of(n)).collect();
+    let mut names: Vec<String> = trained
+        .iter()
+        .map(|m| {
+            let short = m.rsplit('.').next().unwrap_or(m);
+            let all_trained = modules
+                .iter()
+                .filter(|other| other.ends_with(short))
+                .all(|other| trained.iter().any(|t| t == other));
+            if all_trained { short } else { m.as_str() }.to_string()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    // `norm` already covers `input_layernorm`.
+    let all = names.clone();
+    names.retain(|n| !all.iter().any(|o| o != n && n.ends_with(o.as_str())));
+    names
 }

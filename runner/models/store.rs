@@ -25,6 +25,8 @@ pub struct ParamStore {
     pub kind: Kind,
     /// Set when LoRA adapters are attached.
     pub lora: Option<LoraSettings>,
+    /// The kind the loaded checkpoint stored its weights in (saving can keep it).
+    pub checkpoint_kind: Option<Kind>,
 }
 
 /// Parameter counts of one module group.
@@ -79,6 +81,7 @@ impl ParamStore {
             device,
             kind,
             lora: None,
+            checkpoint_kind: None,
         }
     }
 
@@ -103,10 +106,6 @@ impl ParamStore {
 
     pub fn find(&self, name: &str) -> Option<Tensor> {
         self.tensors.get(name).map(|(t, _)| t.shallow_clone())
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
     }
 
     pub fn len(&self) -> usize {
@@ -138,13 +137,6 @@ impl ParamStore {
         }
     }
 
-    /// Clears every gradient.
-    pub fn zero_grad(&mut self) {
-        for (t, _) in self.tensors.values_mut() {
-            t.zero_grad();
-        }
-    }
-
     /// Total and trainable parameter counts per module group.
     pub fn counts(&self) -> Vec<GroupCount> {
         let mut by_group: BTreeMap<Group, GroupCount> = BTreeMap::new();
@@ -163,9 +155,15 @@ impl ParamStore {
     }
 
     /// Copies every tensor of an HF folder into the parameter of the same name (converting to
-    /// the store's kind). Names the folder lists as aliases of another are skipped; a missing,
-    /// unexpected or wrongly shaped tensor is an error naming the file and the tensor.
-    pub fn load_hf(&mut self, dir: &Path, aliases: &[(String, String)]) -> Result<()> {
+    /// the store's kind). An alias (a tied copy) fills its parameter only when the checkpoint
+    /// lacks the parameter's own name; `ignored` names are skipped; a missing, unexpected or
+    /// wrongly shaped tensor is an error naming the file and the tensor.
+    pub fn load_hf(
+        &mut self,
+        dir: &Path,
+        aliases: &[(String, String)],
+        ignored: &[&str],
+    ) -> Result<()> {
         let mut missing: Vec<String> = self
             .tensors
             .keys()
@@ -173,11 +171,17 @@ impl ParamStore {
             .cloned()
             .collect();
         let mut unexpected = Vec::new();
-        for (file, name, tensor) in hf_folder::read_tensors(dir)? {
-            let name = aliases
-                .iter()
-                .find(|(alias, _)| *alias == name)
-                .map_or(name.clone(), |(_, canonical)| canonical.clone());
+        let tensors = hf_folder::read_tensors(dir)?;
+        let present: Vec<&str> = tensors.iter().map(|(_, n, _)| n.as_str()).collect();
+        for (file, name, tensor) in &tensors {
+            if ignored.contains(&name.as_str()) {
+                continue;
+            }
+            let name = match aliases.iter().find(|(alias, _)| alias == name) {
+                Some((_, canonical)) if present.contains(&canonical.as_str()) => continue,
+                Some((_, canonical)) => canonical.clone(),
+                None => name.clone(),
+            };
             let Some((param, _)) = self.tensors.get_mut(&name) else {
                 unexpected.push(format!("{name} (in {})", file.display()));
                 continue;
@@ -191,7 +195,8 @@ impl ParamStore {
                     param.size()
                 );
             }
-            tch::no_grad(|| param.f_copy_(&tensor))?;
+            tch::no_grad(|| param.f_copy_(tensor))?;
+            self.checkpoint_kind.get_or_insert(tensor.kind());
             missing.retain(|m| *m != name);
         }
         if !unexpected.is_empty() {

@@ -5,7 +5,7 @@
 //! decoder output by d_model^-½); v1.1 uses gated GELU and an untied head.
 
 use anyhow::Result;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::attention::KvCache;
 use super::checkpoint::Tape;
@@ -204,10 +204,6 @@ impl T5 {
                 .map(|_| LayerCache::default())
                 .collect(),
         }
-    }
-
-    pub fn device(&self) -> Device {
-        self.shared.device()
     }
 }
 

@@ -55,6 +55,47 @@ impl T5Arch {
     pub fn decoder_layers(&self) -> u64 {
         self.num_decoder_layers.unwrap_or(self.num_layers)
     }
+
+    /// Sizes the model cannot be built with.
+    pub fn problems(&self) -> Vec<ArchProblem> {
+        let mut problems = Vec::new();
+        // The encoder gives half the buckets to each direction and half of those to exact
+        // offsets, so fewer than 4 leaves no exact bucket.
+        if self.relative_attention_num_buckets < 4
+            || self.relative_attention_max_distance < self.relative_attention_num_buckets / 2
+        {
+            problems.push(ArchProblem {
+                keys: vec!["relative_attention_num_buckets", "relative_attention_max_distance"],
+                message: "T5 needs at least 4 position buckets, and a maximum distance of at least half the bucket count".into(),
+                hint: "use T5's 32 buckets and 128 distance",
+            });
+        }
+        if self.num_heads == 0 || self.d_kv == 0 {
+            problems.push(ArchProblem {
+                keys: vec!["num_heads", "d_kv"],
+                message: "T5 needs at least one attention head of non-zero width".into(),
+                hint: "set num_heads and d_kv from the checkpoint's config.json",
+            });
+        }
+        problems
+    }
+}
+
+/// An architecture that cannot be built, with the keys involved and a fix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArchProblem {
+    pub keys: Vec<&'static str>,
+    pub message: String,
+    pub hint: &'static str,
+}
+
+/// Attention heads must split the width evenly.
+pub fn head_problem(width: u64, heads: u64) -> Option<ArchProblem> {
+    (heads == 0 || width % heads != 0).then(|| ArchProblem {
+        keys: vec!["num_attention_heads", "hidden_size"],
+        message: format!("{heads} attention heads do not divide the width {width}"),
+        hint: "choose num_attention_heads that divides hidden_size",
+    })
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -108,6 +149,47 @@ fn rms_eps() -> f64 {
 impl DecoderArch {
     pub fn kv_heads(&self) -> u64 {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Sizes and options the model cannot be built with.
+    pub fn problems(&self) -> Vec<ArchProblem> {
+        let mut problems: Vec<ArchProblem> =
+            head_problem(self.hidden_size, self.num_attention_heads)
+                .into_iter()
+                .collect();
+        let kv = self.kv_heads();
+        if kv == 0 || self.num_attention_heads % kv != 0 {
+            problems.push(ArchProblem {
+                keys: vec!["num_key_value_heads", "num_attention_heads"],
+                message: format!("{kv} key/value heads do not divide {} attention heads (grouped-query attention shares each among a whole group)", self.num_attention_heads),
+                hint: "choose num_key_value_heads that divides num_attention_heads",
+            });
+        }
+        let head_dim = self.hidden_size / self.num_attention_heads.max(1);
+        if head_dim % 2 != 0 {
+            problems.push(ArchProblem {
+                keys: vec!["hidden_size"],
+                message: format!("rotary embeddings rotate pairs of dimensions, but the head width {head_dim} is odd"),
+                hint: "choose an even head width",
+            });
+        }
+        if self.sliding_window.is_some() && !matches!(self.family, Family::Mistral | Family::Qwen2)
+        {
+            problems.push(ArchProblem {
+                keys: vec!["sliding_window", "family"],
+                message: "sliding-window attention belongs to the Mistral and Qwen2 families"
+                    .into(),
+                hint: "remove sliding_window or change family",
+            });
+        }
+        if matches!(self.family, Family::Qwen2 | Family::Qwen) && !self.attention_bias {
+            problems.push(ArchProblem {
+                keys: vec!["attention_bias", "family"],
+                message: "Qwen models have a bias on the q, k, v projections; their checkpoints would not load".into(),
+                hint: "set attention_bias: true",
+            });
+        }
+        problems
     }
 }
 

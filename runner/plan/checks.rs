@@ -1,7 +1,7 @@
 //! Semantic checks on a typed recipe: the cross-key rules a schema cannot say. Each failure
 //! names the keys involved and where each was set (or that it is a default).
 
-use super::arch::{DecoderArch, Family, T5Arch, VisionArch};
+use super::arch::{head_problem, ArchProblem, DecoderArch, T5Arch, VisionArch};
 use super::estimate::{self, Part};
 use super::inventory;
 use super::recipe::Recipe;
@@ -344,71 +344,26 @@ impl Checker<'_> {
         }
     }
 
-    /// Attention heads must split the width evenly.
-    fn heads(&mut self, prefix: &str, width: u64, heads: u64) {
-        if heads == 0 || width % heads != 0 {
-            let (h, w) = (
-                format!("{prefix}.num_attention_heads"),
-                format!("{prefix}.hidden_size"),
-            );
-            self.fail(
-                &[&h, &w],
-                format!("{heads} attention heads do not divide the width {width}"),
-                "choose num_attention_heads that divides hidden_size",
-            );
+    /// Reports an architecture's problems at its keys under `prefix`.
+    fn arch(&mut self, prefix: &str, problems: Vec<ArchProblem>) {
+        for p in problems {
+            let keys: Vec<String> = p.keys.iter().map(|k| format!("{prefix}.{k}")).collect();
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            self.fail(&refs, p.message, p.hint);
         }
     }
 
     fn decoder(&mut self, prefix: &str, arch: &DecoderArch) {
-        self.heads(prefix, arch.hidden_size, arch.num_attention_heads);
-        let kv = arch.kv_heads();
-        if kv == 0 || arch.num_attention_heads % kv != 0 {
-            let (a, b) = (
-                format!("{prefix}.num_key_value_heads"),
-                format!("{prefix}.num_attention_heads"),
-            );
-            self.fail(&[&a, &b], format!("{kv} key/value heads do not divide {} attention heads (grouped-query attention shares each among a whole group)", arch.num_attention_heads), "choose num_key_value_heads that divides num_attention_heads");
-        }
-        let head_dim = arch.hidden_size / arch.num_attention_heads.max(1);
-        if head_dim % 2 != 0 {
-            let key = format!("{prefix}.hidden_size");
-            self.fail(&[&key], format!("rotary embeddings rotate pairs of dimensions, but the head width {head_dim} is odd"), "choose an even head width");
-        }
-        if arch.sliding_window.is_some() && !matches!(arch.family, Family::Mistral | Family::Qwen2)
-        {
-            let (a, b) = (
-                format!("{prefix}.sliding_window"),
-                format!("{prefix}.family"),
-            );
-            self.fail(
-                &[&a, &b],
-                "sliding-window attention belongs to the Mistral and Qwen2 families",
-                "remove sliding_window or change family",
-            );
-        }
-        if matches!(arch.family, Family::Qwen2 | Family::Qwen) && !arch.attention_bias {
-            let (a, b) = (
-                format!("{prefix}.attention_bias"),
-                format!("{prefix}.family"),
-            );
-            self.fail(&[&a, &b], "Qwen models have a bias on the q, k, v projections; their checkpoints would not load", "set attention_bias: true");
-        }
+        self.arch(prefix, arch.problems());
     }
 
     fn t5(&mut self, prefix: &str, arch: &T5Arch) {
-        if arch.relative_attention_num_buckets < 2
-            || arch.relative_attention_max_distance < arch.relative_attention_num_buckets / 2
-        {
-            let (a, b) = (
-                format!("{prefix}.relative_attention_num_buckets"),
-                format!("{prefix}.relative_attention_max_distance"),
-            );
-            self.fail(&[&a, &b], "T5 needs at least 2 position buckets, and a maximum distance of at least half the bucket count", "use T5's 32 buckets and 128 distance");
-        }
+        self.arch(prefix, arch.problems());
     }
 
     fn vision(&mut self, prefix: &str, arch: &VisionArch) {
-        self.heads(prefix, arch.hidden_size, arch.num_attention_heads);
+        let problem = head_problem(arch.hidden_size, arch.num_attention_heads);
+        self.arch(prefix, problem.into_iter().collect());
         if arch.patch_size == 0 || arch.image_size % arch.patch_size != 0 {
             let (a, b) = (
                 format!("{prefix}.image_size"),

@@ -388,8 +388,13 @@ pub fn module_names(params: &[Param]) -> Vec<String> {
     names
 }
 
+/// Checkpoint tensors T5 has no parameter for: old checkpoints carry a relative-position table
+/// on the first cross-attention, which transformers ignores on loading too.
+pub const T5_IGNORED: [&str; 1] =
+    ["decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"];
+
 /// Checkpoint names that hold a copy of another parameter (tied weights), with the parameter
-/// they copy: loading reads them into it, saving leaves them out.
+/// they copy: loading reads them into it when the checkpoint lacks it; saving leaves them out.
 pub fn t5_aliases(arch: &T5Arch) -> Vec<(String, String)> {
     let mut aliases = vec![
         ("encoder.embed_tokens.weight".into(), "shared.weight".into()),

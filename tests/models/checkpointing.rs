@@ -92,3 +92,29 @@ pub fn randomize_lora_b(store: &ParamStore) {
         }
     });
 }
+
+#[test]
+fn layers_below_the_first_adapter_are_not_back_propagated() {
+    // Only the last layer's MLP trains: the first layer's recomputation has nothing to train
+    // and no gradient to pass down, and must be skipped, not fail.
+    let (config, _) = load("llama-gqa-rope", Kind::Float);
+    let e = expected(&fixture("llama-gqa-rope"));
+    let spec = LoraSpec {
+        rank: 2,
+        alpha: 2.0,
+        dropout: 0.1,
+        targets: vec!["layers.1.mlp.down_proj".into()],
+        also_train: vec![],
+    };
+    same_step(|mode, seed| {
+        let mut store = hf_model::random(&config, 3, Device::Cpu, Kind::Float);
+        lora::attach(&mut store, &spec, 5).unwrap();
+        randomize_lora_b(&store);
+        let model = llama(&config, &store, Kind::Float);
+        let tape = Tape::training(mode, seed);
+        let logits = model.forward(&e["input_ids"], Some(&e["attention_mask"]), &tape, true);
+        let loss = causal_lm_loss(&logits, &e["labels"]);
+        tape.backward(&loss);
+        (loss.double_value(&[]), grads(&store))
+    });
+}

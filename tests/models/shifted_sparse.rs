@@ -25,7 +25,7 @@ fn shifted_sparse_attention_matches_the_reference_algorithm() {
     let d = max_diff(&ours, &r["output"]);
     assert!(d < 1e-5, "S²-Attn differs from the reference by {d}");
     // And it is not full attention.
-    let full = attend(q, k, v, &Mask::Causal, scale, 0.0, false);
+    let full = attend(q, k, v, &Mask::Causal, scale);
     assert!(max_diff(&full, &r["full_causal"]) < 1e-5);
     assert!(max_diff(&ours, &full) > 1e-2);
 }

@@ -103,3 +103,58 @@ fn bad_folders_give_errors_that_name_the_file() {
     let e = err(dir.path());
     assert!(e.contains("gpt2") && e.contains("config.json"), "{e}");
 }
+
+#[test]
+fn a_new_save_replaces_an_old_layout_and_old_t5_extras_load() {
+    let (config, store) = load("t5-v1_0", Kind::Float);
+    let dir = tempfile::tempdir().unwrap();
+    let json = hf_folder::config_json(&config);
+    // Shards first, then a single file over them: the stale index must not win.
+    hf_folder::write_folder(dir.path(), &json, &store.base_tensors(), 8 << 10).unwrap();
+    let mut tensors = store.base_tensors();
+    let shared = store.get("shared.weight").unwrap();
+    let doubled = (&shared * 2.0).detach();
+    tensors.retain(|(n, _)| n != "shared.weight");
+    tensors.push(("shared.weight".into(), doubled.shallow_clone()));
+    // Old checkpoints carry a cross-attention position table and tied copies.
+    let heads = runner::plan::inventory::T5_IGNORED[0].to_string();
+    tensors.push((
+        heads,
+        tch::Tensor::zeros([8, 4], (Kind::Float, Device::Cpu)),
+    ));
+    tensors.push(("encoder.embed_tokens.weight".into(), shared.detach()));
+    hf_folder::write_folder(dir.path(), &json, &tensors, usize::MAX).unwrap();
+    assert!(!dir.path().join(hf_folder::INDEX).exists());
+    let (_, reloaded) = hf_model::load(dir.path(), Device::Cpu, Kind::Float).unwrap();
+    // The parameter's own name wins over its tied copy.
+    assert_eq!(
+        max_diff(&reloaded.get("shared.weight").unwrap(), &doubled),
+        0.0
+    );
+}
+
+#[test]
+fn impossible_sizes_in_config_json_are_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(fixture("llama-gqa-rope").join("config.json")).unwrap();
+    for (from, to, key) in [
+        (
+            "\"num_key_value_heads\": 2",
+            "\"num_key_value_heads\": 3",
+            "num_key_value_heads",
+        ),
+        (
+            "\"num_attention_heads\": 4",
+            "\"num_attention_heads\": 0",
+            "num_attention_heads",
+        ),
+    ] {
+        assert!(config.contains(from));
+        std::fs::write(dir.path().join("config.json"), config.replace(from, to)).unwrap();
+        let e = format!("{:#}", read_config(dir.path()).unwrap_err());
+        assert!(
+            e.contains(key) && e.contains("hint:") && e.contains("config.json"),
+            "{e}"
+        );
+    }
+}
