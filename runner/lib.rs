@@ -6,6 +6,10 @@
 
 pub mod commands;
 pub mod config;
+pub mod data;
+pub mod methods;
 pub mod models;
 pub mod plan;
+pub mod report;
 pub mod sweep;
+pub mod train;

@@ -37,6 +37,23 @@ enum Command {
         /// Overrides, KEY.PATH=VALUE.
         overrides: Vec<String>,
     },
+    /// Train a recipe; an existing run directory of the same plan is resumed.
+    Run {
+        recipe: PathBuf,
+        /// Overrides, KEY.PATH=VALUE.
+        overrides: Vec<String>,
+        /// The run directory (default: output.dir, name and plan hash).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue a run directory that holds another plan.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: commands::run::Target,
+        /// Stop after this many optimizer steps as if interrupted (for resume tests).
+        #[arg(long, hide = true)]
+        stop_after: Option<u64>,
+    },
     /// Print the JSON Schema of recipes and sweep files.
     Schema,
     /// Report libtorch, CUDA, devices, bf16 support and threads.
@@ -85,6 +102,21 @@ fn main() -> ExitCode {
         } => commands::plan::run(&recipe, &overrides, format, &mut out),
         Command::Explain { recipe, overrides } => {
             commands::explain::run(&recipe, &overrides, &mut out)
+        }
+        Command::Run {
+            recipe,
+            overrides,
+            out: dir,
+            force,
+            device,
+            stop_after,
+        } => {
+            let options = runner::train::trainer::RunOptions {
+                out: dir,
+                force,
+                stop_after,
+            };
+            commands::run::run(&recipe, &overrides, device, &options, &mut out)
         }
         Command::Schema => commands::schema::run(&mut out),
         Command::Doctor => commands::doctor::run(&mut out),

@@ -553,6 +553,89 @@ def make_s2attn():
 
 
 # ---------------------------------------------------------------------------------------------
+# Learning-rate schedules
+# ---------------------------------------------------------------------------------------------
+
+# (type, peak_lr, total_steps, {"warmup_steps": n} or {"warmup_ratio": r} or {})
+SCHEDULE_SETTINGS = [
+    ("constant", 1e-3, 10, {}),
+    ("constant_with_warmup", 2e-5, 10, {"warmup_steps": 3}),
+    ("constant_with_warmup", 3e-4, 20, {"warmup_steps": 3}),
+    ("linear", 1e-3, 10, {"warmup_steps": 0}),
+    ("linear", 3e-4, 20, {"warmup_steps": 4}),
+    ("linear", 5e-5, 37, {"warmup_ratio": 0.1}),
+    ("linear", 2e-5, 20, {"warmup_ratio": 0.1}),
+    ("cosine", 1e-3, 20, {"warmup_steps": 0}),
+    ("cosine", 3e-4, 37, {"warmup_steps": 5}),
+    ("cosine", 2e-4, 37, {"warmup_ratio": 0.03}),
+    ("cosine", 7e-5, 10, {"warmup_ratio": 0.03}),
+    ("warmup_decay", 2e-5, 20, {"warmup_steps": 4}),
+    ("warmup_decay", 3e-4, 37, {"warmup_ratio": 0.1}),
+    ("warmup_decay", 1e-3, 10, {"warmup_steps": 1}),
+    ("warmup_decay", 1e-3, 10, {"warmup_steps": 0}),
+]
+
+
+def deepspeed_warmup_decay_lr(step, peak_lr, total_steps, warmup_steps):
+    """Transcription of DeepSpeed's WarmupDecayLR (deepspeed/runtime/lr_schedules.py, WarmupLR and
+    WarmupDecayLR) with warmup_type "linear", warmup_min_lr 0, warmup_max_lr peak_lr, evaluated at
+    last_batch_iteration = step. HF's DeepSpeed integration passes warmup_num_steps =
+    max(1, args.get_warmup_steps(total)); WarmupLR.__init__ then clamps it to max(2, ...)."""
+    min_lr, max_lr = 0.0, peak_lr
+    delta_lr = max_lr - min_lr
+    warmup_num_steps = max(2, max(1, warmup_steps))
+    if step < warmup_num_steps:
+        gamma = step / warmup_num_steps
+    else:
+        gamma = max(0.0, float(total_steps - step) / float(max(1.0, total_steps - warmup_num_steps)))
+    return min_lr + (delta_lr * gamma)
+
+
+def make_schedules():
+    """tests/fixtures/schedules.json: the learning rate of every optimizer step 0..=total_steps.
+
+    transformers entries come from transformers' own get_scheduler over a one-parameter SGD
+    (get_last_lr()[0] read before each scheduler.step()); warmup_ratio is turned into steps with
+    TrainingArguments.get_warmup_steps (transformers 5 takes the ratio as a float warmup_steps < 1).
+    warmup_decay entries come from deepspeed_warmup_decay_lr above (DeepSpeed is not installed).
+    resolved_warmup_steps is the warmup the schedule actually applies."""
+    import json
+
+    from transformers import TrainingArguments, get_scheduler
+
+    entries = []
+    for kind, peak_lr, total, warmup in SCHEDULE_SETTINGS:
+        if "warmup_ratio" in warmup:
+            args = TrainingArguments(output_dir="unused", warmup_steps=warmup["warmup_ratio"], report_to="none")
+            warmup_steps = args.get_warmup_steps(total)
+        else:
+            warmup_steps = warmup.get("warmup_steps", 0)
+        entry = {"type": kind, "peak_lr": peak_lr, "total_steps": total, **warmup}
+        if kind == "warmup_decay":
+            entry["reference"] = "deepspeed formula"
+            entry["resolved_warmup_steps"] = max(2, max(1, warmup_steps))
+            entry["lrs"] = [deepspeed_warmup_decay_lr(s, peak_lr, total, warmup_steps) for s in range(total + 1)]
+        else:
+            param = torch.nn.Parameter(torch.zeros(1))
+            optimizer = torch.optim.SGD([param], lr=peak_lr)
+            scheduler = get_scheduler(kind, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total)
+            lrs = []
+            for _ in range(total + 1):
+                lrs.append(scheduler.get_last_lr()[0])
+                optimizer.step()
+                scheduler.step()
+            entry["reference"] = "transformers"
+            entry["resolved_warmup_steps"] = 0 if kind == "constant" else warmup_steps
+            entry["lrs"] = lrs
+        entries.append(entry)
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    with open(FIXTURES / "schedules.json", "w") as f:
+        json.dump(entries, f, indent=1)
+        f.write("\n")
+    print("schedules: done")
+
+
+# ---------------------------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------------------------
 
@@ -579,6 +662,7 @@ def generate_all():
     make_mistral()
     make_llama_lora(llama_input_ids, llama_attention_mask)
     make_s2attn()
+    make_schedules()
     check_runner_adapter()
 
 

@@ -5,4 +5,7 @@ mod cli;
 mod estimates;
 mod models;
 mod plans;
+mod schedules;
+mod tensorboard;
+mod training;
 mod yaml;

@@ -97,6 +97,22 @@ impl Recipe {
         }
     }
 
+    pub fn seed(&self) -> u64 {
+        match self {
+            Recipe::IagDistill(r) => r.seed,
+            Recipe::LongloraSft(r) => r.seed,
+            Recipe::CoeMultitask(r) => r.seed,
+        }
+    }
+
+    pub fn logging(&self) -> &Logging {
+        match self {
+            Recipe::IagDistill(r) => &r.logging,
+            Recipe::LongloraSft(r) => &r.logging,
+            Recipe::CoeMultitask(r) => &r.logging,
+        }
+    }
+
     pub fn output(&self) -> &Output {
         match self {
             Recipe::IagDistill(r) => &r.output,

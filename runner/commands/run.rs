@@ -1,0 +1,81 @@
+//! `runner run RECIPE [KEY=VALUE…]`: resolves the plan, builds its task, trains, and leaves the
+//! run's artifacts; an existing run directory of the same plan is resumed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use tch::Device;
+
+use super::{report, INVALID, USAGE};
+use crate::methods;
+use crate::plan::recipe::Recipe;
+use crate::plan::resolve;
+use crate::train::trainer::{self, RunOptions};
+
+/// Where to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// The first GPU when CUDA is available, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+pub fn run(
+    recipe: &Path,
+    overrides: &[String],
+    target: Target,
+    options: &RunOptions,
+    out: &mut dyn Write,
+) -> std::io::Result<i32> {
+    if !recipe.is_file() {
+        writeln!(out, "error: recipe {} does not exist", recipe.display())?;
+        return Ok(USAGE);
+    }
+    let plan = match resolve(recipe, overrides) {
+        Ok(plan) => plan,
+        Err(errors) => {
+            report(&errors, out)?;
+            return Ok(INVALID);
+        }
+    };
+    super::finish(train(&plan, target, options), out)
+}
+
+fn train(
+    plan: &crate::plan::resolve::Plan,
+    target: Target,
+    options: &RunOptions,
+) -> Result<String> {
+    let device = match target {
+        Target::Auto => Device::cuda_if_available(),
+        Target::Cpu => Device::Cpu,
+        Target::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
+        Target::Cuda => bail!("--device cuda: CUDA is not available here\n  hint: `runner doctor` says what libtorch sees"),
+    };
+    let summary = match &plan.recipe {
+        Recipe::LongloraSft(r) => {
+            let task = methods::longlora::build(r, device)?;
+            trainer::train(plan, &task, options)?
+        }
+        other => bail!(
+            "kind {}: training this kind is not implemented yet (longlora_sft is); `runner validate` and `runner plan` work for it",
+            other.kind()
+        ),
+    };
+    let dir: PathBuf = summary.dir.clone();
+    let mut report = format!(
+        "trained {} steps{} in {}\nfinal train loss {:.4}",
+        summary.steps,
+        summary
+            .resumed_from
+            .map_or(String::new(), |s| format!(" (resumed from step {s})")),
+        dir.display(),
+        summary.final_loss
+    );
+    if let Some((value, step)) = summary.best {
+        report += &format!("\nbest eval value {value:.4} at step {step}");
+    }
+    Ok(report)
+}

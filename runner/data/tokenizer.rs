@@ -1,0 +1,60 @@
+//! HF `tokenizer.json` files, through the `tokenizers` crate (the same Rust code transformers'
+//! fast tokenizers run).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Result};
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+}
+
+impl Tokenizer {
+    pub fn load(path: &Path) -> Result<Tokenizer> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+            anyhow!(
+                "{}: cannot load a tokenizer: {e}\n  hint: point model.tokenizer at an HF tokenizer.json",
+                path.display()
+            )
+        })?;
+        Ok(Tokenizer {
+            inner,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Token ids of `text`; `special` adds what the tokenizer's post-processor adds (BOS, EOS).
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<i64>> {
+        let encoding = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| anyhow!("{}: cannot encode text: {e}", self.path.display()))?;
+        Ok(encoding.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    pub fn decode(&self, ids: &[i64], skip_special: bool) -> Result<String> {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.inner
+            .decode(&ids, skip_special)
+            .map_err(|e| anyhow!("{}: cannot decode: {e}", self.path.display()))
+    }
+
+    /// The id of a special or ordinary token.
+    pub fn id(&self, token: &str) -> Result<i64> {
+        self.inner
+            .token_to_id(token)
+            .map(i64::from)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: has no token {token:?}\n  hint: add it to the tokenizer or name another in the recipe",
+                    self.path.display()
+                )
+            })
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

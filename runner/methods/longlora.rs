@@ -1,0 +1,246 @@
+//! `longlora_sft` (LongLoRA, arXiv 2309.12307): a Llama-family decoder fine-tuned on
+//! instruction data at a longer context, with RoPE position interpolation, S²-Attn in training,
+//! and LoRA plus trainable embeddings and norms (or full fine-tuning).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::batch::{collate, Batch, Example};
+use crate::data::instruction;
+use crate::data::loader::Loader;
+use crate::data::tokenizer::Tokenizer;
+use crate::models::generate::{self, GenerateOptions, Strategy};
+use crate::models::hf_folder::HfConfig;
+use crate::models::llama::{DecoderOptions, Llama};
+use crate::models::lora::{self, LoraSpec};
+use crate::models::loss::{causal_lm_loss, IGNORE};
+use crate::models::{hf_model, Compute, ParamStore, Tape};
+use crate::plan::kinds::longlora::{Metric, Template};
+use crate::plan::recipe::LongloraRecipe;
+use crate::plan::training::Adapter;
+use crate::train::task::{Evaluation, Task};
+
+pub struct LongloraTask {
+    store: ParamStore,
+    config: HfConfig,
+    model: Llama,
+    lora: Option<LoraSpec>,
+    base: Option<String>,
+    tokenizer: Tokenizer,
+    template: Template,
+    eos: i64,
+    loader: Loader,
+    validation: Vec<(instruction::Item, Example)>,
+    eval_batch: usize,
+    best: Metric,
+    device: Device,
+}
+
+/// Builds the model, tokenizer and data of a `longlora_sft` plan.
+pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
+    let m = &recipe.model;
+    let compute = Compute::of(recipe.training.precision);
+    let rope_factor = m.rope_factor(recipe.data.max_length);
+    let config = HfConfig::Decoder {
+        arch: m.arch.clone(),
+        rope_factor,
+    };
+    let mut store = match &m.path {
+        Some(path) => {
+            let (found, store) = hf_model::load(Path::new(path), device, compute.weights)?;
+            if let HfConfig::Decoder { arch, .. } = &found {
+                if *arch != m.arch {
+                    bail!(
+                        "{path}/config.json describes another architecture than model.arch\n  hint: make model.arch match the checkpoint (runner plan shows the plan's)"
+                    );
+                }
+            }
+            store
+        }
+        None => hf_model::random(&config, recipe.seed as i64, device, compute.weights),
+    };
+    let lora = LoraSpec::of(&recipe.training.adapter);
+    match (&recipe.training.adapter, &lora) {
+        (Adapter::Full, _) => store.set_trainable(|_, _| true),
+        (_, Some(spec)) => {
+            lora::attach(&mut store, spec, recipe.seed as i64)?;
+        }
+        (_, None) => {
+            bail!("training.adapter: hyperlora is IAG's; longlora_sft trains lora or full")
+        }
+    }
+    let groups = recipe
+        .method
+        .shifted_sparse_attention
+        .then(|| (1.0 / recipe.method.group_fraction).round() as i64);
+    let options = DecoderOptions {
+        rope_factor,
+        shifted_sparse_groups: groups,
+    };
+    let model = Llama::new(&store, &m.arch, options, compute.activations)?;
+
+    let tokenizer_path = match (&m.tokenizer, &m.path) {
+        (Some(t), _) => PathBuf::from(t),
+        (None, Some(p)) => Path::new(p).join("tokenizer.json"),
+        (None, None) => {
+            bail!("model.tokenizer: a randomly initialised model needs a tokenizer.json")
+        }
+    };
+    let tokenizer = Tokenizer::load(&tokenizer_path)?;
+    if tokenizer.vocab_size() as u64 > m.arch.vocab_size {
+        bail!(
+            "{}: {} tokens, more than model.arch.vocab_size {}\n  hint: use the model's own tokenizer",
+            tokenizer_path.display(),
+            tokenizer.vocab_size(),
+            m.arch.vocab_size
+        );
+    }
+    let eos = tokenizer.id("</s>")?;
+    let pad = tokenizer.id(&recipe.data.pad_token)?;
+    let max_length = recipe.data.max_length as usize;
+    let template = recipe.data.template;
+    let encode_all = |path: &str| -> Result<Vec<(instruction::Item, Example)>> {
+        instruction::read(Path::new(path))?
+            .into_iter()
+            .map(|item| {
+                let e = instruction::encode(&tokenizer, template, &item, eos, max_length)?;
+                Ok((item, e))
+            })
+            .collect()
+    };
+    let train: Vec<Example> = encode_all(&recipe.data.train)?
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    if train.is_empty() {
+        bail!("{}: no training examples", recipe.data.train);
+    }
+    let validation = match &recipe.data.validation {
+        Some(path) => encode_all(path)?,
+        None => Vec::new(),
+    };
+    let micro = recipe.training.micro_batch_size as usize;
+    let loader = Loader {
+        examples: Arc::new(train),
+        batch_size: micro,
+        pad,
+        side: recipe.data.padding_side,
+        multiple_of: groups.unwrap_or(1) as usize,
+        seed: recipe.seed,
+    };
+    Ok(LongloraTask {
+        store,
+        config,
+        model,
+        lora,
+        base: m.path.clone(),
+        tokenizer,
+        template,
+        eos,
+        loader,
+        validation,
+        eval_batch: micro,
+        best: recipe.evaluation.best_metric,
+        device,
+    })
+}
+
+impl Task for LongloraTask {
+    fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn loader(&self) -> &Loader {
+        &self.loader
+    }
+
+    fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>) -> Tensor {
+        let logits = self
+            .model
+            .forward(&batch.input_ids, Some(&batch.attention_mask), tape, true);
+        causal_lm_loss(&logits, &batch.labels)
+    }
+
+    /// Validation loss (token-weighted over every example), its perplexity, and one greedy
+    /// answer to look at.
+    fn evaluate(&self) -> Result<Evaluation> {
+        if self.validation.is_empty() {
+            return Ok(Evaluation::default());
+        }
+        let (mut total, mut tokens) = (0.0, 0i64);
+        tch::no_grad(|| {
+            for chunk in self.validation.chunks(self.eval_batch.max(1)) {
+                let members: Vec<&Example> = chunk.iter().map(|(_, e)| e).collect();
+                let batch =
+                    collate(&members, self.loader.pad, self.loader.side, 1).to_device(self.device);
+                let logits = self.model.forward(
+                    &batch.input_ids,
+                    Some(&batch.attention_mask),
+                    &Tape::plain(),
+                    false,
+                );
+                let t = logits.size()[1];
+                let targets = batch.labels.narrow(1, 1, t - 1);
+                let n = targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]);
+                let loss = causal_lm_loss(&logits, &batch.labels).double_value(&[]);
+                total += loss * n as f64;
+                tokens += n;
+            }
+        });
+        let loss = total / tokens.max(1) as f64;
+        let (item, _) = &self.validation[0];
+        let prompt = self
+            .tokenizer
+            .encode(&instruction::prompt(self.template, item), true)?;
+        let ids = Tensor::from_slice(&prompt)
+            .view([1, -1])
+            .to_device(self.device);
+        let options = GenerateOptions {
+            max_new_tokens: 24,
+            strategy: Strategy::Greedy,
+            eos: Some(self.eos),
+            pad: self.loader.pad,
+            seed: 0,
+        };
+        let out = generate::decoder_only(&self.model, &ids, None, &options);
+        let out: Vec<i64> = Vec::<i64>::try_from(out.view([-1]).to_device(Device::Cpu))
+            .map_err(|e| anyhow!("reading generated tokens: {e}"))?;
+        let answer = self.tokenizer.decode(&out, true)?;
+        Ok(Evaluation {
+            metrics: vec![("loss".into(), loss), ("perplexity".into(), loss.exp())],
+            samples: vec![(
+                "generation".into(),
+                format!(
+                    "{}\n\n→ {answer}\n\n(expected: {})",
+                    item.instruction, item.output
+                ),
+            )],
+        })
+    }
+
+    fn best_metric(&self) -> (&'static str, bool) {
+        match self.best {
+            Metric::Loss => ("loss", false),
+            Metric::Perplexity => ("perplexity", false),
+            Metric::PasskeyAccuracy => ("passkey_accuracy", true),
+        }
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        match &self.lora {
+            Some(spec) => {
+                let base = self.base.as_deref().unwrap_or("(randomly initialised)");
+                lora::save_peft(&dir.join("adapter"), &self.store, spec, base, "CAUSAL_LM")
+            }
+            None => hf_model::save(&dir.join("model"), &self.config, &self.store),
+        }
+        .context("saving the trained model")
+    }
+}

@@ -1,0 +1,3 @@
+//! Run reports: TensorBoard event files (later: tables, plots).
+
+pub mod tensorboard;

@@ -1,0 +1,8 @@
+//! Training: optimizer, learning-rate schedules, the loop, run state.
+
+pub mod log;
+pub mod optimizer;
+pub mod run_dir;
+pub mod schedule;
+pub mod task;
+pub mod trainer;

@@ -1,0 +1,149 @@
+//! AdamW (Loshchilov & Hutter) with the update of `torch.optim.AdamW`, written here because
+//! tch's optimizer cannot save or load its moments, and exact resume needs them. Moments are
+//! fp32 whatever the weights' kind; parameters named in `no_decay` get no weight decay.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use tch::{Kind, Tensor};
+
+use crate::plan::training::Optimizer;
+
+pub struct AdamW {
+    betas: [f64; 2],
+    eps: f64,
+    weight_decay: f64,
+    no_decay: Vec<String>,
+    /// Optimizer steps taken so far.
+    pub steps: u64,
+    /// First and second moments per parameter name.
+    moments: BTreeMap<String, (Tensor, Tensor)>,
+}
+
+impl AdamW {
+    pub fn new(config: &Optimizer) -> AdamW {
+        AdamW {
+            betas: config.betas,
+            eps: config.eps,
+            weight_decay: config.weight_decay,
+            no_decay: config.no_decay.clone(),
+            steps: 0,
+            moments: BTreeMap::new(),
+        }
+    }
+
+    fn decays(&self, name: &str) -> bool {
+        !self.no_decay.iter().any(|n| name.contains(n.as_str()))
+    }
+
+    /// One update of every parameter that has a gradient, at learning rate `lr`:
+    /// `p ← p·(1 − lr·wd)`, then `p ← p − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`.
+    pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let [b1, b2] = self.betas;
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        tch::no_grad(|| {
+            for (name, p) in params {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let g = g.to_kind(Kind::Float);
+                let decay = self.weight_decay * f64::from(u8::from(self.decays(name)));
+                let (m, v) = self
+                    .moments
+                    .entry(name.clone())
+                    .or_insert_with(|| (g.zeros_like(), g.zeros_like()));
+                *m = &*m * b1 + &g * (1.0 - b1);
+                *v = &*v * b2 + g.square() * (1.0 - b2);
+                let denom = v.sqrt() / c2.sqrt() + self.eps;
+                let master = p.to_kind(Kind::Float) * (1.0 - lr * decay);
+                let updated = master - (&*m / denom) * (lr / c1);
+                let mut p = p.shallow_clone();
+                p.copy_(&updated);
+            }
+        });
+    }
+
+    /// The moments, as tensors named `exp_avg.<param>` and `exp_avg_sq.<param>` (PyTorch's names).
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        self.moments
+            .iter()
+            .flat_map(|(name, (m, v))| {
+                [
+                    (format!("exp_avg.{name}"), m.shallow_clone()),
+                    (format!("exp_avg_sq.{name}"), v.shallow_clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Restores moments saved by [`AdamW::state`] after `steps` steps.
+    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>, steps: u64) -> Result<()> {
+        let mut firsts = BTreeMap::new();
+        let mut seconds = BTreeMap::new();
+        for (key, t) in tensors {
+            if let Some(name) = key.strip_prefix("exp_avg_sq.") {
+                seconds.insert(name.to_string(), t);
+            } else if let Some(name) = key.strip_prefix("exp_avg.") {
+                firsts.insert(name.to_string(), t);
+            } else {
+                bail!("optimizer state holds `{key}`, which is not an AdamW moment");
+            }
+        }
+        self.moments.clear();
+        for (name, m) in firsts {
+            let Some(v) = seconds.remove(&name) else {
+                bail!("optimizer state has exp_avg but no exp_avg_sq for `{name}`");
+            };
+            self.moments.insert(name, (m, v));
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// The global L2 norm of all gradients; when above `max_norm`, every gradient is scaled down
+/// to it (as `torch.nn.utils.clip_grad_norm_`). Parameters without a gradient are skipped, and
+/// no gradient at all gives 0.
+pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: Option<f64>) -> f64 {
+    let grads: Vec<Tensor> = params
+        .iter()
+        .map(|(_, p)| p.grad())
+        .filter(Tensor::defined)
+        .collect();
+    if grads.is_empty() {
+        return 0.0;
+    }
+    let squares: Vec<Tensor> = grads
+        .iter()
+        .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
+        .collect();
+    let norm = Tensor::stack(&squares, 0)
+        .sum(Kind::Float)
+        .sqrt()
+        .double_value(&[]);
+    if let Some(max) = max_norm {
+        let scale = max / (norm + 1e-6);
+        if scale < 1.0 {
+            tch::no_grad(|| {
+                for g in &grads {
+                    let mut g = g.shallow_clone();
+                    let _ = g.g_mul_scalar_(scale);
+                }
+            });
+        }
+    }
+    norm
+}
+
+/// Drops every gradient (the next backward pass starts from none).
+pub fn zero_grad(params: &[(String, Tensor)]) {
+    for (_, p) in params {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.detach_().zero_();
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! A run directory: the plan it runs, its checkpoints, and the state that lets a killed run
+//! continue exactly where its last whole checkpoint left it.
+//!
+//! ```text
+//! <run>/plan.yaml            the resolved plan (itself a valid recipe), with its hash
+//! <run>/plan.json            the same, canonical, to compare with on resume
+//! <run>/checkpoints/step-N/  trainable.safetensors, optimizer.safetensors, state.json
+//! ```
+//! A checkpoint is written into `step-N.partial` and renamed when whole, so a run killed at
+//! any moment leaves only whole checkpoints.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tch::Tensor;
+
+use crate::config::emit;
+use crate::data::loader::Position;
+use crate::models::hf_folder::{write_atomic, write_safetensors};
+use crate::plan::resolve::Plan;
+
+/// Everything besides tensors that a resumed run needs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Where the data stream continues.
+    pub position: Position,
+    /// The best evaluation so far: (value, step).
+    pub best: Option<(f64, u64)>,
+    /// Evaluations since the best one (early stopping).
+    pub since_best: u32,
+    /// Training tokens seen.
+    pub tokens: i64,
+    /// Seconds of training so far, across resumes.
+    pub seconds: f64,
+    /// The training loss of the last step.
+    pub loss: Option<f64>,
+}
+
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub trainable: Vec<(String, Tensor)>,
+    pub optimizer: Vec<(String, Tensor)>,
+    pub state: RunState,
+}
+
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+const CHECKPOINTS: &str = "checkpoints";
+
+impl RunDir {
+    /// Opens (creating) the run directory of `plan`. An existing directory must hold the same
+    /// plan, unless `force`; its latest whole checkpoint is returned for resuming.
+    pub fn open(path: &Path, plan: &Plan, force: bool) -> Result<(RunDir, Option<Checkpoint>)> {
+        let run = RunDir {
+            path: path.to_path_buf(),
+        };
+        let json = plan.recipe.to_json();
+        let stored = path.join("plan.json");
+        if stored.is_file() {
+            let before: Value = serde_json::from_str(&fs::read_to_string(&stored)?)
+                .with_context(|| format!("{}: not valid JSON", stored.display()))?;
+            if before["hash"].as_str() != Some(plan.hash.as_str()) && !force {
+                let mut changed = Vec::new();
+                differences("", &before["plan"], &json, &mut changed);
+                bail!(
+                    "{} holds a run of another plan; changed: {}\n  hint: choose another --out, or pass --force to continue it with the new plan",
+                    path.display(),
+                    changed.join(", ")
+                );
+            }
+        }
+        fs::create_dir_all(path.join(CHECKPOINTS))
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let header = format!(
+            "# plan of {}\n# hash: {}\n",
+            plan.source.display(),
+            plan.hash
+        );
+        write_atomic(
+            &path.join("plan.yaml"),
+            (header + &emit::to_yaml(&json)).as_bytes(),
+        )?;
+        let record = serde_json::json!({ "hash": plan.hash, "plan": json });
+        write_atomic(&stored, serde_json::to_string_pretty(&record)?.as_bytes())?;
+        let latest = run.checkpoints()?.pop();
+        let checkpoint = latest.map(|(_, dir)| load(&dir)).transpose()?;
+        Ok((run, checkpoint))
+    }
+
+    /// Whole checkpoints, oldest first, with their step.
+    pub fn checkpoints(&self) -> Result<Vec<(u64, PathBuf)>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(self.path.join(CHECKPOINTS))? {
+            let path = entry?.path();
+            let step = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("step-"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(step) = step {
+                found.push((step, path));
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Writes a whole checkpoint, then removes the ones neither among the `keep_last` newest
+    /// nor the best.
+    pub fn save(
+        &self,
+        trainable: &[(String, Tensor)],
+        optimizer: &[(String, Tensor)],
+        state: &RunState,
+        keep_last: usize,
+    ) -> Result<PathBuf> {
+        let root = self.path.join(CHECKPOINTS);
+        let dir = root.join(format!("step-{:08}", state.step));
+        let partial = root.join(format!("step-{:08}.partial", state.step));
+        if partial.exists() {
+            fs::remove_dir_all(&partial)?;
+        }
+        fs::create_dir_all(&partial)?;
+        let refs = |t: &[(String, Tensor)]| -> Vec<(String, Tensor)> {
+            t.iter().map(|(n, t)| (n.clone(), t.detach())).collect()
+        };
+        let (weights, moments) = (refs(trainable), refs(optimizer));
+        write_safetensors(
+            &partial.join("trainable.safetensors"),
+            &weights.iter().collect::<Vec<_>>(),
+        )?;
+        write_safetensors(
+            &partial.join("optimizer.safetensors"),
+            &moments.iter().collect::<Vec<_>>(),
+        )?;
+        write_atomic(
+            &partial.join("state.json"),
+            serde_json::to_string_pretty(state)?.as_bytes(),
+        )?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        fs::rename(&partial, &dir).with_context(|| format!("cannot write {}", dir.display()))?;
+        let best = state.best.map(|(_, step)| step);
+        let all = self.checkpoints()?;
+        let newest: Vec<u64> = all
+            .iter()
+            .rev()
+            .take(keep_last.max(1))
+            .map(|(s, _)| *s)
+            .collect();
+        for (step, path) in all {
+            if !newest.contains(&step) && Some(step) != best {
+                fs::remove_dir_all(&path)?;
+            }
+        }
+        Ok(dir)
+    }
+}
+
+fn load(dir: &Path) -> Result<Checkpoint> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        Tensor::read_safetensors(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let state_path = dir.join("state.json");
+    let state: RunState = serde_json::from_str(&fs::read_to_string(&state_path)?)
+        .with_context(|| format!("{}: not a run state", state_path.display()))?;
+    Ok(Checkpoint {
+        dir: dir.to_path_buf(),
+        trainable: read("trainable.safetensors")?,
+        optimizer: read("optimizer.safetensors")?,
+        state,
+    })
+}
+
+/// Dotted keys whose values differ between two plans.
+fn differences(prefix: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                differences(
+                    &key,
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(format!("{prefix} ({a} → {b})")),
+        _ => {}
+    }
+}

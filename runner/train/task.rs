@@ -1,0 +1,37 @@
+//! What a recipe kind gives the trainer: a model to train (its parameters in a store), the
+//! loss of a batch, an evaluation, and how to save the result. Everything else (steps,
+//! accumulation, optimizer, checkpoints, logs) is the trainer's and the same for every kind.
+
+use std::path::Path;
+
+use anyhow::Result;
+use tch::{Device, Tensor};
+
+use crate::data::batch::Batch;
+use crate::data::loader::Loader;
+use crate::models::{ParamStore, Tape};
+
+/// Metrics and text samples of one evaluation.
+#[derive(Clone, Debug, Default)]
+pub struct Evaluation {
+    /// Metric name → value; the plan's best metric is one of them.
+    pub metrics: Vec<(String, f64)>,
+    /// Tag → text (generations, for a look at what the model does).
+    pub samples: Vec<(String, String)>,
+}
+
+pub trait Task {
+    /// Every weight of the trained model; the trainable ones require gradients.
+    fn store(&self) -> &ParamStore;
+    fn device(&self) -> Device;
+    /// The training micro-batches.
+    fn loader(&self) -> &Loader;
+    /// Mean loss of one micro-batch (on the task's device), through `tape`.
+    fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>) -> Tensor;
+    /// Evaluates on the validation data.
+    fn evaluate(&self) -> Result<Evaluation>;
+    /// The metric that picks the best checkpoint, and whether larger is better.
+    fn best_metric(&self) -> (&'static str, bool);
+    /// Saves the trained result (an HF folder, or a PEFT adapter) in `dir`.
+    fn save(&self, dir: &Path) -> Result<()>;
+}

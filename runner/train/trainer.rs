@@ -1,0 +1,401 @@
+//! The training loop every recipe kind shares: micro-batches with gradient accumulation, AdamW
+//! with the plan's schedule and clipping, evaluation, checkpoints with retention, early
+//! stopping, exact resume, and the run's artifacts.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::json;
+use tch::Tensor;
+
+use super::log::MetricsLog;
+use super::optimizer::{clip_grad_norm, zero_grad, AdamW};
+use super::run_dir::{RunDir, RunState};
+use super::schedule::LrSchedule;
+use super::task::Task;
+use crate::models::hf_folder::write_atomic;
+use crate::models::{Checkpointing, Tape};
+use crate::plan::inventory::Group;
+use crate::plan::resolve::Plan;
+use crate::report::tensorboard::HParamValue;
+
+/// How `runner run` was asked to run a plan.
+pub struct RunOptions {
+    /// The run directory; None derives it from the plan (`output.dir`, name, hash).
+    pub out: Option<PathBuf>,
+    /// Continue a run directory of another plan.
+    pub force: bool,
+    /// Stop after this many optimizer steps, as if killed there (tests).
+    pub stop_after: Option<u64>,
+}
+
+/// What a finished run reports.
+pub struct Summary {
+    pub dir: PathBuf,
+    pub steps: u64,
+    pub final_loss: f64,
+    pub best: Option<(f64, u64)>,
+    pub resumed_from: Option<u64>,
+}
+
+/// The run directory a plan writes to by default: `output.dir` with `{name}`, plus the
+/// first 8 characters of the plan hash, so changed plans never share a directory.
+pub fn default_dir(plan: &Plan) -> PathBuf {
+    let out = plan.recipe.output();
+    let dir = out.dir.replace("{name}", plan.recipe.name());
+    PathBuf::from(format!("{dir}-{}", &plan.hash[..8]))
+}
+
+pub fn train(plan: &Plan, task: &dyn Task, options: &RunOptions) -> Result<Summary> {
+    let recipe = &plan.recipe;
+    let t = recipe.training();
+    let dir = options.out.clone().unwrap_or_else(|| default_dir(plan));
+    let (run, checkpoint) = RunDir::open(&dir, plan, options.force)?;
+    let params = task.store().trainable();
+    if params.is_empty() {
+        bail!("nothing to train: no parameter requires a gradient\n  hint: check training.adapter");
+    }
+    let mut optimizer = AdamW::new(&t.optimizer);
+    let mut state = RunState::default();
+    let resumed_from = checkpoint.as_ref().map(|c| c.state.step);
+    if let Some(c) = checkpoint {
+        restore(&params, c.trainable)
+            .with_context(|| format!("resuming from {}", c.dir.display()))?;
+        optimizer.load_state(c.optimizer, c.state.step)?;
+        state = c.state;
+    }
+    let accumulation = t.grad_accumulation as u64;
+    let per_epoch = (task.loader().batches_per_epoch() as u64).div_ceil(accumulation);
+    let total = total_steps(t.max_steps, t.epochs, per_epoch);
+    let schedule = LrSchedule::new(&t.schedule, t.optimizer.lr, total);
+    let eval_every = match recipe.evaluation_interval() {
+        (Some(steps), _) => Some(steps),
+        (None, Some(epochs)) => Some(((epochs * per_epoch as f64).round() as u64).max(1)),
+        (None, None) => None,
+    };
+    let logging = recipe.logging();
+    let output = recipe.output();
+    let mut log = MetricsLog::open(&run.path, logging.csv, logging.tensorboard, resumed_from)?;
+    let (best_name, maximize) = task.best_metric();
+    if resumed_from.is_none() {
+        log.hparams(
+            &hparams(plan),
+            &["train/loss", &format!("eval/{best_name}")],
+        )?;
+    }
+    let checkpointing = match t.gradient_checkpointing {
+        true => Checkpointing::Recompute,
+        false => Checkpointing::Off,
+    };
+    let batches = task.loader().stream(state.position);
+    let mut last_checkpoint: Option<PathBuf> = run.checkpoints()?.pop().map(|(_, p)| p);
+    let started = Instant::now();
+    let seconds_before = state.seconds;
+    while state.step < total {
+        let step_start = Instant::now();
+        let lr = schedule.lr(state.step);
+        let (mut loss_sum, mut tokens, mut samples) = (0.0, 0i64, 0i64);
+        for micro in 0..accumulation {
+            let (next, batch) = batches
+                .recv()
+                .map_err(|_| anyhow!("the data stream ended unexpectedly"))?;
+            let position = state.position;
+            state.position = next;
+            let batch = batch.to_device(task.device());
+            tokens += batch.tokens();
+            samples += batch.input_ids.size()[0];
+            let seed = step_seed(recipe.seed(), state.step, micro);
+            let tape = Tape::training(checkpointing, seed);
+            let loss = task.loss(&batch, &tape);
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                bail!(
+                    "step {}: the loss is {value} (micro-batch {} of epoch {})\n  hint: lower training.optimizer.lr or use fp32; the last good checkpoint is {}",
+                    state.step,
+                    position.offset,
+                    position.epoch,
+                    last_checkpoint.as_ref().map_or("none (no checkpoint yet)".into(), |p| p.display().to_string())
+                );
+            }
+            tape.backward(&(loss / accumulation as f64));
+            loss_sum += value / accumulation as f64;
+        }
+        if state.step == 0 {
+            check_gradients(task)?;
+        }
+        let grad_norm = clip_grad_norm(&params, t.max_grad_norm);
+        optimizer.step(&params, lr);
+        zero_grad(&params);
+        state.step += 1;
+        state.tokens += tokens;
+        state.loss = Some(loss_sum);
+        let step_time = step_start.elapsed().as_secs_f64();
+        if state.step % logging.every_steps == 0 || state.step == total {
+            log.record(
+                state.step,
+                "train",
+                &[
+                    ("loss".into(), loss_sum),
+                    ("lr".into(), lr),
+                    ("grad_norm".into(), grad_norm),
+                    ("tokens_per_s".into(), tokens as f64 / step_time),
+                    ("samples_per_s".into(), samples as f64 / step_time),
+                    ("step_time_s".into(), step_time),
+                    ("epoch".into(), state.position.epoch as f64),
+                ],
+            )?;
+        }
+        log.progress(&format!(
+            "step {}/{total}  loss {loss_sum:.4}  lr {lr:.2e}  {:.0} tok/s",
+            state.step,
+            tokens as f64 / step_time
+        ));
+        let last = state.step == total;
+        let mut stop = false;
+        if eval_every.is_some_and(|n| state.step % n == 0) || last {
+            let evaluation = task.evaluate()?;
+            log.record(state.step, "eval", &evaluation.metrics)?;
+            for (tag, text) in &evaluation.samples {
+                log.text(state.step, &format!("eval/{tag}"), text)?;
+            }
+            if let Some(&(_, value)) = evaluation.metrics.iter().find(|(n, _)| n == best_name) {
+                let better = state.best.is_none_or(|(best, _)| {
+                    let delta = t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
+                    match maximize {
+                        true => value > best + delta,
+                        false => value < best - delta,
+                    }
+                });
+                if better {
+                    state.best = Some((value, state.step));
+                    state.since_best = 0;
+                } else {
+                    state.since_best += 1;
+                }
+                stop = t
+                    .early_stopping
+                    .as_ref()
+                    .is_some_and(|e| state.since_best >= e.patience);
+            }
+        }
+        let save_now = output
+            .checkpoint_every_steps
+            .is_some_and(|n| state.step % n == 0);
+        if save_now || last || stop {
+            state.seconds = seconds_before + started.elapsed().as_secs_f64();
+            let keep = output.keep_last as usize;
+            let best_kept = if output.keep_best { state.best } else { None };
+            let saved = RunState {
+                best: best_kept,
+                ..state.clone()
+            };
+            last_checkpoint = Some(run.save(&params, &optimizer.state(), &saved, keep)?);
+        }
+        if stop || options.stop_after.is_some_and(|s| state.step >= s) {
+            break;
+        }
+    }
+    log.end_progress();
+    task.save(&run.path)?;
+    state.seconds = seconds_before + started.elapsed().as_secs_f64();
+    let summary = Summary {
+        dir: run.path.clone(),
+        steps: state.step,
+        final_loss: state.loss.unwrap_or(f64::NAN),
+        best: state.best,
+        resumed_from,
+    };
+    // The table of runs: results/runs.csv, or beside an explicit --out directory.
+    let index = match &options.out {
+        Some(out) => out.parent().unwrap_or(Path::new(".")).join("runs.csv"),
+        None => PathBuf::from("results/runs.csv"),
+    };
+    write_summary(plan, task, &summary, &state, index)?;
+    Ok(summary)
+}
+
+/// Optimizer steps: `max_steps`, or `epochs` passes, whichever ends first.
+fn total_steps(max_steps: Option<u64>, epochs: Option<f64>, per_epoch: u64) -> u64 {
+    let by_epochs = epochs.map(|e| (e * per_epoch as f64).ceil() as u64);
+    match (max_steps, by_epochs) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) => a,
+        (None, Some(b)) => b,
+        (None, None) => per_epoch,
+    }
+}
+
+/// The dropout seed of one micro-batch: a function of the plan seed and the position in
+/// training only, so a resumed run draws the masks the uninterrupted one drew.
+fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
+    let mixed = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(step.wrapping_mul(0xBF58_476D_1CE4_E5B9))
+        .wrapping_add(micro);
+    (mixed >> 1) as i64
+}
+
+/// Copies a checkpoint's trainable tensors into the parameters.
+fn restore(params: &[(String, Tensor)], saved: Vec<(String, Tensor)>) -> Result<()> {
+    let mut saved: std::collections::BTreeMap<String, Tensor> = saved.into_iter().collect();
+    for (name, p) in params {
+        let t = saved
+            .remove(name)
+            .ok_or_else(|| anyhow!("the checkpoint has no `{name}`\n  hint: it was written by another plan; use another --out"))?;
+        let mut p = p.shallow_clone();
+        tch::no_grad(|| p.f_copy_(&t))?;
+    }
+    Ok(())
+}
+
+/// After the first backward pass, every trainable parameter must have a finite gradient, and a
+/// non-zero one unless it is a LoRA A whose B is still zero (PEFT's init makes that so).
+fn check_gradients(task: &dyn Task) -> Result<()> {
+    let store = task.store();
+    let mut bad = Vec::new();
+    for (name, p) in store.trainable() {
+        let g = p.grad();
+        let problem = if !g.defined() {
+            Some("no gradient")
+        } else if g.isfinite().logical_not().any().int64_value(&[]) == 1 {
+            Some("a non-finite gradient")
+        } else if g.abs().max().double_value(&[]) == 0.0 {
+            let partner = name.replace("lora_A", "lora_B");
+            let b_is_zero = partner != name
+                && store
+                    .find(&partner)
+                    .is_some_and(|b| b.abs().max().double_value(&[]) == 0.0);
+            (!b_is_zero).then_some("a zero gradient")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            bad.push(format!("{name} ({problem})"));
+        }
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let shown = bad[..bad.len().min(8)].join(", ");
+    bail!(
+        "step 0: {} trainable parameter(s) got no usable gradient: {shown}{}\n  hint: a parameter the loss does not reach trains nothing — check training.adapter (targets, also_train) and that the loss covers some tokens",
+        bad.len(),
+        if bad.len() > 8 { ", …" } else { "" }
+    )
+}
+
+/// The plan values worth comparing runs by, for TensorBoard's HParams view.
+fn hparams(plan: &Plan) -> Vec<(String, HParamValue)> {
+    let t = plan.recipe.training();
+    let mut params = vec![
+        (
+            "kind".to_string(),
+            HParamValue::Text(plan.recipe.kind().into()),
+        ),
+        ("lr".into(), HParamValue::Number(t.optimizer.lr)),
+        (
+            "weight_decay".into(),
+            HParamValue::Number(t.optimizer.weight_decay),
+        ),
+        (
+            "micro_batch_size".into(),
+            HParamValue::Number(t.micro_batch_size as f64),
+        ),
+        (
+            "grad_accumulation".into(),
+            HParamValue::Number(t.grad_accumulation as f64),
+        ),
+        (
+            "precision".into(),
+            HParamValue::Text(format!("{:?}", t.precision).to_lowercase()),
+        ),
+        (
+            "gradient_checkpointing".into(),
+            HParamValue::Bool(t.gradient_checkpointing),
+        ),
+        (
+            "seed".into(),
+            HParamValue::Number(plan.recipe.seed() as f64),
+        ),
+        (
+            "plan_hash".into(),
+            HParamValue::Text(plan.hash[..12].into()),
+        ),
+    ];
+    if let crate::plan::training::Adapter::Lora { rank, alpha, .. } = &t.adapter {
+        params.push(("lora_rank".into(), HParamValue::Number(*rank as f64)));
+        params.push(("lora_alpha".into(), HParamValue::Number(*alpha)));
+    }
+    params
+}
+
+/// `summary.json` in the run directory and one row appended to the table of runs.
+fn write_summary(
+    plan: &Plan,
+    task: &dyn Task,
+    s: &Summary,
+    state: &RunState,
+    index: PathBuf,
+) -> Result<()> {
+    let counts: Vec<_> = task
+        .store()
+        .counts()
+        .iter()
+        .map(|c| json!({ "group": Group::name(c.group), "total": c.total, "trainable": c.trainable }))
+        .collect();
+    let summary = json!({
+        "name": plan.recipe.name(),
+        "kind": plan.recipe.kind(),
+        "plan_hash": plan.hash,
+        "steps": s.steps,
+        "final_train_loss": s.final_loss,
+        "best": s.best.map(|(value, step)| json!({ "metric": task.best_metric().0, "value": value, "step": step })),
+        "resumed_from_step": s.resumed_from,
+        "tokens": state.tokens,
+        "train_seconds": state.seconds,
+        "device": format!("{:?}", task.device()),
+        "parameters": counts,
+        "versions": { "runner": env!("CARGO_PKG_VERSION"), "tch": "0.24.0", "libtorch": "2.11.0" },
+    });
+    write_atomic(
+        &s.dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    append_run_row(&index, plan, s, state)
+}
+
+fn append_run_row(path: &Path, plan: &Plan, s: &Summary, state: &RunState) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let new = !path.exists();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot append to {}", path.display()))?;
+    let mut text = String::new();
+    if new {
+        text +=
+            "name,kind,plan_hash,dir,steps,final_train_loss,best_value,best_step,train_seconds\n";
+    }
+    let (best_value, best_step) = s.best.map_or((String::new(), String::new()), |(v, st)| {
+        (v.to_string(), st.to_string())
+    });
+    text += &format!(
+        "{},{},{},{},{},{},{best_value},{best_step},{:.1}\n",
+        plan.recipe.name(),
+        plan.recipe.kind(),
+        &plan.hash[..12],
+        s.dir.display(),
+        s.steps,
+        s.final_loss,
+        state.seconds
+    );
+    f.write_all(text.as_bytes())?;
+    f.flush()?;
+    Ok(())
+}

@@ -1,0 +1,548 @@
+"""Generate the bundled tiny datasets and tokenizers that the tiny CPU recipes train on.
+
+What it makes (all under data/tiny/, deterministic: fixed seeds, no clock, no hash-order use):
+
+  longlora/   for recipes/tiny/longlora_sft.yaml (2-layer Llama, vocab 512, max_length 256)
+    train.json, dev.json   JSON lists of {"instruction": str, "input": str, "output": str}
+                           (LongLoRA / Alpaca format). Passkey retrieval: `input` is the classic
+                           filler ("The grass is green. The sky is blue. ...") of varying length with
+                           "The pass key is NNNNN. Remember it. NNNNN is the pass key." at a random
+                           sentence position; `output` is "The pass key is NNNNN.". About one item
+                           in eight asks instead for the color of an object hidden the same way.
+                           Some inputs start with the task description of LongLoRA's passkey test.
+                           Each item is sized so that the full Llama-2 chat prompt the runner
+                           builds (runner/data/instruction.rs, with the whole system prompt)
+                           + output + EOS is at most 250 tokens.
+    tokenizer.json         BPE, vocab exactly 512: <unk> 0, <s> 1, </s> 2, [PAD] 3; Llama-like
+                           Metaspace pre-tokenizer with "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"
+                           and "\\n" split off first and digits split into single digits;
+                           post-processor prepends <s>.
+
+  iag/        for recipes/tiny/iag_distill.yaml (FiD T5 teacher -> T5 student, vocab 512)
+    train.json, dev.json   JSON lists of {"question": str, "answers": [str],
+                           "ctxs": [{"title": str, "text": str, "score": float}] * 5, "pred": str}
+                           (FiD's format plus IAG's generated document `pred`). Synthetic facts
+                           about fictional entities (founding year, founder, town, what it is
+                           known for); one or two passages hold the answer, the others are
+                           distractors (other entities, or other facts of the same entity).
+                           ctxs are sorted by score, highest first. `pred` always holds the answer.
+    tokenizer.json         BPE, vocab exactly 512: <pad> 0, </s> 1, <unk> 2; whitespace runs
+                           normalized to one space (as T5's), Metaspace + single digits;
+                           post-processor appends </s>.
+
+Tokenizers are trained on a separately drawn draft corpus of the same generator, then used to
+size the final items (so lengths are exact for the shipped tokenizer).
+
+How to run (from the repository root):
+
+  .venv/bin/python scripts/make_tiny_data.py              # writes data/tiny/
+  .venv/bin/python scripts/make_tiny_data.py --out DIR    # writes DIR/longlora, DIR/iag
+
+It prints the length distributions and checks its own outputs (vocab sizes, special ids, that
+every answer is in its positive passages and in `pred`, that the tokenizers load with
+transformers' PreTrainedTokenizerFast when transformers is installed).
+"""
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+from pathlib import Path
+
+# Single-threaded tokenizer training: keeps runs byte-identical.
+os.environ["RAYON_NUM_THREADS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PRINTABLE = [chr(c) for c in range(0x20, 0x7F)]
+
+# ---------------------------------------------------------------------------------------------
+# LongLoRA passkey data
+# ---------------------------------------------------------------------------------------------
+
+# The prompt runner/data/instruction.rs builds for `template: llama2_chat` (LongLoRA's PROMPT_DICT,
+# with Llama-2's whole system prompt). Lengths are measured with it.
+LLAMA2_SYSTEM = (
+    "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, "
+    "while being safe.  Your answers should not include any harmful, unethical, racist, sexist, "
+    "toxic, dangerous, or illegal content. Please ensure that your responses are socially unbiased "
+    "and positive in nature.\n\nIf a question does not make any sense, or is not factually "
+    "coherent, explain why instead of answering something not correct. If you don't know the "
+    "answer to a question, please don't share false information.\n"
+)
+# The shorter system prompt some write-ups quote; reported for comparison only.
+SHORT_SYSTEM = (
+    "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, "
+    "while being safe.\n"
+)
+
+
+def llama2_prompt(instruction, inp, system=LLAMA2_SYSTEM):
+    return f"[INST] <<SYS>>\n{system}<</SYS>> \n\n {instruction} \n{inp} [/INST]"
+
+
+FILLER = [
+    "The grass is green.",
+    "The sky is blue.",
+    "The sun is yellow.",
+    "Here we go.",
+    "There and back again.",
+]
+TASK_DESCRIPTION = (
+    "There is an important info hidden inside a lot of irrelevant text. "
+    "Find it and memorize them. I will quiz you about the important information there."
+)
+PASSKEY_QUESTIONS = [
+    "What is the pass key?",
+    "What is the pass key?",
+    "What is the pass key? The pass key is",
+    "What is the pass key in the text?",
+    "Tell me the pass key.",
+    "Find the pass key hidden in the text.",
+    "Which number is the pass key?",
+]
+OBJECTS = ["ball", "kite", "door", "car", "hat", "cup", "boat", "box", "lamp", "chair", "shoe", "bike"]
+COLORS = ["red", "orange", "purple", "white", "black", "pink", "brown", "gray", "silver", "gold"]
+COLOR_QUESTIONS = [
+    "What color is the {obj} in this text?",
+    "What color is the {obj}?",
+    "Which color does the text give the {obj}?",
+]
+
+LONGLORA_MAX_TOKENS = 250  # prompt + output + EOS, with the full system prompt
+LONGLORA_MIN_FILLER = 2  # sentences, so the needle always has text around it
+
+
+def longlora_spec(rng, used_keys):
+    """The random choices of one item; its filler length is decided later, against a tokenizer."""
+    if rng.random() < 0.125:
+        obj, color = rng.choice(OBJECTS), rng.choice(COLORS)
+        needle = f"The {obj} is {color}. Remember it. The {obj} is {color}."
+        instruction = rng.choice(COLOR_QUESTIONS).format(obj=obj)
+        output = f"The {obj} is {color}."
+    else:
+        while True:
+            key = rng.randint(10000, 99999)
+            if key not in used_keys:
+                used_keys.add(key)
+                break
+        needle = f"The pass key is {key}. Remember it. {key} is the pass key."
+        instruction = rng.choice(PASSKEY_QUESTIONS)
+        output = f"The pass key is {key}."
+    return {
+        "instruction": instruction,
+        "output": output,
+        "needle": needle,
+        "task": rng.random() < 0.35,  # starts with LongLoRA's passkey task description
+        "lines": rng.random() < 0.5,  # LongLoRA's eval layout: parts on their own lines
+        "start": rng.randrange(len(FILLER)) if rng.random() < 0.3 else 0,  # filler phase
+        "depth": rng.random(),  # where the needle goes, as a fraction of the filler
+        "target": rng.randint(0, 1_000_000),  # length target, scaled once the range is known
+    }
+
+
+def longlora_item(spec, n_filler):
+    filler = [FILLER[(spec["start"] + i) % len(FILLER)] for i in range(n_filler)]
+    at = round(spec["depth"] * n_filler)
+    before, after = " ".join(filler[:at]), " ".join(filler[at:])
+    parts = [TASK_DESCRIPTION] if spec["task"] else []
+    if spec["lines"]:
+        parts += [p for p in (before, spec["needle"], after) if p]
+        text = "\n".join(parts)
+    else:
+        text = " ".join(parts + [p for p in (before, spec["needle"], after) if p])
+    return {"instruction": spec["instruction"], "input": text, "output": spec["output"]}
+
+
+def longlora_length(tok, item, system=LLAMA2_SYSTEM):
+    """Tokens the runner trains on: BOS + prompt, output (no specials), EOS."""
+    source = tok.encode(llama2_prompt(item["instruction"], item["input"], system)).ids
+    target = tok.encode(item["output"], add_special_tokens=False).ids
+    return len(source) + len(target) + 1
+
+
+def llama_tokenizer(corpus):
+    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\[/?INST\]|<</?SYS>>|\n"), behavior="isolated"),
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        min_frequency=2,
+        special_tokens=["<unk>", "<s>", "</s>", "[PAD]"],
+        initial_alphabet=PRINTABLE + ["\u2581", "\n"],
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    return tok
+
+
+def make_longlora(out):
+    # Draft corpus for the tokenizer: same generator, its own seed, filler lengths drawn freely.
+    draft_rng = random.Random(1001)
+    draft = []
+    for _ in range(600):
+        spec = longlora_spec(draft_rng, set())
+        item = longlora_item(spec, draft_rng.randint(LONGLORA_MIN_FILLER, 24))
+        # Prompt and output as separate texts: the runner tokenizes them separately.
+        draft += [llama2_prompt(item["instruction"], item["input"]), item["output"]]
+    tok = llama_tokenizer(draft)
+    assert tok.get_vocab_size(with_added_tokens=True) == 512, tok.get_vocab_size()
+
+    # The final items, each sized to a length target spread uniformly over what fits.
+    rng = random.Random(1234)
+    used = set()
+    splits = {"train": 400, "dev": 40}
+    data = {}
+    for split, count in splits.items():
+        items = []
+        for _ in range(count):
+            spec = longlora_spec(rng, used)
+            shortest = longlora_length(tok, longlora_item(spec, LONGLORA_MIN_FILLER))
+            assert shortest <= LONGLORA_MAX_TOKENS, shortest
+            target = shortest + spec["target"] * (LONGLORA_MAX_TOKENS - shortest) // 1_000_000
+            n = LONGLORA_MIN_FILLER
+            while longlora_length(tok, longlora_item(spec, n + 1)) <= target:
+                n += 1
+            items.append(longlora_item(spec, n))
+        data[split] = items
+
+    out.mkdir(parents=True, exist_ok=True)
+    for split, items in data.items():
+        write_json(out / f"{split}.json", items)
+    tok.save(str(out / "tokenizer.json"), pretty=False)
+
+    # Checks and report.
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    specials = {t: tok.token_to_id(t) for t in ["<unk>", "<s>", "</s>", "[PAD]"]}
+    assert specials == {"<unk>": 0, "<s>": 1, "</s>": 2, "[PAD]": 3}, specials
+    assert tok.get_vocab_size(with_added_tokens=True) == 512
+    enc = tok.encode("The pass key is 58231.")
+    assert enc.tokens[0] == "<s>" and enc.tokens[-6:-1] == list("58231"), enc.tokens
+    assert tok.decode(enc.ids, skip_special_tokens=True) == "The pass key is 58231."
+    print(f"longlora tokenizer: vocab {tok.get_vocab_size()}, specials {specials}")
+    print(f"  'The pass key is 58231.' -> {enc.tokens}")
+    print(f"  system prompt: {len(tok.encode(LLAMA2_SYSTEM, add_special_tokens=False).ids)} tokens")
+    for split, items in data.items():
+        full = [longlora_length(tok, it) for it in items]
+        short = [longlora_length(tok, it, SHORT_SYSTEM) for it in items]
+        unk = sum(tok.encode(llama2_prompt(it["instruction"], it["input"]) + it["output"]).ids.count(0) for it in items)
+        assert max(full) <= 256 and unk == 0, (max(full), unk)
+        kinds = sum("pass key" in it["output"] for it in items)
+        print(f"  {split}: {len(items)} items ({kinds} passkey, {len(items) - kinds} color); <unk> {unk}")
+        print(f"    tokens, runner's full Llama-2 prompt: {stats(full)}")
+        print(f"    tokens, short system prompt:          {stats(short)}")
+        print(f"    histogram (full): {histogram(full, [100, 125, 150, 175, 200, 225, 250, 256])}")
+    check_transformers(out / "tokenizer.json", ["<unk>", "<s>", "</s>", "[PAD]"])
+
+
+# ---------------------------------------------------------------------------------------------
+# IAG synthetic facts
+# ---------------------------------------------------------------------------------------------
+
+ONSETS = ["b", "br", "d", "dr", "f", "g", "gl", "k", "kr", "l", "m", "n", "p", "pr", "r", "s", "st", "t", "th", "v", "z"]
+VOWELS = ["a", "e", "i", "o", "u", "ai", "ou"]
+CODAS = ["", "", "n", "l", "r", "x", "m", "sk", "nd"]
+KINDS = [
+    "guild", "company", "school", "library", "theater", "museum", "bakery", "band", "club",
+    "monastery", "workshop", "observatory", "brewery", "orchestra", "shipyard", "academy",
+]
+KNOWN_FOR = [
+    "copper bells", "glass lanterns", "blue silk", "star charts", "honey cakes", "clockwork birds",
+    "salt maps", "iron keys", "wool rugs", "river songs", "paper kites", "stone bowls",
+    "silver flutes", "green ink", "wooden masks", "pear cider", "tin soldiers", "rope bridges",
+    "sand clocks", "red candles", "bone dice", "straw hats", "moon lamps", "fig bread",
+]
+ATTRS = ["year", "founder", "town", "known"]
+QUESTIONS = {
+    "year": ["When was {e} founded?", "In what year was {e} founded?", "What year was {e} established?"],
+    "founder": ["Who founded {e}?", "Who was the founder of {e}?"],
+    "town": ["Where is {e} located?", "In which town is {e}?"],
+    "known": ["What is {e} known for?", "What is {e} famous for?"],
+}
+# First sentence of a passage (names the entity) and a follow-up sentence (pronoun).
+FIRST = {
+    "year": ["{e} was founded in {v}.", "{e} was established in {v}."],
+    "founder": ["{e} was founded by {v}.", "{v} founded {e}."],
+    "town": ["{e} is a {k} in {v}.", "{e} is a {k} based in {v}."],
+    "known": ["{e} is a {k} known for its {v}.", "{e} is famous for its {v}."],
+}
+FOLLOW = {
+    "year": ["It was founded in {v}.", "It dates from {v}."],
+    "founder": ["It was started by {v}.", "Its founder was {v}."],
+    "town": ["It is located in {v}.", "It stands in {v}."],
+    "known": ["It is known for its {v}.", "People know it for its {v}."],
+}
+# IAG's generated background documents: a different, chattier register.
+PRED = {
+    "year": ["{e} is an old {k}, first opened in {v}.", "Records show that the {k} {e} began in {v}."],
+    "founder": ["{e} is a {k} that {v} started long ago.", "The {k} {e} owes its start to {v}."],
+    "town": ["{e} is a well known {k} in the town of {v}.", "Visitors find the {k} {e} in {v}."],
+    "known": ["{e} is a {k} loved for its {v}.", "Most people link the {k} {e} with its {v}."],
+}
+PRED_EXTRA = {
+    "year": "It was founded in {v}.",
+    "founder": "Its founder was {v}.",
+    "town": "It is in {v}.",
+    "known": "It is known for {v}.",
+}
+IAG_PASSAGE_MAX = 48  # recipes/tiny/iag_distill.yaml teacher.passage_max_length
+IAG_STUDENT_MAX = 64  # student.max_length
+
+
+def name(rng, syllables):
+    s = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(syllables))
+    return s.capitalize()
+
+
+def iag_world(rng, n_entities=160):
+    names, seen = [], set()
+    while len(names) < n_entities:
+        n = name(rng, 2)
+        if n not in seen and len(n) <= 9:
+            seen.add(n)
+            names.append(n)
+    firsts, lasts, towns = [], [], []
+    for pool, size, syl in ((firsts, 24, 2), (lasts, 24, 1), (towns, 30, 2)):
+        while len(pool) < size:
+            n = name(rng, syl)
+            if n not in seen and 3 <= len(n) <= 8:
+                seen.add(n)
+                pool.append(n)
+    world = []
+    for e in names:
+        world.append(
+            {
+                "name": e,
+                "kind": rng.choice(KINDS),
+                "year": str(rng.randint(1500, 1999)),
+                "founder": f"{rng.choice(firsts)} {rng.choice(lasts)}",
+                "town": rng.choice(towns),
+                "known": rng.choice(KNOWN_FOR),
+            }
+        )
+    return world
+
+
+def passage(rng, ent, attrs):
+    """A passage about `ent` stating attrs[0] (and attrs[1] if given)."""
+    a = attrs[0]
+    text = rng.choice(FIRST[a]).format(e=ent["name"], k=ent["kind"], v=ent[a])
+    if len(attrs) > 1:
+        text += " " + rng.choice(FOLLOW[attrs[1]]).format(v=ent[attrs[1]])
+    return text
+
+
+def fid_text(q, title, text):
+    # runner/models/fid.rs passage_text
+    return f"question: {q} title: {title} context: {text}"
+
+
+def fits_passage(tok, q, title, text):
+    return len(tok.encode(fid_text(q, title, text)).ids) <= IAG_PASSAGE_MAX
+
+
+def iag_item(rng, world, ent, attr, tok):
+    q = rng.choice(QUESTIONS[attr]).format(e=ent["name"])
+    answer = ent[attr]
+    others = [a for a in ATTRS if a != attr]
+
+    def sized(e, attrs):
+        # Two facts when they fit in the teacher's passage length, else one.
+        text = passage(rng, e, attrs)
+        if tok is not None and len(attrs) > 1 and not fits_passage(tok, q, e["name"], text):
+            text = passage(rng, e, attrs[:1])
+        return text
+
+    ctxs = []
+    n_pos = 2 if rng.random() < 0.3 else 1
+    for _ in range(n_pos):
+        attrs = [attr] + ([rng.choice(others)] if rng.random() < 0.6 else [])
+        if rng.random() < 0.3 and len(attrs) == 2:
+            attrs.reverse()  # answer in the follow-up sentence
+        ctxs.append({"title": ent["name"], "text": sized(ent, attrs), "score": rng.gauss(80.0, 2.5), "pos": True})
+    if rng.random() < 0.35:  # the same entity, other facts
+        attrs = rng.sample(others, 2 if rng.random() < 0.5 else 1)
+        ctxs.append({"title": ent["name"], "text": sized(ent, attrs), "score": rng.gauss(77.5, 2.5), "pos": False})
+    while len(ctxs) < 5:
+        other = rng.choice(world)
+        if other is ent or any(c["title"] == other["name"] for c in ctxs):
+            continue
+        hard = rng.random() < 0.6  # same kind of fact as asked
+        first = attr if hard else rng.choice(ATTRS)
+        attrs = [first] + ([rng.choice([a for a in ATTRS if a != first])] if rng.random() < 0.5 else [])
+        text = sized(other, attrs)
+        if answer in text:
+            continue
+        ctxs.append({"title": other["name"], "text": text, "score": rng.gauss(75.5 if hard else 73.0, 2.5), "pos": False})
+
+    for c in ctxs:
+        assert (answer in c["text"]) == c["pos"], (answer, c)
+    ctxs.sort(key=lambda c: -c["score"])
+    top3 = any(c["pos"] for c in ctxs[:3])
+
+    pred = rng.choice(PRED[attr]).format(e=ent["name"], k=ent["kind"], v=answer)
+    if rng.random() < 0.6:
+        extra = rng.choice(others)
+        longer = pred + " " + PRED_EXTRA[extra].format(v=ent[extra])
+        if tok is None or len(tok.encode(q + "\n" + longer).ids) <= IAG_STUDENT_MAX:
+            pred = longer
+    assert answer in pred
+
+    item = {
+        "question": q,
+        "answers": [answer],
+        "ctxs": [{"title": c["title"], "text": c["text"], "score": round(c["score"], 3)} for c in ctxs],
+        "pred": pred,
+    }
+    return item, top3
+
+
+def t5_tokenizer(corpus):
+    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Replace(Regex(r"\s+"), " ")
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        min_frequency=2,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        initial_alphabet=PRINTABLE + ["\u2581"],
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return tok
+
+
+def make_iag(out):
+    world = iag_world(random.Random(2024))
+    pairs = [(e, a) for e in world for a in ATTRS]
+
+    # Draft corpus for the tokenizer, drawn with its own seed over all (entity, fact) pairs.
+    draft_rng = random.Random(2025)
+    draft = []
+    for e, a in pairs:
+        item, _ = iag_item(draft_rng, world, e, a, None)
+        draft += [fid_text(item["question"], c["title"], c["text"]) for c in item["ctxs"]]
+        draft += [item["question"] + "\n" + item["pred"]] + item["answers"]
+    tok = t5_tokenizer(draft)
+    assert tok.get_vocab_size(with_added_tokens=True) == 512, tok.get_vocab_size()
+
+    rng = random.Random(4321)
+    chosen = rng.sample(pairs, 440)
+    data = {"train": [], "dev": []}
+    top3 = {"train": 0, "dev": 0}
+    for i, (e, a) in enumerate(chosen):
+        split = "train" if i < 400 else "dev"
+        item, in_top3 = iag_item(rng, world, e, a, tok)
+        data[split].append(item)
+        top3[split] += in_top3
+
+    out.mkdir(parents=True, exist_ok=True)
+    for split, items in data.items():
+        write_json(out / f"{split}.json", items)
+    tok.save(str(out / "tokenizer.json"), pretty=False)
+
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    specials = {t: tok.token_to_id(t) for t in ["<pad>", "</s>", "<unk>"]}
+    assert specials == {"<pad>": 0, "</s>": 1, "<unk>": 2}, specials
+    assert tok.get_vocab_size(with_added_tokens=True) == 512
+    enc = tok.encode("When was Zorblat founded?\nIn 1734.")
+    assert enc.tokens[-1] == "</s>" and enc.tokens[-6:-2] == list("1734"), enc.tokens
+    assert tok.decode(enc.ids, skip_special_tokens=True) == "When was Zorblat founded? In 1734."
+    print(f"iag tokenizer: vocab {tok.get_vocab_size()}, specials {specials}")
+    print(f"  'When was Zorblat founded?\\nIn 1734.' -> {enc.tokens}")
+    for split, items in data.items():
+        pos_len, neg_len, stu_len, ans_len, unk = [], [], [], [], 0
+        for it in items:
+            for c in it["ctxs"]:
+                ids = tok.encode(fid_text(it["question"], c["title"], c["text"])).ids
+                unk += ids.count(2)
+                (pos_len if it["answers"][0] in c["text"] else neg_len).append(len(ids))
+            ids = tok.encode(it["question"] + "\n" + it["pred"]).ids
+            unk += ids.count(2)
+            stu_len.append(len(ids))
+            ans_len.append(len(tok.encode(it["answers"][0]).ids))
+        assert unk == 0 and max(pos_len) <= IAG_PASSAGE_MAX and max(stu_len) <= IAG_STUDENT_MAX
+        n_pos = [sum(it["answers"][0] in c["text"] for c in it["ctxs"]) for it in items]
+        print(f"  {split}: {len(items)} items; answer passages per item 1: {n_pos.count(1)}, 2: {n_pos.count(2)};"
+              f" an answer passage in the top 3 by score: {top3[split]}/{len(items)}; <unk> {unk}")
+        print(f"    FiD passage (with </s>), answer passages: {stats(pos_len)}")
+        print(f"    FiD passage (with </s>), distractors:     {stats(neg_len)}")
+        print(f"    student question\\npred (with </s>):       {stats(stu_len)}")
+        print(f"    answer (with </s>):                        {stats(ans_len)}")
+    check_transformers(out / "tokenizer.json", ["<pad>", "</s>", "<unk>"])
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def write_json(path, items):
+    # A JSON list, one item per line: valid JSON, small, and readable in diffs.
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("[\n" + ",\n".join(json.dumps(it, ensure_ascii=False) for it in items) + "\n]\n")
+
+
+def stats(xs):
+    s = sorted(xs)
+    p95 = s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))]
+    return f"min {s[0]}, median {statistics.median(s):g}, p95 {p95}, max {s[-1]}"
+
+
+def histogram(xs, edges):
+    out, lo = [], 0
+    for hi in edges:
+        out.append(f"<={hi}: {sum(lo < x <= hi for x in xs)}")
+        lo = hi
+    out.append(f">{edges[-1]}: {sum(x > edges[-1] for x in xs)}")
+    return ", ".join(out)
+
+
+def check_transformers(path, specials):
+    try:
+        from transformers import PreTrainedTokenizerFast
+    except ImportError:
+        print("  (transformers not installed: PreTrainedTokenizerFast check skipped)")
+        return
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(path))
+    ids = {t: fast.convert_tokens_to_ids(t) for t in specials}
+    assert len(fast) == 512, len(fast)
+    assert list(ids.values()) == list(range(len(specials))), ids
+    print(f"  PreTrainedTokenizerFast loads it: len {len(fast)}, ids {ids}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "data" / "tiny", help="output folder (default data/tiny)")
+    args = ap.parse_args()
+    make_longlora(args.out / "longlora")
+    make_iag(args.out / "iag")
+    total = sum(p.stat().st_size for p in sorted(args.out.rglob("*")) if p.is_file())
+    print(f"wrote {args.out}: {total} bytes")
+    for p in sorted(args.out.rglob("*")):
+        if p.is_file():
+            print(f"  {p.relative_to(args.out)}: {p.stat().st_size}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+//! `runner run` end to end on the tiny LongLoRA recipe: artifacts, TensorBoard files read by
+//! TensorBoard's own reader, and exact resume after a stop or a SIGKILL.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant, SystemTime};
+
+const RECIPE: &str = "recipes/tiny/longlora_sft.yaml";
+/// A short run that logs every step, evaluates twice and checkpoints every 3 steps.
+const SHORT: [&str; 5] = [
+    "training.max_steps=12",
+    "evaluation.every_steps=6",
+    "logging.every_steps=1",
+    "output.checkpoint_every_steps=3",
+    "training.micro_batch_size=1",
+];
+
+fn runner(out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+    c.args(["run", RECIPE])
+        .args(SHORT)
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .args(["--device", "cpu"]);
+    c
+}
+
+fn run(out: &Path, extra: &[&str]) -> Output {
+    let o = runner(out, extra).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// The rows of metrics.csv that describe training and evaluation (not speed).
+fn curve(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("_per_s") && !l.contains("step_time"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn adapter(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("adapter/adapter_model.safetensors")).unwrap()
+}
+
+#[test]
+fn a_run_leaves_its_artifacts_and_tensorboard_reads_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let o = run(&dir, &[]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("trained 12 steps"));
+    for file in [
+        "plan.yaml",
+        "plan.json",
+        "metrics.csv",
+        "summary.json",
+        "adapter/adapter_config.json",
+    ] {
+        assert!(dir.join(file).is_file(), "{file}");
+    }
+    // The plan file is itself a recipe with the run's hash.
+    let plan = std::fs::read_to_string(dir.join("plan.yaml")).unwrap();
+    assert!(plan.contains("kind: longlora_sft"));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 12);
+    assert!(plan.contains(summary["plan_hash"].as_str().unwrap()));
+    let runs = std::fs::read_to_string(tmp.path().join("runs.csv")).unwrap();
+    assert_eq!(runs.lines().count(), 2, "a header and this run's row");
+    // Two checkpoints kept (keep_last 2) plus the best one when it is older.
+    let kept = std::fs::read_dir(dir.join("checkpoints")).unwrap().count();
+    assert!((2..=3).contains(&kept), "{kept} checkpoints");
+
+    let read = Command::new(".venv/bin/python")
+        .args(["scripts/read_tensorboard.py"])
+        .arg(dir.join("events"))
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let events: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+    let losses = events["scalars"]["train/loss"].as_array().unwrap();
+    assert_eq!(losses.len(), 12);
+    let first = losses[0][1].as_f64().unwrap();
+    let last = losses[11][1].as_f64().unwrap();
+    assert!(last < first, "the loss falls: {first} → {last}");
+    assert_eq!(events["scalars"]["eval/loss"].as_array().unwrap().len(), 2);
+    assert!(events["text"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.starts_with("eval/generation")));
+    assert_eq!(events["hparams"]["lora_rank"], 8.0);
+    assert_eq!(events["hparams"]["gradient_checkpointing"], true);
+}
+
+#[test]
+fn a_stopped_run_resumes_to_the_same_curve_and_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (whole, parts) = (tmp.path().join("whole"), tmp.path().join("parts"));
+    run(&whole, &[]);
+    run(&parts, &["--stop-after", "7"]);
+    let o = run(&parts, &[]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("resumed from step 6"));
+    assert_eq!(curve(&parts), curve(&whole));
+    assert!(
+        adapter(&parts) == adapter(&whole),
+        "the final adapters are identical"
+    );
+}
+
+#[test]
+fn a_run_killed_at_a_random_step_resumes_to_the_same_curve_and_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
+    run(&whole, &[]);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let kill_at = 3 + (nanos % 8) as usize;
+    let mut child = runner(&killed, &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let rows = std::fs::read_to_string(killed.join("metrics.csv")).unwrap_or_default();
+        let steps = rows.lines().filter(|l| l.contains(",train,loss,")).count();
+        if steps >= kill_at || started.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    run(&killed, &[]);
+    assert_eq!(curve(&killed), curve(&whole), "killed near step {kill_at}");
+    assert!(
+        adapter(&killed) == adapter(&whole),
+        "killed near step {kill_at}"
+    );
+}
+
+#[test]
+fn another_plan_in_the_same_directory_is_refused_with_what_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run(&dir, &["--stop-after", "1"]);
+    let o = runner(&dir, &["training.optimizer.lr=0.002"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("training.optimizer.lr (0.001 → 0.002)") && text.contains("--force"),
+        "{text}"
+    );
+    run(&dir, &["training.optimizer.lr=0.002", "--force"]);
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_the_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = runner(
+        &tmp.path().join("run"),
+        &["training.optimizer.lr=1e6", "training.max_grad_norm=null"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("the loss is") && text.contains("last good checkpoint"),
+        "{text}"
+    );
+}
