@@ -56,6 +56,19 @@ enum Command {
     },
     /// Print the JSON Schema of recipes and sweep files.
     Schema,
+    /// Token-length distribution of a data file (instruction JSON/JSONL, or texts).
+    Stats {
+        data: PathBuf,
+        /// An HF tokenizer.json.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// The prompt template instruction data is formatted with.
+        #[arg(long, value_enum, default_value = "llama2-chat")]
+        template: runner::plan::kinds::longlora::Template,
+        /// Also count the examples longer than this.
+        #[arg(long)]
+        max_length: Option<usize>,
+    },
     /// Report libtorch, CUDA, devices, bf16 support and threads.
     Doctor,
     /// Measure what a feature costs or saves (see README, Benchmarks).
@@ -76,6 +89,21 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Step time, tokens/s and peak memory of a recipe's training step, against PyTorch.
+    Recipe {
+        recipe: PathBuf,
+        /// Overrides, KEY.PATH=VALUE.
+        overrides: Vec<String>,
+        #[arg(long, default_value_t = 10)]
+        steps: u64,
+        #[arg(long, default_value_t = 3)]
+        warmup: u64,
+        /// Skip the PyTorch side.
+        #[arg(long)]
+        no_pytorch: bool,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: commands::run::Target,
+    },
     /// Peak memory of one training step with and without gradient checkpointing.
     Checkpointing {
         #[arg(long, default_value_t = 12)]
@@ -119,7 +147,34 @@ fn main() -> ExitCode {
             commands::run::run(&recipe, &overrides, device, &options, &mut out)
         }
         Command::Schema => commands::schema::run(&mut out),
+        Command::Stats {
+            data,
+            tokenizer,
+            template,
+            max_length,
+        } => commands::stats::run(&data, &tokenizer, template, max_length, &mut out),
         Command::Doctor => commands::doctor::run(&mut out),
+        Command::Bench {
+            what:
+                Bench::Recipe {
+                    recipe,
+                    overrides,
+                    steps,
+                    warmup,
+                    no_pytorch,
+                    device,
+                },
+        } => commands::bench::recipe::run(
+            &recipe,
+            &overrides,
+            commands::bench::recipe::BenchOptions {
+                steps,
+                warmup,
+                pytorch: !no_pytorch,
+                target: device,
+            },
+            &mut out,
+        ),
         Command::Bench {
             what:
                 Bench::Checkpointing {
@@ -128,8 +183,8 @@ fn main() -> ExitCode {
                     hidden,
                     child,
                 },
-        } => commands::bench::run(
-            commands::bench::Shape {
+        } => commands::bench::checkpointing::run(
+            commands::bench::checkpointing::Shape {
                 layers,
                 tokens,
                 hidden,

@@ -636,6 +636,117 @@ def make_schedules():
 
 
 # ---------------------------------------------------------------------------------------------
+# Optimizer
+# ---------------------------------------------------------------------------------------------
+
+# Named like model weights so the no_decay substring filter ("bias", "norm") picks the same
+# parameters as the two torch param groups below.
+ADAMW_PARAMS = [("layers.0.weight", (3, 4)), ("layers.0.bias", (4,)), ("norm.weight", (4,))]
+ADAMW_NO_DECAY = ["bias", "norm"]
+# Learning rate per step, shaped like a warmup + decay schedule; large enough (with weight decay
+# 0.1) that bias correction and decay errors show far above the 1e-6 tolerance.
+ADAMW_LRS = [5e-3, 1e-2, 8e-3, 5e-3, 2e-3]
+# (step index, parameter) pairs with p.grad = None, which torch.optim.AdamW skips entirely (no
+# decay, no moment update, no step count): norm.weight gets its first gradient only at step 2,
+# layers.0.weight misses step 3.
+ADAMW_NO_GRAD = {(0, "norm.weight"), (2, "layers.0.weight")}
+
+
+def flat(t):
+    return t.detach().reshape(-1).tolist()
+
+
+def make_adamw():
+    """tests/fixtures/adamw.json: torch.optim.AdamW replayed over 5 steps, and
+    torch.nn.utils.clip_grad_norm_ cases.
+
+    adamw: betas, eps, weight_decay, no_decay; params [{name, shape, initial}]; steps [{lr,
+    grads {name: flat values or null}, params {name: flat values after the step}}]; state {name:
+    {step, exp_avg, exp_avg_sq}} after the last step. Weight decay applies through two param
+    groups (decay: names without any ADAMW_NO_DECAY substring; no decay: weight_decay 0).
+    clip: [{max_norm, grads [{shape, values}], total_norm, clipped [flat values]}]; one case above
+    max_norm, one below (gradients unchanged). All float32 on CPU; values are exact float32s."""
+    import json
+
+    torch.manual_seed(7000)
+    params = {name: torch.nn.Parameter(torch.randn(shape)) for name, shape in ADAMW_PARAMS}
+    initial = {name: flat(p) for name, p in params.items()}
+    decay = [p for name, p in params.items() if not any(n in name for n in ADAMW_NO_DECAY)]
+    no_decay = [p for name, p in params.items() if any(n in name for n in ADAMW_NO_DECAY)]
+    assert len(decay) == 1 and len(no_decay) == 2
+    betas, eps, weight_decay = (0.9, 0.95), 1e-8, 0.1
+    optimizer = torch.optim.AdamW(
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=ADAMW_LRS[0],
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+    )
+    steps = []
+    for index, lr in enumerate(ADAMW_LRS):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        grads = {}
+        for name, p in params.items():
+            if (index, name) in ADAMW_NO_GRAD:
+                grads[name] = None
+                continue
+            # Gradients growing over the steps, every other element tiny, so eps and v's scale matter.
+            small = torch.ones(p.numel())
+            small[1::2] = 1e-3
+            p.grad = torch.randn(p.shape) * (0.5 + index) * small.reshape(p.shape)
+            grads[name] = flat(p.grad)
+        before = {name: p.detach().clone() for name, p in params.items()}
+        optimizer.step()
+        for name, p in params.items():
+            skipped = (index, name) in ADAMW_NO_GRAD
+            assert torch.equal(p, before[name]) == skipped, (index, name)
+        steps.append({"lr": lr, "grads": grads, "params": {name: flat(p) for name, p in params.items()}})
+    state = {}
+    for name, p in params.items():
+        s = optimizer.state[p]
+        state[name] = {"step": int(s["step"].item()), "exp_avg": flat(s["exp_avg"]), "exp_avg_sq": flat(s["exp_avg_sq"])}
+    assert state["layers.0.weight"]["step"] == 4 and state["norm.weight"]["step"] == 4
+    assert state["layers.0.bias"]["step"] == 5
+
+    clip = []
+    torch.manual_seed(7001)
+    shapes = [(3, 4), (4,), (2, 3)]
+    for scale in (1.0, 0.05):
+        tensors = [torch.nn.Parameter(torch.zeros(shape)) for shape in shapes]
+        for t in tensors:
+            t.grad = torch.randn(t.shape) * scale
+        grads = [{"shape": list(t.shape), "values": flat(t.grad)} for t in tensors]
+        max_norm = 1.0
+        total_norm = torch.nn.utils.clip_grad_norm_(tensors, max_norm).item()
+        assert (total_norm > max_norm) == (scale == 1.0), total_norm
+        clipped = [flat(t.grad) for t in tensors]
+        if total_norm <= max_norm:
+            assert clipped == [g["values"] for g in grads]
+        clip.append({"max_norm": max_norm, "grads": grads, "total_norm": total_norm, "clipped": clipped})
+
+    fixture = {
+        "torch": torch.__version__,
+        "adamw": {
+            "betas": list(betas),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "no_decay": ADAMW_NO_DECAY,
+            "params": [{"name": name, "shape": list(shape), "initial": initial[name]} for name, shape in ADAMW_PARAMS],
+            "steps": steps,
+            "state": state,
+        },
+        "clip": clip,
+    }
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    with open(FIXTURES / "adamw.json", "w") as f:
+        json.dump(fixture, f, indent=1)
+        f.write("\n")
+    print(f"adamw: done, clip norms {[c['total_norm'] for c in clip]}")
+
+
+# ---------------------------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------------------------
 
@@ -663,6 +774,7 @@ def generate_all():
     make_llama_lora(llama_input_ids, llama_attention_mask)
     make_s2attn()
     make_schedules()
+    make_adamw()
     check_runner_adapter()
 
 

@@ -4,6 +4,7 @@ mod bad_inputs;
 mod cli;
 mod estimates;
 mod models;
+mod optimizer;
 mod plans;
 mod schedules;
 mod tensorboard;

@@ -118,6 +118,21 @@ fn a_stopped_run_resumes_to_the_same_curve_and_weights() {
         adapter(&parts) == adapter(&whole),
         "the final adapters are identical"
     );
+    // TensorBoard shows each step once: the resumed writer's restart marker hides the
+    // retrained steps of the first writer.
+    let script = "import sys\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator\na = EventAccumulator(sys.argv[1]); a.Reload()\nprint([e.step for e in a.Scalars('train/loss')])";
+    let read = Command::new(".venv/bin/python")
+        .args(["-c", script])
+        .arg(parts.join("events"))
+        .output()
+        .unwrap();
+    let steps = String::from_utf8_lossy(&read.stdout);
+    assert_eq!(
+        steps.trim(),
+        "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]",
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
 }
 
 #[test]
@@ -186,4 +201,73 @@ fn a_diverging_run_stops_naming_the_step_and_the_last_checkpoint() {
         text.contains("the loss is") && text.contains("last good checkpoint"),
         "{text}"
     );
+}
+
+#[test]
+fn step_zero_names_every_trainable_parameter_without_a_usable_gradient() {
+    use runner::models::lora::{self, LoraSpec};
+    use runner::models::{hf_model, Tape};
+    use runner::plan::inventory::Group;
+    use tch::{Device, Kind, Tensor};
+    let dir = Path::new("tests/fixtures/models/llama-gqa-rope");
+    let (config, mut store) = hf_model::load(dir, Device::Cpu, Kind::Float).unwrap();
+    let spec = LoraSpec {
+        rank: 2,
+        alpha: 2.0,
+        dropout: 0.0,
+        targets: vec!["q_proj".into()],
+        also_train: vec!["norm".into()],
+    };
+    lora::attach(&mut store, &spec, 0).unwrap();
+    // A trainable tensor the model never uses, as a mistyped name would leave behind.
+    store.insert(
+        "model.unused.weight",
+        Tensor::ones([3], (Kind::Float, Device::Cpu)),
+        Group::Norms,
+    );
+    let runner::models::hf_folder::HfConfig::Decoder { arch, rope_factor } = &config else {
+        panic!()
+    };
+    let options = runner::models::llama::DecoderOptions {
+        rope_factor: *rope_factor,
+        shifted_sparse_groups: None,
+    };
+    let model = runner::models::llama::Llama::new(&store, arch, options, Kind::Float).unwrap();
+    let ids = Tensor::from_slice(&[5i64, 6, 7, 8, 9, 10]).view([1, 6]);
+    let logits = model.forward(&ids, None, &Tape::plain(), true);
+    runner::models::loss::causal_lm_loss(&logits, &ids).backward();
+    let err = format!(
+        "{:#}",
+        runner::train::trainer::check_gradients(&store).unwrap_err()
+    );
+    assert!(err.contains("model.unused.weight (no gradient)"), "{err}");
+    assert!(
+        err.contains("1 trainable parameter(s)"),
+        "LoRA A's zero gradient (B = 0) is expected: {err}"
+    );
+    assert!(err.contains("hint:"));
+}
+
+#[test]
+fn stats_reports_the_length_distribution_of_instruction_data() {
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "stats",
+            "data/tiny/longlora/dev.json",
+            "--tokenizer",
+            "data/tiny/longlora/tokenizer.json",
+            "--max-length",
+            "200",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    // Measured independently with Python's tokenizers by scripts/make_tiny_data.py.
+    assert!(text.contains("40 instruction examples"), "{text}");
+    assert!(
+        text.contains("min 133") && text.contains("max 247"),
+        "{text}"
+    );
+    assert!(text.contains("longer than 200:"), "{text}");
 }

@@ -8,6 +8,7 @@ pub mod merge;
 pub mod plan;
 pub mod run;
 pub mod schema;
+pub mod stats;
 pub mod validate;
 
 use std::io::Write;

@@ -22,6 +22,19 @@ pub enum Target {
     Cuda,
 }
 
+impl Target {
+    pub fn device(self) -> Result<Device> {
+        Ok(match self {
+            Target::Auto => Device::cuda_if_available(),
+            Target::Cpu => Device::Cpu,
+            Target::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
+            Target::Cuda => bail!(
+                "--device cuda: CUDA is not available here\n  hint: `runner doctor` says what libtorch sees"
+            ),
+        })
+    }
+}
+
 pub fn run(
     recipe: &Path,
     overrides: &[String],
@@ -48,12 +61,7 @@ fn train(
     target: Target,
     options: &RunOptions,
 ) -> Result<String> {
-    let device = match target {
-        Target::Auto => Device::cuda_if_available(),
-        Target::Cpu => Device::Cpu,
-        Target::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
-        Target::Cuda => bail!("--device cuda: CUDA is not available here\n  hint: `runner doctor` says what libtorch sees"),
-    };
+    let device = target.device()?;
     let summary = match &plan.recipe {
         Recipe::LongloraSft(r) => {
             let task = methods::longlora::build(r, device)?;

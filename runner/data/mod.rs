@@ -4,4 +4,5 @@ pub mod batch;
 pub mod instruction;
 pub mod loader;
 pub mod order;
+pub mod packing;
 pub mod tokenizer;

@@ -9,16 +9,16 @@ use anyhow::{anyhow, bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::batch::{collate, Batch, Example};
-use crate::data::instruction;
 use crate::data::loader::Loader;
 use crate::data::tokenizer::Tokenizer;
+use crate::data::{instruction, packing};
 use crate::models::generate::{self, GenerateOptions, Strategy};
 use crate::models::hf_folder::HfConfig;
 use crate::models::llama::{DecoderOptions, Llama};
 use crate::models::lora::{self, LoraSpec};
 use crate::models::loss::{causal_lm_loss, IGNORE};
 use crate::models::{hf_model, Compute, ParamStore, Tape};
-use crate::plan::kinds::longlora::{Metric, Template};
+use crate::plan::kinds::longlora::{DataFormat, Metric, Template};
 use crate::plan::recipe::LongloraRecipe;
 use crate::plan::training::Adapter;
 use crate::train::task::{Evaluation, Task};
@@ -33,7 +33,8 @@ pub struct LongloraTask {
     template: Template,
     eos: i64,
     loader: Loader,
-    validation: Vec<(instruction::Item, Example)>,
+    /// Validation examples, with their instruction item when the data has them.
+    validation: Vec<(Option<instruction::Item>, Example)>,
     eval_batch: usize,
     best: Metric,
     device: Device,
@@ -102,21 +103,32 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
     let pad = tokenizer.id(&recipe.data.pad_token)?;
     let max_length = recipe.data.max_length as usize;
     let template = recipe.data.template;
-    let encode_all = |path: &str| -> Result<Vec<(instruction::Item, Example)>> {
-        instruction::read(Path::new(path))?
-            .into_iter()
-            .map(|item| {
-                let e = instruction::encode(&tokenizer, template, &item, eos, max_length)?;
-                Ok((item, e))
-            })
-            .collect()
+    let encode_all = |path: &str| -> Result<Vec<(Option<instruction::Item>, Example)>> {
+        let path = Path::new(path);
+        match recipe.data.format {
+            DataFormat::Instruction => instruction::read(path)?
+                .into_iter()
+                .map(|item| {
+                    let e = instruction::encode(&tokenizer, template, &item, eos, max_length)?;
+                    Ok((Some(item), e))
+                })
+                .collect(),
+            DataFormat::PretrainText => {
+                let texts = packing::read_texts(path)?;
+                let blocks = packing::pack(&tokenizer, &texts, eos, max_length)?;
+                Ok(blocks.into_iter().map(|e| (None, e)).collect())
+            }
+        }
     };
     let train: Vec<Example> = encode_all(&recipe.data.train)?
         .into_iter()
         .map(|(_, e)| e)
         .collect();
     if train.is_empty() {
-        bail!("{}: no training examples", recipe.data.train);
+        bail!(
+            "{}: no training examples (pretrain_text needs at least data.max_length tokens)",
+            recipe.data.train
+        );
     }
     let validation = match &recipe.data.validation {
         Some(path) => encode_all(path)?,
@@ -146,6 +158,33 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
         best: recipe.evaluation.best_metric,
         device,
     })
+}
+
+impl LongloraTask {
+    /// The model's greedy answer to an item, next to the expected one.
+    fn answer(&self, item: &instruction::Item) -> Result<String> {
+        let prompt = self
+            .tokenizer
+            .encode(&instruction::prompt(self.template, item), true)?;
+        let ids = Tensor::from_slice(&prompt)
+            .view([1, -1])
+            .to_device(self.device);
+        let options = GenerateOptions {
+            max_new_tokens: 24,
+            strategy: Strategy::Greedy,
+            eos: Some(self.eos),
+            pad: self.loader.pad,
+            seed: 0,
+        };
+        let out = generate::decoder_only(&self.model, &ids, None, &options);
+        let out = Vec::<i64>::try_from(out.view([-1]).to_device(Device::Cpu))
+            .map_err(|e| anyhow!("reading generated tokens: {e}"))?;
+        let answer = self.tokenizer.decode(&out, true)?;
+        Ok(format!(
+            "{}\n\n→ {answer}\n\n(expected: {})",
+            item.instruction, item.output
+        ))
+    }
 }
 
 impl Task for LongloraTask {
@@ -195,33 +234,13 @@ impl Task for LongloraTask {
             }
         });
         let loss = total / tokens.max(1) as f64;
-        let (item, _) = &self.validation[0];
-        let prompt = self
-            .tokenizer
-            .encode(&instruction::prompt(self.template, item), true)?;
-        let ids = Tensor::from_slice(&prompt)
-            .view([1, -1])
-            .to_device(self.device);
-        let options = GenerateOptions {
-            max_new_tokens: 24,
-            strategy: Strategy::Greedy,
-            eos: Some(self.eos),
-            pad: self.loader.pad,
-            seed: 0,
-        };
-        let out = generate::decoder_only(&self.model, &ids, None, &options);
-        let out: Vec<i64> = Vec::<i64>::try_from(out.view([-1]).to_device(Device::Cpu))
-            .map_err(|e| anyhow!("reading generated tokens: {e}"))?;
-        let answer = self.tokenizer.decode(&out, true)?;
+        let mut samples = Vec::new();
+        if let Some((Some(item), _)) = self.validation.first() {
+            samples.push(("generation".to_string(), self.answer(item)?));
+        }
         Ok(Evaluation {
             metrics: vec![("loss".into(), loss), ("perplexity".into(), loss.exp())],
-            samples: vec![(
-                "generation".into(),
-                format!(
-                    "{}\n\n→ {answer}\n\n(expected: {})",
-                    item.instruction, item.output
-                ),
-            )],
+            samples,
         })
     }
 

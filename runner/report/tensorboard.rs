@@ -174,6 +174,17 @@ impl EventWriter {
         self.hand_to_os()
     }
 
+    /// Marks a resumed run: TensorBoard drops the events of earlier files from `step` on (they
+    /// are trained again), as for a SessionLog START written by TensorFlow.
+    pub fn restart(&mut self, step: i64) -> Result<()> {
+        let mut session_log = Message::new();
+        session_log.varint(1, SESSION_START);
+        let mut event = event(step);
+        event.message(7, &session_log);
+        self.write_record(event.encoded())?;
+        self.hand_to_os()
+    }
+
     /// Hands buffered records to the OS and fsyncs the file.
     pub fn flush(&mut self) -> Result<()> {
         self.hand_to_os()?;
@@ -212,6 +223,9 @@ impl EventWriter {
             .with_context(|| format!("writing {}", self.path.display()))
     }
 }
+
+/// SessionLog.SessionStatus START (event.proto); Event.session_log is field 7.
+const SESSION_START: u64 = 1;
 
 /// tensorboard.DataType values (types.proto).
 const DT_FLOAT: u64 = 1;

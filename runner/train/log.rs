@@ -44,7 +44,14 @@ impl MetricsLog {
             false => None,
         };
         let events = match tensorboard {
-            true => Some(EventWriter::create(&run.join("events"))?),
+            true => {
+                let mut writer = EventWriter::create(&run.join("events"))?;
+                if let Some(step) = resumed_step {
+                    // TensorBoard keeps what came before the restart's step.
+                    writer.restart(step as i64 + 1)?;
+                }
+                Some(writer)
+            }
             false => None,
         };
         Ok(MetricsLog {

@@ -1,6 +1,8 @@
 //! AdamW (Loshchilov & Hutter) with the update of `torch.optim.AdamW`, written here because
 //! tch's optimizer cannot save or load its moments, and exact resume needs them. Moments are
-//! fp32 whatever the weights' kind; parameters named in `no_decay` get no weight decay.
+//! fp32 whatever the weights' kind; parameters named in `no_decay` get no weight decay. As in
+//! torch, a parameter without a gradient skips the step entirely, its step count (and so its
+//! bias correction) included.
 
 use std::collections::BTreeMap;
 
@@ -16,8 +18,8 @@ pub struct AdamW {
     no_decay: Vec<String>,
     /// Optimizer steps taken so far.
     pub steps: u64,
-    /// First and second moments per parameter name.
-    moments: BTreeMap<String, (Tensor, Tensor)>,
+    /// First and second moments per parameter name, and the steps that parameter took.
+    moments: BTreeMap<String, (Tensor, Tensor, u64)>,
 }
 
 impl AdamW {
@@ -37,12 +39,11 @@ impl AdamW {
     }
 
     /// One update of every parameter that has a gradient, at learning rate `lr`:
-    /// `p ← p·(1 − lr·wd)`, then `p ← p − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`.
+    /// `p ← p·(1 − lr·wd)`, then `p ← p − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`, with `t`
+    /// the number of steps in which that parameter had a gradient (torch's per-parameter step).
     pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) {
         self.steps += 1;
-        let t = self.steps as i32;
         let [b1, b2] = self.betas;
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         tch::no_grad(|| {
             for (name, p) in params {
                 let g = p.grad();
@@ -51,10 +52,12 @@ impl AdamW {
                 }
                 let g = g.to_kind(Kind::Float);
                 let decay = self.weight_decay * f64::from(u8::from(self.decays(name)));
-                let (m, v) = self
+                let (m, v, t) = self
                     .moments
                     .entry(name.clone())
-                    .or_insert_with(|| (g.zeros_like(), g.zeros_like()));
+                    .or_insert_with(|| (g.zeros_like(), g.zeros_like(), 0));
+                *t += 1;
+                let (c1, c2) = (1.0 - b1.powi(*t as i32), 1.0 - b2.powi(*t as i32));
                 *m = &*m * b1 + &g * (1.0 - b1);
                 *v = &*v * b2 + g.square() * (1.0 - b2);
                 let denom = v.sqrt() / c2.sqrt() + self.eps;
@@ -66,28 +69,35 @@ impl AdamW {
         });
     }
 
-    /// The moments, as tensors named `exp_avg.<param>` and `exp_avg_sq.<param>` (PyTorch's names).
+    /// The moments, as tensors named `exp_avg.<param>` and `exp_avg_sq.<param>` (PyTorch's names),
+    /// and each parameter's step count as an int64 scalar `step.<param>`.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         self.moments
             .iter()
-            .flat_map(|(name, (m, v))| {
+            .flat_map(|(name, (m, v, t))| {
                 [
                     (format!("exp_avg.{name}"), m.shallow_clone()),
                     (format!("exp_avg_sq.{name}"), v.shallow_clone()),
+                    (format!("step.{name}"), Tensor::from(*t as i64)),
                 ]
             })
             .collect()
     }
 
-    /// Restores moments saved by [`AdamW::state`] after `steps` steps.
+    /// Restores moments saved by [`AdamW::state`] after `steps` steps. A parameter without a
+    /// saved `step.<param>` (state written before those were saved) is taken to have taken
+    /// all `steps`.
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>, steps: u64) -> Result<()> {
         let mut firsts = BTreeMap::new();
         let mut seconds = BTreeMap::new();
+        let mut counts = BTreeMap::new();
         for (key, t) in tensors {
             if let Some(name) = key.strip_prefix("exp_avg_sq.") {
                 seconds.insert(name.to_string(), t);
             } else if let Some(name) = key.strip_prefix("exp_avg.") {
                 firsts.insert(name.to_string(), t);
+            } else if let Some(name) = key.strip_prefix("step.") {
+                counts.insert(name.to_string(), t.int64_value(&[]) as u64);
             } else {
                 bail!("optimizer state holds `{key}`, which is not an AdamW moment");
             }
@@ -97,7 +107,11 @@ impl AdamW {
             let Some(v) = seconds.remove(&name) else {
                 bail!("optimizer state has exp_avg but no exp_avg_sq for `{name}`");
             };
-            self.moments.insert(name, (m, v));
+            let t = counts.remove(&name).unwrap_or(steps);
+            self.moments.insert(name, (m, v, t));
+        }
+        if let Some(name) = counts.keys().next() {
+            bail!("optimizer state has a step count but no moments for `{name}`");
         }
         self.steps = steps;
         Ok(())
@@ -138,7 +152,8 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: Option<f64>) -> f64
     norm
 }
 
-/// Drops every gradient (the next backward pass starts from none).
+/// Zeroes every gradient in place (tch cannot unset one, as torch's `set_to_none` does), so the
+/// next backward pass starts from zero.
 pub fn zero_grad(params: &[(String, Tensor)]) {
     for (_, p) in params {
         let mut g = p.grad();

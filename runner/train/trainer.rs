@@ -17,7 +17,7 @@ use super::run_dir::{RunDir, RunState};
 use super::schedule::LrSchedule;
 use super::task::Task;
 use crate::models::hf_folder::write_atomic;
-use crate::models::{Checkpointing, Tape};
+use crate::models::{Checkpointing, ParamStore, Tape};
 use crate::plan::inventory::Group;
 use crate::plan::resolve::Plan;
 use crate::report::tensorboard::HParamValue;
@@ -124,7 +124,7 @@ pub fn train(plan: &Plan, task: &dyn Task, options: &RunOptions) -> Result<Summa
             loss_sum += value / accumulation as f64;
         }
         if state.step == 0 {
-            check_gradients(task)?;
+            check_gradients(task.store())?;
         }
         let grad_norm = clip_grad_norm(&params, t.max_grad_norm);
         optimizer.step(&params, lr);
@@ -253,8 +253,7 @@ fn restore(params: &[(String, Tensor)], saved: Vec<(String, Tensor)>) -> Result<
 
 /// After the first backward pass, every trainable parameter must have a finite gradient, and a
 /// non-zero one unless it is a LoRA A whose B is still zero (PEFT's init makes that so).
-fn check_gradients(task: &dyn Task) -> Result<()> {
-    let store = task.store();
+pub fn check_gradients(store: &ParamStore) -> Result<()> {
     let mut bad = Vec::new();
     for (name, p) in store.trainable() {
         let g = p.grad();

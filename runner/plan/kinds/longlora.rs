@@ -109,7 +109,9 @@ pub enum DataFormat {
     PretrainText,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Template {
     /// `[INST] <<SYS>> … <</SYS>> {instruction} {input} [/INST]`, as LongLoRA's SFT script.

@@ -10,6 +10,7 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
+use super::peak_rss_kib;
 use crate::models::hf_folder::HfConfig;
 use crate::models::llama::{DecoderOptions, Llama};
 use crate::models::{hf_model, loss, Checkpointing, Tape};
@@ -28,7 +29,7 @@ pub fn run(shape: Shape, child: Option<&str>, out: &mut dyn Write) -> std::io::R
         Some(mode) => measure(shape, mode).map(|v| v.to_string()),
         None => compare(shape),
     };
-    super::finish(result, out)
+    crate::commands::finish(result, out)
 }
 
 /// Runs both modes in child processes and reports them side by side.
@@ -123,14 +124,4 @@ fn measure(shape: Shape, mode: &str) -> Result<Value> {
         "seconds": seconds,
         "loss": loss.double_value(&[]),
     }))
-}
-
-/// The process's peak resident set (VmHWM) in KiB.
-fn peak_rss_kib() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no VmHWM in /proc/self/status (Linux only)"))
 }

@@ -1,0 +1,239 @@
+//! `runner bench RECIPE`: step time, tokens/s and peak memory of the plan's training step, and
+//! of the same model, batch and precision in PyTorch (transformers + PEFT, run by
+//! `scripts/bench_pytorch.py` in the same invocation), as ratios.
+//!
+//! Both sides train on one random batch of `micro_batch_size × max_length` tokens with the
+//! plan's optimizer, clipping, precision, checkpointing and adapter. S²-Attn is turned off on
+//! the runner side: transformers has no such attention, and the point is the same model.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+
+use super::peak_rss_kib;
+use crate::commands::run::Target;
+use crate::commands::{finish, report, INVALID, USAGE};
+use crate::data::batch::Batch;
+use crate::methods::longlora;
+use crate::models::Checkpointing;
+use crate::models::Tape;
+use crate::plan::recipe::Recipe;
+use crate::plan::resolve::{resolve, Plan};
+use crate::plan::training::{Adapter, Precision};
+use crate::train::optimizer::{clip_grad_norm, zero_grad, AdamW};
+use crate::train::task::Task;
+
+#[derive(Clone, Copy, Debug)]
+pub struct BenchOptions {
+    pub steps: u64,
+    pub warmup: u64,
+    /// Also run the PyTorch script.
+    pub pytorch: bool,
+    pub target: Target,
+}
+
+pub fn run(
+    recipe: &Path,
+    overrides: &[String],
+    options: BenchOptions,
+    out: &mut dyn Write,
+) -> std::io::Result<i32> {
+    if !recipe.is_file() {
+        writeln!(out, "error: recipe {} does not exist", recipe.display())?;
+        return Ok(USAGE);
+    }
+    match resolve(recipe, overrides) {
+        Ok(plan) => finish(bench(&plan, options), out),
+        Err(errors) => {
+            report(&errors, out)?;
+            Ok(INVALID)
+        }
+    }
+}
+
+fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
+    let Recipe::LongloraSft(recipe) = &plan.recipe else {
+        bail!(
+            "kind {}: benchmarking covers longlora_sft recipes for now",
+            plan.recipe.kind()
+        );
+    };
+    let mut recipe = recipe.clone();
+    recipe.method.shifted_sparse_attention = false;
+    let device = options.target.device()?;
+    let t = &recipe.training;
+    let (batch_size, seq_len) = (t.micro_batch_size as i64, recipe.data.max_length as i64);
+    let rss_before = peak_rss_kib()?;
+    let task = longlora::build(&recipe, device)?;
+    tch::manual_seed(recipe.seed as i64);
+    let ids = Tensor::randint(
+        recipe.model.arch.vocab_size as i64,
+        [batch_size, seq_len],
+        (Kind::Int64, device),
+    );
+    let batch = Batch {
+        attention_mask: ids.ones_like(),
+        labels: ids.shallow_clone(),
+        input_ids: ids,
+    };
+    let params = task.store().trainable();
+    let mut optimizer = AdamW::new(&t.optimizer);
+    let mode = match t.gradient_checkpointing {
+        true => Checkpointing::Recompute,
+        false => Checkpointing::Off,
+    };
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    for step in 0..options.warmup + options.steps {
+        sync(device);
+        let start = Instant::now();
+        let tape = Tape::training(mode, step as i64);
+        let loss = task.loss(&batch, &tape);
+        tape.backward(&loss);
+        clip_grad_norm(&params, t.max_grad_norm);
+        optimizer.step(&params, t.optimizer.lr);
+        zero_grad(&params);
+        losses.push(loss.double_value(&[]));
+        sync(device);
+        if step >= options.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let ours = json!({
+        "step_time_s": median(&mut times),
+        "tokens_per_s": (batch_size * seq_len) as f64 / median(&mut times),
+        "peak_memory_mib": match device {
+            Device::Cpu => json!((peak_rss_kib()? - rss_before) as f64 / 1024.0),
+            _ => Value::Null,
+        },
+        "loss_first": losses.first(),
+        "loss_last": losses.last(),
+    });
+    let mut report = format!(
+        "bench {} ({}), batch {batch_size} × {seq_len} tokens, {:?}, checkpointing {}, {} timed steps after {} warmup, device {device:?}\n",
+        plan.recipe.name(),
+        &plan.hash[..8],
+        t.precision,
+        t.gradient_checkpointing,
+        options.steps,
+        options.warmup
+    );
+    report += &format!(
+        "{:<10} {:>12} {:>12} {:>16}\n",
+        "", "step s", "tokens/s", "peak MiB"
+    );
+    report += &row("runner", &ours);
+    if options.pytorch {
+        let theirs = pytorch(&recipe, device, options)?;
+        report += &row("pytorch", &theirs);
+        let ratio = |key: &str| {
+            ours[key].as_f64().unwrap_or(f64::NAN) / theirs[key].as_f64().unwrap_or(f64::NAN)
+        };
+        report += &format!(
+            "runner / pytorch: step time {:.2}×, tokens/s {:.2}×, peak memory {:.2}×",
+            ratio("step_time_s"),
+            ratio("tokens_per_s"),
+            ratio("peak_memory_mib")
+        );
+    }
+    Ok(report.trim_end().to_string())
+}
+
+fn row(name: &str, r: &Value) -> String {
+    let f = |k: &str| {
+        r[k].as_f64()
+            .map_or("n/a".to_string(), |v| format!("{v:.4}"))
+    };
+    format!(
+        "{name:<10} {:>12} {:>12} {:>16}\n",
+        f("step_time_s"),
+        f("tokens_per_s"),
+        f("peak_memory_mib")
+    )
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    match xs.len() {
+        0 => f64::NAN,
+        n => xs[n / 2],
+    }
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Runs scripts/bench_pytorch.py on the same spec and reads its JSON line.
+fn pytorch(
+    recipe: &crate::plan::recipe::LongloraRecipe,
+    device: Device,
+    options: BenchOptions,
+) -> Result<Value> {
+    let t = &recipe.training;
+    let lora = match &t.adapter {
+        Adapter::Lora {
+            rank,
+            alpha,
+            dropout,
+            targets,
+            also_train,
+        } => json!({
+            "rank": rank, "alpha": alpha, "dropout": dropout, "targets": targets, "also_train": also_train,
+        }),
+        _ => Value::Null,
+    };
+    let precision = match t.precision {
+        Precision::Fp32 => "fp32",
+        Precision::Bf16Mixed => "bf16_mixed",
+        Precision::Bf16 => "bf16",
+    };
+    let spec = json!({
+        "arch": recipe.model.arch,
+        "rope_factor": recipe.model.rope_factor(recipe.data.max_length),
+        "batch_size": t.micro_batch_size,
+        "seq_len": recipe.data.max_length,
+        "precision": precision,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "lora": lora,
+        "lr": t.optimizer.lr,
+        "weight_decay": t.optimizer.weight_decay,
+        "betas": t.optimizer.betas,
+        "eps": t.optimizer.eps,
+        "max_grad_norm": t.max_grad_norm,
+        "warmup_steps": options.warmup,
+        "steps": options.steps,
+        "device": if device == Device::Cpu { "cpu" } else { "cuda" },
+        "threads": tch::get_num_threads(),
+        "seed": recipe.seed,
+    });
+    let mut child = Command::new(".venv/bin/python")
+        .args(["scripts/bench_pytorch.py", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start .venv/bin/python scripts/bench_pytorch.py (run from the repository root after ./dev run)")?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("no stdin for the PyTorch benchmark"))?
+        .write_all(spec.to_string().as_bytes())?;
+    let output = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().last().unwrap_or("");
+    serde_json::from_str(line).map_err(|_| {
+        anyhow!(
+            "the PyTorch benchmark failed: {}{}\n  hint: it needs transformers and peft in .venv (pip install -r scripts/fixtures-requirements.txt)",
+            text,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
