@@ -379,7 +379,7 @@ def build_model(spec, torch):
         try:
             model = get_peft_model(model, config)
         except ValueError as e:
-            raise SpecError(f"lora.targets: PEFT refused them: {e}") from None
+            raise SpecError(f"lora: PEFT refused the adapter config: {e}") from None
     model.train()
     return model
 
