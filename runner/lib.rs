@@ -7,6 +7,7 @@
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod methods;
 pub mod models;
 pub mod plan;

@@ -747,6 +747,138 @@ def make_adamw():
 
 
 # ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+# A literal transcription of the official SQuAD v1.1 evaluation script, evaluate-v1.1.py, as cited
+# by FiD (https://worksheets.codalab.org/rest/bundles/0x6b567e1cf2e041ec80d7098f031c5c9e/contents/blob/;
+# these four functions are unchanged in the copy at
+# https://github.com/allenai/bi-att-flow/blob/master/squad/evaluate-v1.1.py). FiD's
+# src/evaluation.py has the same normalize_answer and exact_match_score (it calls the `regex`
+# module instead of `re`) and takes the max over golds in `ems`.
+
+
+def squad_normalize_answer(s):
+    """Lower text and remove punctuation, articles and extra whitespace."""
+    import re
+    import string
+
+    def remove_articles(text):
+        return re.sub(r"\b(a|an|the)\b", " ", text)
+
+    def white_space_fix(text):
+        return " ".join(text.split())
+
+    def remove_punc(text):
+        exclude = set(string.punctuation)
+        return "".join(ch for ch in text if ch not in exclude)
+
+    def lower(text):
+        return text.lower()
+
+    return white_space_fix(remove_articles(remove_punc(lower(s))))
+
+
+def squad_f1_score(prediction, ground_truth):
+    from collections import Counter
+
+    prediction_tokens = squad_normalize_answer(prediction).split()
+    ground_truth_tokens = squad_normalize_answer(ground_truth).split()
+    common = Counter(prediction_tokens) & Counter(ground_truth_tokens)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0
+    precision = 1.0 * num_same / len(prediction_tokens)
+    recall = 1.0 * num_same / len(ground_truth_tokens)
+    f1 = (2 * precision * recall) / (precision + recall)
+    return f1
+
+
+def squad_exact_match_score(prediction, ground_truth):
+    return squad_normalize_answer(prediction) == squad_normalize_answer(ground_truth)
+
+
+def squad_metric_max_over_ground_truths(metric_fn, prediction, ground_truths):
+    scores_for_ground_truths = []
+    for ground_truth in ground_truths:
+        score = metric_fn(prediction, ground_truth)
+        scores_for_ground_truths.append(score)
+    return max(scores_for_ground_truths)
+
+
+# (prediction, golds): articles, punctuation, whitespace, Unicode, empty strings, Counter overlap.
+EM_F1_CASES = [
+    ("The Beatles", ["Beatles"]),
+    ("beatles, the", ["the Beatles"]),
+    ("a cat and an apple and the dog", ["cat and apple and dog"]),
+    ("theater", ["the ater"]),
+    ("another answer", ["nother answer"]),
+    ("The A-Team", ["team"]),
+    ("an.", ["an"]),
+    ("the U.S. Army", ["US army"]),
+    ("rock'n'roll", ["rocknroll"]),
+    ("3.14", ["314", "3 14"]),
+    ("  New\tYork\n\nCity \r ", ["new york city"]),
+    ("Café  au lait", ["cafe au lait", "café au lait"]),
+    ("the\u00a0Eiffel\u00a0Tower", ["Eiffel Tower"]),
+    ("thin\u3000space\u2009and\u202fnarrow", ["thin space and narrow"]),
+    ("separators\x1cand\x1fcontrol\x0b\x85next\u2028line", ["separators and control next line"]),
+    ("\u212aelvin the\u200dend zero\u200bwidth", ["kelvin \u200dend zero\u200bwidth"]),
+    ("1914\u20141918", ["1914 1918", "1914\u20141918"]),
+    ("\u201cThe Raven\u201d", ["the raven", "\u201craven\u201d"]),
+    ("\u5317\u4eac the \u5927\u5b66", ["\u5317\u4eac \u5927\u5b66"]),
+    ("Straße", ["STRASSE", "straße"]),
+    ("İstanbul", ["istanbul", "i\u0307stanbul"]),
+    ("ΟΔΟΣ ΣΑ Σ", ["οδος σα σ", "οδοσ σα σ"]),
+    ("ΑΣ'Α", ["ασα", "αςα"]),
+    ("ＴＨＥ Ｂｅａｔｌｅｓ，", ["ｔｈｅ ｂｅａｔｌｅｓ，", "beatles"]),
+    ("a\u0301 the\u0308 an\u20dd", ["\u0301 \u0308 \u20dd"]),
+    ("the\u00b2 a\u2460 the\u00bd", ["the\u00b2 a\u2460 the\u00bd"]),
+    ("the\u24d0 \u24d0a a\u0345 an\u0903 \u24e3\u24d7\u24d4", ["\u24d0 \u24d0 \u0345 \u0903 \u24e3\u24d7\u24d4"]),
+    ("the_end a_b", ["theend ab"]),
+    ("", ["anything"]),
+    ("", [""]),
+    ("", ["the"]),
+    ("a an the", ["..."]),
+    ("?!.,;", ["the a"]),
+    ("the the the", ["an"]),
+    ("Barack Obama", ["Obama", "President Barack Obama", "Michelle Obama"]),
+    ("paris paris paris", ["Paris", "paris france paris"]),
+    ("the red red wine", ["red wine", "wine red red red"]),
+    ("1,000,000 dollars", ["1000000", "one million dollars"]),
+    ("42", ["forty-two", "42nd"]),
+    ("Mount Everest in Nepal", ["everest", "Mount Everest", "Nepal"]),
+]
+
+
+def make_em_f1():
+    """tests/fixtures/em_f1.json: [{prediction, golds, em, f1, normalized_prediction}], em 0/1 and
+    f1 in [0, 1] from the SQuAD v1.1 functions above (max over golds), computed with this
+    Python's re and unicodedata."""
+    import json
+    import unicodedata
+
+    cases = []
+    for prediction, golds in EM_F1_CASES:
+        em = squad_metric_max_over_ground_truths(squad_exact_match_score, prediction, golds)
+        f1 = squad_metric_max_over_ground_truths(squad_f1_score, prediction, golds)
+        cases.append(
+            {
+                "prediction": prediction,
+                "golds": golds,
+                "em": float(em),
+                "f1": float(f1),
+                "normalized_prediction": squad_normalize_answer(prediction),
+            }
+        )
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    with open(FIXTURES / "em_f1.json", "w", encoding="utf-8") as f:
+        json.dump(cases, f, indent=1, ensure_ascii=True)
+        f.write("\n")
+    print(f"em_f1: done, {len(cases)} cases (Python {sys.version.split()[0]}, Unicode {unicodedata.unidata_version})")
+
+
+# ---------------------------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------------------------
 
@@ -775,6 +907,7 @@ def generate_all():
     make_s2attn()
     make_schedules()
     make_adamw()
+    make_em_f1()
     check_runner_adapter()
 
 

@@ -3,6 +3,8 @@
 mod bad_inputs;
 mod cli;
 mod estimates;
+mod evaluation;
+mod metrics;
 mod models;
 mod optimizer;
 mod plans;

@@ -12,13 +12,14 @@ use crate::data::batch::{collate, Batch, Example};
 use crate::data::loader::Loader;
 use crate::data::tokenizer::Tokenizer;
 use crate::data::{instruction, packing};
+use crate::eval::{passkey, perplexity};
 use crate::models::generate::{self, GenerateOptions, Strategy};
 use crate::models::hf_folder::HfConfig;
 use crate::models::llama::{DecoderOptions, Llama};
 use crate::models::lora::{self, LoraSpec};
 use crate::models::loss::{causal_lm_loss, IGNORE};
 use crate::models::{hf_model, Compute, ParamStore, Tape};
-use crate::plan::kinds::longlora::{DataFormat, Metric, Template};
+use crate::plan::kinds::longlora::{DataFormat, Metric, Passkey, Perplexity, Template};
 use crate::plan::recipe::LongloraRecipe;
 use crate::plan::training::Adapter;
 use crate::train::task::{Evaluation, Task};
@@ -37,6 +38,10 @@ pub struct LongloraTask {
     validation: Vec<(Option<instruction::Item>, Example)>,
     eval_batch: usize,
     best: Metric,
+    passkey: Option<Passkey>,
+    /// Token stream and settings of the sliding-window perplexity.
+    perplexity: Option<(Vec<i64>, Perplexity)>,
+    seed: u64,
     device: Device,
 }
 
@@ -143,7 +148,21 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
         multiple_of: groups.unwrap_or(1) as usize,
         seed: recipe.seed,
     };
+    let perplexity = match &recipe.evaluation.perplexity {
+        Some(p) => {
+            let mut stream = Vec::new();
+            for text in packing::read_texts(Path::new(&p.data))? {
+                stream.extend(tokenizer.encode(&text, true)?);
+                stream.push(eos);
+            }
+            Some((stream, p.clone()))
+        }
+        None => None,
+    };
     Ok(LongloraTask {
+        passkey: recipe.evaluation.passkey.clone(),
+        perplexity,
+        seed: recipe.seed,
         store,
         config,
         model,
@@ -161,6 +180,31 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
 }
 
 impl LongloraTask {
+    /// Loss over every validation target token (token-weighted across batches).
+    fn validation_loss(&self) -> f64 {
+        let (mut total, mut tokens) = (0.0, 0i64);
+        tch::no_grad(|| {
+            for chunk in self.validation.chunks(self.eval_batch.max(1)) {
+                let members: Vec<&Example> = chunk.iter().map(|(_, e)| e).collect();
+                let batch =
+                    collate(&members, self.loader.pad, self.loader.side, 1).to_device(self.device);
+                let logits = self.model.forward(
+                    &batch.input_ids,
+                    Some(&batch.attention_mask),
+                    &Tape::plain(),
+                    false,
+                );
+                let t = logits.size()[1];
+                let targets = batch.labels.narrow(1, 1, t - 1);
+                let n = targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]);
+                let loss = causal_lm_loss(&logits, &batch.labels).double_value(&[]);
+                total += loss * n as f64;
+                tokens += n;
+            }
+        });
+        total / tokens.max(1) as f64
+    }
+
     /// The model's greedy answer to an item, next to the expected one.
     fn answer(&self, item: &instruction::Item) -> Result<String> {
         let prompt = self
@@ -207,41 +251,50 @@ impl Task for LongloraTask {
         causal_lm_loss(&logits, &batch.labels)
     }
 
-    /// Validation loss (token-weighted over every example), its perplexity, and one greedy
+    /// Validation loss (token-weighted over every example) and its perplexity, LongLoRA's
+    /// sliding-window perplexity and passkey accuracy when the plan asks, and one greedy
     /// answer to look at.
     fn evaluate(&self) -> Result<Evaluation> {
-        if self.validation.is_empty() {
-            return Ok(Evaluation::default());
-        }
-        let (mut total, mut tokens) = (0.0, 0i64);
-        tch::no_grad(|| {
-            for chunk in self.validation.chunks(self.eval_batch.max(1)) {
-                let members: Vec<&Example> = chunk.iter().map(|(_, e)| e).collect();
-                let batch =
-                    collate(&members, self.loader.pad, self.loader.side, 1).to_device(self.device);
-                let logits = self.model.forward(
-                    &batch.input_ids,
-                    Some(&batch.attention_mask),
-                    &Tape::plain(),
-                    false,
-                );
-                let t = logits.size()[1];
-                let targets = batch.labels.narrow(1, 1, t - 1);
-                let n = targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]);
-                let loss = causal_lm_loss(&logits, &batch.labels).double_value(&[]);
-                total += loss * n as f64;
-                tokens += n;
-            }
-        });
-        let loss = total / tokens.max(1) as f64;
+        let mut metrics = Vec::new();
         let mut samples = Vec::new();
+        if !self.validation.is_empty() {
+            let loss = self.validation_loss();
+            metrics.push(("loss".to_string(), loss));
+            metrics.push(("perplexity".to_string(), loss.exp()));
+        }
         if let Some((Some(item), _)) = self.validation.first() {
             samples.push(("generation".to_string(), self.answer(item)?));
         }
-        Ok(Evaluation {
-            metrics: vec![("loss".into(), loss), ("perplexity".into(), loss.exp())],
-            samples,
-        })
+        if let Some((stream, p)) = &self.perplexity {
+            for &length in &p.context_lengths {
+                let ppl = perplexity::sliding_window(
+                    &self.model,
+                    stream,
+                    length as usize,
+                    p.stride as usize,
+                );
+                if let Some(ppl) = ppl {
+                    metrics.push((format!("perplexity_{length}"), ppl));
+                }
+            }
+        }
+        if let Some(p) = &self.passkey {
+            let mut accuracies = Vec::new();
+            for &length in &p.context_lengths {
+                let acc = passkey::accuracy(
+                    &self.model,
+                    &self.tokenizer,
+                    length as usize,
+                    p.trials,
+                    self.seed,
+                )?;
+                metrics.push((format!("passkey_accuracy_{length}"), acc));
+                accuracies.push(acc);
+            }
+            let mean = accuracies.iter().sum::<f64>() / accuracies.len().max(1) as f64;
+            metrics.push(("passkey_accuracy".into(), mean));
+        }
+        Ok(Evaluation { metrics, samples })
     }
 
     fn best_metric(&self) -> (&'static str, bool) {

@@ -187,6 +187,10 @@ impl Llama {
         self.head(&x)
     }
 
+    pub fn device(&self) -> tch::Device {
+        self.embed_tokens.device()
+    }
+
     pub fn new_cache(&self) -> DecoderCache {
         DecoderCache {
             layers: self.layers.iter().map(|_| KvCache::default()).collect(),

@@ -1,0 +1,5 @@
+//! Evaluation: metrics (and later generation-based evaluations).
+
+pub mod metrics;
+pub mod passkey;
+pub mod perplexity;

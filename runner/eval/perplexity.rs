@@ -1,0 +1,30 @@
+//! Perplexity as LongLoRA's `eval.py` measures it: windows of `context` tokens starting every
+//! `stride` tokens of one long token stream, the loss of each window weighted by its number of
+//! predicted tokens, `ppl = e^(mean loss)`.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::models::llama::Llama;
+use crate::models::loss::causal_lm_loss;
+use crate::models::Tape;
+
+/// Perplexity of `tokens` with windows of `context` tokens every `stride` tokens.
+/// None when the stream is shorter than one window.
+pub fn sliding_window(model: &Llama, tokens: &[i64], context: usize, stride: usize) -> Option<f64> {
+    if tokens.len() < context.max(2) {
+        return None;
+    }
+    let (mut total, mut count) = (0.0, 0usize);
+    tch::no_grad(|| {
+        for start in (0..=tokens.len() - context).step_by(stride.max(1)) {
+            let window = Tensor::from_slice(&tokens[start..start + context])
+                .view([1, -1])
+                .to_device(model.device());
+            let logits = model.forward(&window, None, &Tape::plain(), false);
+            let loss = causal_lm_loss(&logits, &window).to_device(Device::Cpu);
+            total += loss.to_kind(Kind::Double).double_value(&[]) * (context - 1) as f64;
+            count += context - 1;
+        }
+    });
+    Some((total / count as f64).exp())
+}
