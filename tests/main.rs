@@ -2,6 +2,7 @@
 
 mod bad_inputs;
 mod cli;
+mod data;
 mod estimates;
 mod evaluation;
 mod metrics;

@@ -112,7 +112,7 @@ fn hash_is_stable_across_runs() {
     // defaults change, which is exactly when existing runs no longer match their plan.
     assert_eq!(
         hash_of(BLOCK),
-        "f6e059450960aed516420f01b275dede74c46398dde323f3b990c3b268182752"
+        "0d89b9bd6a007d1b318e387a07f6be1c3f4335e7d4d850610d452cdc4c471144"
     );
 }
 

@@ -271,3 +271,31 @@ fn stats_reports_the_length_distribution_of_instruction_data() {
     );
     assert!(text.contains("longer than 200:"), "{text}");
 }
+
+#[test]
+fn a_missing_pad_token_is_added_with_mean_initialised_embedding_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run(
+        &dir,
+        &[
+            "data.pad_token=<added_pad>",
+            "evaluation.passkey=null",
+            "--stop-after",
+            "1",
+        ],
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let embeddings = summary["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "embeddings")
+        .unwrap();
+    assert_eq!(
+        embeddings["total"],
+        513 * 64,
+        "one row added to the 512-token vocabulary"
+    );
+}

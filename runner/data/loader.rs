@@ -28,6 +28,8 @@ pub struct Loader {
     /// Padded lengths are a multiple of this.
     pub multiple_of: usize,
     pub seed: u64,
+    /// Group examples of similar length into the same batches (see [`group_by_length`]).
+    pub group_by_length: bool,
 }
 
 impl Loader {
@@ -44,7 +46,10 @@ impl Loader {
         thread::spawn(move || {
             let mut at = from;
             loop {
-                let order = epoch_order(loader.examples.len(), loader.seed, at.epoch);
+                let mut order = epoch_order(loader.examples.len(), loader.seed, at.epoch);
+                if loader.group_by_length {
+                    order = group_by_length(&order, &loader.examples, loader.batch_size);
+                }
                 let starts: Vec<usize> =
                     (0..order.len()).step_by(loader.batch_size.max(1)).collect();
                 for (i, &start) in starts.iter().enumerate().skip(at.offset) {
@@ -79,4 +84,19 @@ impl Loader {
         });
         receive
     }
+}
+
+/// transformers' `LengthGroupedSampler`: the shuffled order cut into megabatches of 50 batches,
+/// each sorted longest first, so a batch holds examples of similar length while the order of
+/// megabatches stays random.
+pub fn group_by_length(order: &[usize], examples: &[Example], batch_size: usize) -> Vec<usize> {
+    let mega = 50 * batch_size.max(1);
+    order
+        .chunks(mega)
+        .flat_map(|chunk| {
+            let mut chunk = chunk.to_vec();
+            chunk.sort_by_key(|&i| std::cmp::Reverse(examples[i].ids.len()));
+            chunk
+        })
+        .collect()
 }

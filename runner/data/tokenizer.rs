@@ -53,6 +53,19 @@ impl Tokenizer {
             })
     }
 
+    /// The id of `token`, adding it as a special token at the end of the vocabulary if the
+    /// tokenizer lacks it (as transformers' `add_special_tokens`).
+    pub fn id_or_add(&mut self, token: &str) -> i64 {
+        if let Some(id) = self.inner.token_to_id(token) {
+            return i64::from(id);
+        }
+        self.inner
+            .add_special_tokens(&[tokenizers::AddedToken::from(token.to_string(), true)]);
+        self.inner
+            .token_to_id(token)
+            .map_or(self.vocab_size() as i64 - 1, i64::from)
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

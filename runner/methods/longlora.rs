@@ -50,10 +50,6 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
     let m = &recipe.model;
     let compute = Compute::of(recipe.training.precision);
     let rope_factor = m.rope_factor(recipe.data.max_length);
-    let config = HfConfig::Decoder {
-        arch: m.arch.clone(),
-        rope_factor,
-    };
     let mut store = match &m.path {
         Some(path) => {
             let (found, store) = hf_model::load(Path::new(path), device, compute.weights)?;
@@ -66,8 +62,42 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
             }
             store
         }
-        None => hf_model::random(&config, recipe.seed as i64, device, compute.weights),
+        None => {
+            let config = HfConfig::Decoder {
+                arch: m.arch.clone(),
+                rope_factor,
+            };
+            hf_model::random(&config, recipe.seed as i64, device, compute.weights)
+        }
     };
+    let tokenizer_path = match (&m.tokenizer, &m.path) {
+        (Some(t), _) => PathBuf::from(t),
+        (None, Some(p)) => Path::new(p).join("tokenizer.json"),
+        (None, None) => {
+            bail!("model.tokenizer: a randomly initialised model needs a tokenizer.json")
+        }
+    };
+    let mut tokenizer = Tokenizer::load(&tokenizer_path)?;
+    // LongLoRA adds the pad token when the tokenizer lacks it, and gives its new embedding
+    // rows (input and output) the mean of the others.
+    let pad = tokenizer.id_or_add(&recipe.data.pad_token);
+    let mut arch = m.arch.clone();
+    if pad as u64 >= arch.vocab_size {
+        let added = pad + 1 - arch.vocab_size as i64;
+        store.grow_rows_with_mean("model.embed_tokens.weight", added)?;
+        if !arch.tie_word_embeddings {
+            store.grow_rows_with_mean("lm_head.weight", added)?;
+        }
+        arch.vocab_size = (pad + 1) as u64;
+    }
+    if tokenizer.vocab_size() as u64 > arch.vocab_size {
+        bail!(
+            "{}: {} tokens, more than model.arch.vocab_size {}\n  hint: use the model's own tokenizer",
+            tokenizer_path.display(),
+            tokenizer.vocab_size(),
+            arch.vocab_size
+        );
+    }
     let lora = LoraSpec::of(&recipe.training.adapter);
     match (&recipe.training.adapter, &lora) {
         (Adapter::Full, _) => store.set_trainable(|_, _| true),
@@ -86,26 +116,9 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
         rope_factor,
         shifted_sparse_groups: groups,
     };
-    let model = Llama::new(&store, &m.arch, options, compute.activations)?;
+    let model = Llama::new(&store, &arch, options, compute.activations)?;
 
-    let tokenizer_path = match (&m.tokenizer, &m.path) {
-        (Some(t), _) => PathBuf::from(t),
-        (None, Some(p)) => Path::new(p).join("tokenizer.json"),
-        (None, None) => {
-            bail!("model.tokenizer: a randomly initialised model needs a tokenizer.json")
-        }
-    };
-    let tokenizer = Tokenizer::load(&tokenizer_path)?;
-    if tokenizer.vocab_size() as u64 > m.arch.vocab_size {
-        bail!(
-            "{}: {} tokens, more than model.arch.vocab_size {}\n  hint: use the model's own tokenizer",
-            tokenizer_path.display(),
-            tokenizer.vocab_size(),
-            m.arch.vocab_size
-        );
-    }
     let eos = tokenizer.id("</s>")?;
-    let pad = tokenizer.id(&recipe.data.pad_token)?;
     let max_length = recipe.data.max_length as usize;
     let template = recipe.data.template;
     let encode_all = |path: &str| -> Result<Vec<(Option<instruction::Item>, Example)>> {
@@ -147,6 +160,7 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
         side: recipe.data.padding_side,
         multiple_of: groups.unwrap_or(1) as usize,
         seed: recipe.seed,
+        group_by_length: recipe.data.group_by_length,
     };
     let perplexity = match &recipe.evaluation.perplexity {
         Some(p) => {
@@ -164,7 +178,7 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
         perplexity,
         seed: recipe.seed,
         store,
-        config,
+        config: HfConfig::Decoder { arch, rope_factor },
         model,
         lora,
         base: m.path.clone(),

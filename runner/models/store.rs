@@ -218,6 +218,22 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Appends `n` rows to the matrix `name`, each the mean of its existing rows: LongLoRA's
+    /// (and Alpaca's) initialisation of embeddings for tokens added to the vocabulary.
+    pub fn grow_rows_with_mean(&mut self, name: &str, n: i64) -> Result<()> {
+        let (old, group) = match self.tensors.get(name) {
+            Some((t, g)) => (t.detach(), *g),
+            None => bail!("the model has no parameter `{name}` to grow"),
+        };
+        let mean = old
+            .to_kind(Kind::Float)
+            .mean_dim(0, true, Kind::Float)
+            .to_kind(old.kind());
+        let grown = Tensor::cat(&[old, mean.repeat([n, 1])], 0);
+        self.insert(name, grown, group);
+        Ok(())
+    }
+
     /// The tensors to save in an HF folder: everything but the adapters.
     pub fn base_tensors(&self) -> Vec<(String, Tensor)> {
         self.iter()

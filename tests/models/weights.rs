@@ -158,3 +158,18 @@ fn impossible_sizes_in_config_json_are_errors_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn grown_embedding_rows_are_the_mean_of_the_others() {
+    let (_, mut store) = load("llama-gqa-rope", Kind::Float);
+    let before = store.get("model.embed_tokens.weight").unwrap();
+    store
+        .grow_rows_with_mean("model.embed_tokens.weight", 2)
+        .unwrap();
+    let after = store.get("model.embed_tokens.weight").unwrap();
+    assert_eq!(after.size(), [98, 32]);
+    let mean = before.mean_dim(0, false, Kind::Float);
+    assert!(max_diff(&after.get(96), &mean) < 1e-7 && max_diff(&after.get(97), &mean) < 1e-7);
+    assert_eq!(max_diff(&after.narrow(0, 0, 96), &before), 0.0);
+    assert!(store.grow_rows_with_mean("missing.weight", 1).is_err());
+}

@@ -94,6 +94,10 @@ pub struct Data {
     pub pad_token: String,
     #[serde(default)]
     pub padding_side: Side,
+    /// Batch examples of similar length together, as transformers' `group_by_length`
+    /// (shuffled megabatches of 50 batches, each sorted by length): less padding per batch.
+    #[serde(default)]
+    pub group_by_length: bool,
 }
 
 fn pad() -> String {

@@ -1,0 +1,155 @@
+//! The data pipeline: exact token and label layouts, padding, epoch order, length grouping,
+//! packing.
+
+use runner::data::batch::{collate, Example};
+use runner::data::instruction::{self, Item};
+use runner::data::loader::group_by_length;
+use runner::data::order::epoch_order;
+use runner::data::packing;
+use runner::data::tokenizer::Tokenizer;
+use runner::plan::kinds::longlora::{Side, Template};
+use tch::Tensor;
+
+fn tokenizer() -> Tokenizer {
+    Tokenizer::load("data/tiny/longlora/tokenizer.json".as_ref()).unwrap()
+}
+
+fn item(input: &str) -> Item {
+    Item {
+        instruction: "What is the pass key?".into(),
+        input: input.into(),
+        output: "The pass key is 42.".into(),
+    }
+}
+
+#[test]
+fn an_instruction_example_is_prompt_output_eos_with_loss_on_output_and_eos_only() {
+    let tok = tokenizer();
+    let eos = tok.id("</s>").unwrap();
+    let it = item("The grass is green.");
+    let prompt = instruction::prompt(Template::Llama2Chat, &it);
+    assert!(prompt.starts_with("[INST] <<SYS>>\nYou are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe.  Your answers"));
+    assert!(prompt.ends_with("<</SYS>> \n\n What is the pass key? \nThe grass is green. [/INST]"));
+    let no_input = instruction::prompt(Template::Llama2Chat, &item(""));
+    assert_eq!(no_input, "[INST]What is the pass key?[/INST]");
+
+    let e = instruction::encode(&tok, Template::Llama2Chat, &it, eos, 1000).unwrap();
+    let source = tok.encode(&prompt, true).unwrap();
+    let target = tok.encode("The pass key is 42.", false).unwrap();
+    assert_eq!(
+        source[0],
+        tok.id("<s>").unwrap(),
+        "BOS from the post-processor"
+    );
+    let mut ids = source.clone();
+    ids.extend(&target);
+    ids.push(eos);
+    assert_eq!(e.ids, ids);
+    let mut labels = vec![-100; source.len()];
+    labels.extend(&target);
+    labels.push(eos);
+    assert_eq!(e.labels, labels);
+
+    // Truncation keeps the first max_length tokens of both.
+    let short = instruction::encode(&tok, Template::Llama2Chat, &it, eos, 10).unwrap();
+    assert_eq!(short.ids, ids[..10]);
+    assert!(short.labels.iter().all(|&l| l == -100));
+}
+
+#[test]
+fn batches_pad_to_the_longest_left_or_right_with_mask_and_ignored_labels() {
+    let a = Example {
+        ids: vec![5, 6, 7],
+        labels: vec![-100, 6, 7],
+    };
+    let b = Example {
+        ids: vec![8],
+        labels: vec![8],
+    };
+    let right = collate(&[&a, &b], 3, Side::Right, 4);
+    assert_eq!(
+        right.input_ids,
+        Tensor::from_slice(&[5i64, 6, 7, 3, 8, 3, 3, 3]).view([2, 4])
+    );
+    assert_eq!(
+        right.attention_mask,
+        Tensor::from_slice(&[1i64, 1, 1, 0, 1, 0, 0, 0]).view([2, 4])
+    );
+    assert_eq!(
+        right.labels,
+        Tensor::from_slice(&[-100i64, 6, 7, -100, 8, -100, -100, -100]).view([2, 4])
+    );
+    let left = collate(&[&a, &b], 3, Side::Left, 1);
+    assert_eq!(
+        left.input_ids,
+        Tensor::from_slice(&[5i64, 6, 7, 3, 3, 8]).view([2, 3])
+    );
+    assert_eq!(
+        left.attention_mask,
+        Tensor::from_slice(&[1i64, 1, 1, 0, 0, 1]).view([2, 3])
+    );
+    assert_eq!(right.tokens(), 4);
+}
+
+#[test]
+fn the_epoch_order_is_a_fixed_permutation_of_seed_and_epoch() {
+    let a = epoch_order(10, 42, 0);
+    assert_eq!(a, epoch_order(10, 42, 0));
+    assert_ne!(a, epoch_order(10, 42, 1));
+    assert_ne!(a, epoch_order(10, 43, 0));
+    let mut sorted = a.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+    // SplitMix64 and Fisher–Yates are fully specified: these orders were computed by an
+    // independent Python transcription of both, and must never change (resume relies on it).
+    assert_eq!(epoch_order(6, 1, 0), [0, 1, 3, 2, 4, 5]);
+    assert_eq!(a, [0, 9, 5, 8, 6, 4, 7, 2, 1, 3]);
+}
+
+#[test]
+fn length_grouping_sorts_within_megabatches_and_keeps_every_example() {
+    let examples: Vec<Example> = (0..250)
+        .map(|i| Example {
+            ids: vec![0; 1 + (i * 37) % 101],
+            labels: vec![],
+        })
+        .collect();
+    let order = epoch_order(examples.len(), 7, 0);
+    let grouped = group_by_length(&order, &examples, 2);
+    let mut all = grouped.clone();
+    all.sort();
+    assert_eq!(all, (0..250).collect::<Vec<_>>());
+    for (chunk, original) in grouped.chunks(100).zip(order.chunks(100)) {
+        let lengths: Vec<usize> = chunk.iter().map(|&i| examples[i].ids.len()).collect();
+        assert!(
+            lengths.windows(2).all(|w| w[0] >= w[1]),
+            "sorted longest first"
+        );
+        let mut a = chunk.to_vec();
+        let mut b = original.to_vec();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "a megabatch keeps its own examples");
+    }
+}
+
+#[test]
+fn texts_pack_into_full_blocks_joined_by_eos() {
+    let tok = tokenizer();
+    let eos = tok.id("</s>").unwrap();
+    let texts = vec![
+        "The grass is green.".to_string(),
+        "The sky is blue. Here we go.".to_string(),
+    ];
+    let mut stream = Vec::new();
+    for t in &texts {
+        stream.extend(tok.encode(t, true).unwrap());
+        stream.push(eos);
+    }
+    let blocks = packing::pack(&tok, &texts, eos, 5).unwrap();
+    assert_eq!(blocks.len(), stream.len() / 5);
+    for (i, b) in blocks.iter().enumerate() {
+        assert_eq!(b.ids, stream[i * 5..i * 5 + 5]);
+        assert_eq!(b.labels, b.ids, "the loss covers every token");
+    }
+}
