@@ -76,6 +76,11 @@ enum Command {
         #[command(subcommand)]
         what: Bench,
     },
+    /// Print a run's metrics beside the paper's for the matching setting.
+    Report {
+        /// A run directory, or a recipe (its default run directory).
+        run: PathBuf,
+    },
     /// Fold a PEFT LoRA adapter into its base model and save an HF folder.
     Merge {
         /// The base model's HF folder (config.json + safetensors).
@@ -197,6 +202,7 @@ fn main() -> ExitCode {
             adapter,
             out: dir,
         } => commands::merge::run(&base, &adapter, &dir, &mut out),
+        Command::Report { run } => commands::report::run(&run, &mut out),
     };
     let _ = out.flush();
     match code {

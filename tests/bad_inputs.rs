@@ -271,7 +271,7 @@ fn sweep_keys_and_values_are_checked_against_the_recipe() {
 fn a_recipe_cannot_be_its_own_teacher() {
     let overrides = [
         "model.teacher.path=null".to_string(),
-        "model.teacher.recipe=iag_distill.yaml".to_string(),
+        "model.teacher.recipe=recipes/tiny/iag_distill.yaml".to_string(),
     ];
     let mut out = Vec::new();
     let code = commands::plan::run(
@@ -285,7 +285,7 @@ fn a_recipe_cannot_be_its_own_teacher() {
     assert_eq!(code, commands::INVALID);
     assert!(
         out.starts_with(
-            "<override 2>:1:22: error: teacher recipe `iag_distill.yaml` leads back to this recipe"
+            "<override 2>:1:22: error: teacher recipe `recipes/tiny/iag_distill.yaml` leads back to this recipe"
         ),
         "{out}"
     );

@@ -115,7 +115,8 @@ fn length_grouping_sorts_within_megabatches_and_keeps_every_example() {
         })
         .collect();
     let order = epoch_order(examples.len(), 7, 0);
-    let grouped = group_by_length(&order, &examples, 2);
+    let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+    let grouped = group_by_length(&order, &lengths, 2);
     let mut all = grouped.clone();
     all.sort();
     assert_eq!(all, (0..250).collect::<Vec<_>>());

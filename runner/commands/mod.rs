@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod explain;
 pub mod merge;
 pub mod plan;
+pub mod report;
 pub mod run;
 pub mod schema;
 pub mod stats;

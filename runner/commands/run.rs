@@ -10,7 +10,7 @@ use tch::Device;
 use super::{report, INVALID, USAGE};
 use crate::methods;
 use crate::plan::recipe::Recipe;
-use crate::plan::resolve;
+use crate::plan::resolve::resolve;
 use crate::train::trainer::{self, RunOptions};
 
 /// Where to train.
@@ -67,7 +67,15 @@ fn train(
             let task = methods::longlora::build(r, device)?;
             trainer::train(plan, &task, options)?
         }
-        other => bail!(
+        Recipe::IagDistill(r) => {
+            let teacher = match &r.model.teacher.recipe {
+                Some(path) => Some(teacher_run(path, target)?),
+                None => None,
+            };
+            let task = methods::iag::build(r, teacher.as_deref(), device)?;
+            trainer::train(plan, &task, options)?
+        }
+        other @ Recipe::CoeMultitask(_) => bail!(
             "kind {}: training this kind is not implemented yet (longlora_sft is); `runner validate` and `runner plan` work for it",
             other.kind()
         ),
@@ -86,4 +94,39 @@ fn train(
         report += &format!("\nbest eval value {value:.4} at step {step}");
     }
     Ok(report)
+}
+
+/// The trained teacher of a teacher recipe: its finished run's `teacher/` folder, training
+/// the recipe first when it has no finished run of the same plan.
+fn teacher_run(recipe: &str, target: Target) -> Result<PathBuf> {
+    let path = Path::new(recipe);
+    let teacher_plan = resolve(path, &[]).map_err(|errors| {
+        anyhow::anyhow!(
+            "model.teacher.recipe {}: {} errors\n  hint: run `runner validate` on it",
+            path.display(),
+            errors.len()
+        )
+    })?;
+    let dir = trainer::default_dir(&teacher_plan);
+    if !dir.join("summary.json").is_file() {
+        eprintln!(
+            "training the teacher recipe {} first, into {}",
+            path.display(),
+            dir.display()
+        );
+        let options = RunOptions {
+            out: None,
+            force: false,
+            stop_after: None,
+        };
+        train(&teacher_plan, target, &options)?;
+    }
+    let teacher = dir.join("teacher");
+    if !teacher.join("config.json").is_file() {
+        bail!(
+            "{}: the teacher recipe's run has no trained teacher\n  hint: a teacher recipe trains its teacher (model.teacher.train: true)",
+            dir.display()
+        );
+    }
+    Ok(teacher)
 }

@@ -13,11 +13,12 @@ pub struct Example {
     pub labels: Vec<i64>,
 }
 
-/// A padded batch, `[B, T]` each.
+/// A padded batch, `[B, T]` each, plus what a kind needs besides (FiD passages, …).
 pub struct Batch {
     pub input_ids: Tensor,
     pub attention_mask: Tensor,
     pub labels: Tensor,
+    pub extra: Vec<(&'static str, Tensor)>,
 }
 
 impl Batch {
@@ -31,7 +32,22 @@ impl Batch {
             input_ids: self.input_ids.to_device(device),
             attention_mask: self.attention_mask.to_device(device),
             labels: self.labels.to_device(device),
+            extra: self
+                .extra
+                .iter()
+                .map(|(n, t)| (*n, t.to_device(device)))
+                .collect(),
         }
+    }
+
+    /// An extra tensor by name (a kind's own batch layout; absent is a programming error).
+    pub fn extra(&self, name: &str) -> &Tensor {
+        &self
+            .extra
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("batch has no `{name}`"))
+            .1
     }
 }
 
@@ -62,5 +78,6 @@ pub fn collate(examples: &[&Example], pad: i64, side: Side, multiple_of: usize) 
         input_ids: Tensor::from_slice(&ids).view(shape),
         attention_mask: Tensor::from_slice(&mask).view(shape),
         labels: Tensor::from_slice(&labels).view(shape),
+        extra: Vec::new(),
     }
 }

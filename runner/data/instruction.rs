@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::batch::Example;
+use super::records;
 use super::tokenizer::Tokenizer;
 use crate::models::loss::IGNORE;
 use crate::plan::kinds::longlora::Template;
@@ -26,41 +26,10 @@ const LLAMA2_SYSTEM: &str = "You are a helpful, respectful and honest assistant.
 
 /// Reads a JSON list (`.json`) or one object per line (`.jsonl`) of instruction items.
 pub fn read(path: &Path) -> Result<Vec<Item>> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "cannot read {}\n  hint: check data.train and data.validation",
-            path.display()
-        )
-    })?;
-    let values: Vec<(usize, Value)> = if path.extension().is_some_and(|e| e == "jsonl") {
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                serde_json::from_str(l)
-                    .map(|v| (i + 1, v))
-                    .map_err(|e| anyhow!("{}:{}: not valid JSON: {e}", path.display(), i + 1))
-            })
-            .collect::<Result<_>>()?
-    } else {
-        let list: Vec<Value> = serde_json::from_str(&text).map_err(|e| {
-            anyhow!(
-                "{}:{}:{}: expected a JSON list of {{instruction, input, output}}: {e}",
-                path.display(),
-                e.line(),
-                e.column()
-            )
-        })?;
-        list.into_iter().enumerate().collect()
-    };
-    values
+    records::read(path, "{instruction, input, output}")?
         .into_iter()
-        .map(|(at, v)| {
+        .map(|(place, v)| {
             serde_json::from_value(v).map_err(|e| {
-                let place = match path.extension().is_some_and(|e| e == "jsonl") {
-                    true => format!("line {at}"),
-                    false => format!("item {at}"),
-                };
                 anyhow!(
                     "{} ({place}): {e}\n  hint: each item needs string keys instruction and output (input is optional)",
                     path.display()

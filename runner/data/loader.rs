@@ -19,23 +19,50 @@ pub struct Position {
     pub offset: usize,
 }
 
+/// Makes the batch of the given example indices (runs on the loader's thread).
+pub type MakeBatch = Arc<dyn Fn(&[usize]) -> Batch + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Loader {
-    pub examples: Arc<Vec<Example>>,
+    /// Examples per epoch.
+    pub len: usize,
     pub batch_size: usize,
-    pub pad: i64,
-    pub side: Side,
-    /// Padded lengths are a multiple of this.
-    pub multiple_of: usize,
     pub seed: u64,
-    /// Group examples of similar length into the same batches (see [`group_by_length`]).
-    pub group_by_length: bool,
+    /// Each example's length, when batches should group similar lengths (see [`group_by_length`]).
+    pub lengths: Option<Arc<Vec<usize>>>,
+    pub make: MakeBatch,
 }
 
 impl Loader {
+    /// Causal-LM examples, padded per batch.
+    pub fn causal(
+        examples: Vec<Example>,
+        batch_size: usize,
+        pad: i64,
+        side: Side,
+        multiple_of: usize,
+        seed: u64,
+        group: bool,
+    ) -> Loader {
+        let examples = Arc::new(examples);
+        let lengths = group.then(|| Arc::new(examples.iter().map(|e| e.ids.len()).collect()));
+        let len = examples.len();
+        let make: MakeBatch = Arc::new(move |indices: &[usize]| {
+            let members: Vec<&Example> = indices.iter().map(|&i| &examples[i]).collect();
+            collate(&members, pad, side, multiple_of)
+        });
+        Loader {
+            len,
+            batch_size,
+            seed,
+            lengths,
+            make,
+        }
+    }
+
     /// Micro-batches per pass over the data (the last may be smaller).
     pub fn batches_per_epoch(&self) -> usize {
-        self.examples.len().div_ceil(self.batch_size.max(1))
+        self.len.div_ceil(self.batch_size.max(1))
     }
 
     /// The micro-batches from `from` on, forever; each comes with the position after it.
@@ -46,19 +73,15 @@ impl Loader {
         thread::spawn(move || {
             let mut at = from;
             loop {
-                let mut order = epoch_order(loader.examples.len(), loader.seed, at.epoch);
-                if loader.group_by_length {
-                    order = group_by_length(&order, &loader.examples, loader.batch_size);
+                let mut order = epoch_order(loader.len, loader.seed, at.epoch);
+                if let Some(lengths) = &loader.lengths {
+                    order = group_by_length(&order, lengths, loader.batch_size);
                 }
                 let starts: Vec<usize> =
                     (0..order.len()).step_by(loader.batch_size.max(1)).collect();
                 for (i, &start) in starts.iter().enumerate().skip(at.offset) {
                     let end = (start + loader.batch_size).min(order.len());
-                    let members: Vec<&Example> = order[start..end]
-                        .iter()
-                        .map(|&k| &loader.examples[k])
-                        .collect();
-                    let batch = collate(&members, loader.pad, loader.side, loader.multiple_of);
+                    let batch = (loader.make)(&order[start..end]);
                     let next = match i + 1 == starts.len() {
                         true => Position {
                             epoch: at.epoch + 1,
@@ -89,13 +112,13 @@ impl Loader {
 /// transformers' `LengthGroupedSampler`: the shuffled order cut into megabatches of 50 batches,
 /// each sorted longest first, so a batch holds examples of similar length while the order of
 /// megabatches stays random.
-pub fn group_by_length(order: &[usize], examples: &[Example], batch_size: usize) -> Vec<usize> {
+pub fn group_by_length(order: &[usize], lengths: &[usize], batch_size: usize) -> Vec<usize> {
     let mega = 50 * batch_size.max(1);
     order
         .chunks(mega)
         .flat_map(|chunk| {
             let mut chunk = chunk.to_vec();
-            chunk.sort_by_key(|&i| std::cmp::Reverse(examples[i].ids.len()));
+            chunk.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
             chunk
         })
         .collect()

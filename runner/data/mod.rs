@@ -5,4 +5,6 @@ pub mod instruction;
 pub mod loader;
 pub mod order;
 pub mod packing;
+pub mod qa;
+pub mod records;
 pub mod tokenizer;

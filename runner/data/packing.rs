@@ -8,50 +8,30 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 
 use super::batch::Example;
+use super::records;
 use super::tokenizer::Tokenizer;
 
 /// The documents of a `.txt` file (one per non-empty line), a JSON list of strings or of
 /// `{"text": …}` objects, or JSONL of either.
 pub fn read_texts(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}\n  hint: check data.train", path.display()))?;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let values: Vec<Value> = match ext {
-        "txt" => {
-            return Ok(text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_string)
-                .collect())
-        }
-        "jsonl" => text
+    if path.extension().is_some_and(|e| e == "txt") {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}\n  hint: check data.train", path.display()))?;
+        return Ok(text
             .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                serde_json::from_str(l)
-                    .map_err(|e| anyhow!("{}:{}: not valid JSON: {e}", path.display(), i + 1))
-            })
-            .collect::<Result<_>>()?,
-        _ => serde_json::from_str(&text).map_err(|e| {
-            anyhow!(
-                "{}:{}:{}: expected a JSON list of texts: {e}",
-                path.display(),
-                e.line(),
-                e.column()
-            )
-        })?,
-    };
-    values
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect());
+    }
+    records::read(path, "texts")?
         .into_iter()
-        .enumerate()
-        .map(|(i, v)| match v {
+        .map(|(place, v)| match v {
             Value::String(s) => Ok(s),
             Value::Object(o) if o.get("text").is_some_and(Value::is_string) => {
                 Ok(o["text"].as_str().unwrap_or_default().to_string())
             }
             _ => Err(anyhow!(
-                "{} (item {i}): expected a string or an object with a string `text`",
+                "{} ({place}): expected a string or an object with a string `text`",
                 path.display()
             )),
         })

@@ -3,9 +3,8 @@
 //! and LoRA plus trainable embeddings and norms (or full fine-tuning).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::batch::{collate, Batch, Example};
@@ -19,7 +18,7 @@ use crate::models::llama::{DecoderOptions, Llama};
 use crate::models::lora::{self, LoraSpec};
 use crate::models::loss::{causal_lm_loss, IGNORE};
 use crate::models::{hf_model, Compute, ParamStore, Tape};
-use crate::plan::kinds::longlora::{DataFormat, Metric, Passkey, Perplexity, Template};
+use crate::plan::kinds::longlora::{DataFormat, Metric, Passkey, Perplexity, Side, Template};
 use crate::plan::recipe::LongloraRecipe;
 use crate::plan::training::Adapter;
 use crate::train::task::{Evaluation, Task};
@@ -33,6 +32,8 @@ pub struct LongloraTask {
     tokenizer: Tokenizer,
     template: Template,
     eos: i64,
+    pad: i64,
+    side: Side,
     loader: Loader,
     /// Validation examples, with their instruction item when the data has them.
     validation: Vec<(Option<instruction::Item>, Example)>,
@@ -54,7 +55,7 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
         Some(path) => {
             let (found, store) = hf_model::load(Path::new(path), device, compute.weights)?;
             if let HfConfig::Decoder { arch, .. } = &found {
-                if *arch != m.arch {
+                if arch.normalized() != m.arch.normalized() {
                     bail!(
                         "{path}/config.json describes another architecture than model.arch\n  hint: make model.arch match the checkpoint (runner plan shows the plan's)"
                     );
@@ -153,15 +154,15 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
         None => Vec::new(),
     };
     let micro = recipe.training.micro_batch_size as usize;
-    let loader = Loader {
-        examples: Arc::new(train),
-        batch_size: micro,
+    let loader = Loader::causal(
+        train,
+        micro,
         pad,
-        side: recipe.data.padding_side,
-        multiple_of: groups.unwrap_or(1) as usize,
-        seed: recipe.seed,
-        group_by_length: recipe.data.group_by_length,
-    };
+        recipe.data.padding_side,
+        groups.unwrap_or(1) as usize,
+        recipe.seed,
+        recipe.data.group_by_length,
+    );
     let perplexity = match &recipe.evaluation.perplexity {
         Some(p) => {
             let mut stream = Vec::new();
@@ -185,6 +186,8 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
         tokenizer,
         template,
         eos,
+        pad,
+        side: recipe.data.padding_side,
         loader,
         validation,
         eval_batch: micro,
@@ -200,8 +203,7 @@ impl LongloraTask {
         tch::no_grad(|| {
             for chunk in self.validation.chunks(self.eval_batch.max(1)) {
                 let members: Vec<&Example> = chunk.iter().map(|(_, e)| e).collect();
-                let batch =
-                    collate(&members, self.loader.pad, self.loader.side, 1).to_device(self.device);
+                let batch = collate(&members, self.pad, self.side, 1).to_device(self.device);
                 let logits = self.model.forward(
                     &batch.input_ids,
                     Some(&batch.attention_mask),
@@ -231,7 +233,7 @@ impl LongloraTask {
             max_new_tokens: 24,
             strategy: Strategy::Greedy,
             eos: Some(self.eos),
-            pad: self.loader.pad,
+            pad: self.pad,
             seed: 0,
         };
         let out = generate::decoder_only(&self.model, &ids, None, &options);
@@ -246,8 +248,8 @@ impl LongloraTask {
 }
 
 impl Task for LongloraTask {
-    fn store(&self) -> &ParamStore {
-        &self.store
+    fn stores(&self) -> Vec<(&'static str, &ParamStore)> {
+        vec![("", &self.store)]
     }
 
     fn device(&self) -> Device {
@@ -258,7 +260,7 @@ impl Task for LongloraTask {
         &self.loader
     }
 
-    fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>) -> Tensor {
+    fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>, _step: u64) -> Tensor {
         let logits = self
             .model
             .forward(&batch.input_ids, Some(&batch.attention_mask), tape, true);
@@ -320,13 +322,7 @@ impl Task for LongloraTask {
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
-        match &self.lora {
-            Some(spec) => {
-                let base = self.base.as_deref().unwrap_or("(randomly initialised)");
-                lora::save_peft(&dir.join("adapter"), &self.store, spec, base, "CAUSAL_LM")
-            }
-            None => hf_model::save(&dir.join("model"), &self.config, &self.store),
-        }
-        .context("saving the trained model")
+        let (lora, base) = (self.lora.as_ref(), self.base.as_deref());
+        super::save_result(dir, &self.store, &self.config, lora, base, "CAUSAL_LM")
     }
 }

@@ -56,6 +56,15 @@ impl T5Arch {
         self.num_decoder_layers.unwrap_or(self.num_layers)
     }
 
+    /// The same architecture with implicit values spelled out, for comparing a plan's with a
+    /// checkpoint's (`num_decoder_layers: null` and `= num_layers` are one model).
+    pub fn normalized(&self) -> T5Arch {
+        T5Arch {
+            num_decoder_layers: Some(self.decoder_layers()),
+            ..self.clone()
+        }
+    }
+
     /// Sizes the model cannot be built with.
     pub fn problems(&self) -> Vec<ArchProblem> {
         let mut problems = Vec::new();
@@ -149,6 +158,14 @@ fn rms_eps() -> f64 {
 impl DecoderArch {
     pub fn kv_heads(&self) -> u64 {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// The same architecture with implicit values spelled out (see [`T5Arch::normalized`]).
+    pub fn normalized(&self) -> DecoderArch {
+        DecoderArch {
+            num_key_value_heads: Some(self.kv_heads()),
+            ..self.clone()
+        }
     }
 
     /// Sizes and options the model cannot be built with.

@@ -24,8 +24,10 @@ pub fn check(plan: &Plan) -> Vec<Diagnostic> {
             c.t5("model.student.arch", &r.model.student.arch);
             c.t5("model.teacher.arch", &r.model.teacher.arch);
             let t = &r.model.teacher;
-            if t.path.is_some() == t.recipe.is_some() {
-                c.fail(&["model.teacher.path", "model.teacher.recipe"], "the teacher needs exactly one of `model.teacher.path` and `model.teacher.recipe`", "give the HF folder of a trained FiD reader, or the recipe that trains it");
+            // A teacher trained here may start from nothing; a frozen one must come from somewhere.
+            let given = usize::from(t.path.is_some()) + usize::from(t.recipe.is_some());
+            if given > 1 || (given == 0 && !t.train) {
+                c.fail(&["model.teacher.path", "model.teacher.recipe"], "the teacher needs exactly one of `model.teacher.path` and `model.teacher.recipe` (or neither, with `model.teacher.train: true`, to train it from scratch)", "give the HF folder of a trained FiD reader, or the recipe that trains it");
             }
             if let Some(teacher) = &t.recipe {
                 c.teacher_recipe(teacher);
@@ -384,12 +386,9 @@ impl Checker<'_> {
     /// model can serve as teacher.
     fn teacher_recipe(&mut self, path: &str) {
         let (origin, _) = self.locate("model.teacher.recipe");
-        let base = self
-            .plan
-            .source
-            .parent()
-            .unwrap_or(std::path::Path::new(""));
-        let full = base.join(path);
+        // Relative to the working directory, as data and tokenizer paths are, so that a printed
+        // plan means the same wherever it is saved.
+        let full = std::path::PathBuf::from(path);
         if !full.is_file() {
             self.errors.push(
                 Diagnostic::error(
@@ -399,7 +398,7 @@ impl Checker<'_> {
                         full.display()
                     ),
                 )
-                .with_hint("give the path relative to this recipe"),
+                .with_hint("give the path from the project root, as for data paths (recipes/…)"),
             );
             return;
         }

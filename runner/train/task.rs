@@ -21,17 +21,32 @@ pub struct Evaluation {
 }
 
 pub trait Task {
-    /// Every weight of the trained model; the trainable ones require gradients.
-    fn store(&self) -> &ParamStore;
+    /// The weights of every model the task trains or uses, each with the prefix its names
+    /// get in checkpoints (`""` for the main model); trainable ones require gradients.
+    fn stores(&self) -> Vec<(&'static str, &ParamStore)>;
     fn device(&self) -> Device;
     /// The training micro-batches.
     fn loader(&self) -> &Loader;
-    /// Mean loss of one micro-batch (on the task's device), through `tape`.
-    fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>) -> Tensor;
+    /// Mean loss of one micro-batch (on the task's device), through `tape`, at optimizer step
+    /// `step` (losses may anneal).
+    fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>, step: u64) -> Tensor;
     /// Evaluates on the validation data.
     fn evaluate(&self) -> Result<Evaluation>;
     /// The metric that picks the best checkpoint, and whether larger is better.
     fn best_metric(&self) -> (&'static str, bool);
     /// Saves the trained result (an HF folder, or a PEFT adapter) in `dir`.
     fn save(&self, dir: &Path) -> Result<()>;
+}
+
+/// Every trainable parameter of a task, named with its store's prefix.
+pub fn trainable(task: &dyn Task) -> Vec<(String, Tensor)> {
+    task.stores()
+        .into_iter()
+        .flat_map(|(prefix, store)| {
+            store
+                .trainable()
+                .into_iter()
+                .map(move |(name, t)| (format!("{prefix}{name}"), t))
+        })
+        .collect()
 }

@@ -15,9 +15,9 @@ use super::log::MetricsLog;
 use super::optimizer::{clip_grad_norm, zero_grad, AdamW};
 use super::run_dir::{RunDir, RunState};
 use super::schedule::LrSchedule;
-use super::task::Task;
+use super::task::{self, Task};
 use crate::models::hf_folder::write_atomic;
-use crate::models::{Checkpointing, ParamStore, Tape};
+use crate::models::{Checkpointing, Tape};
 use crate::plan::inventory::Group;
 use crate::plan::resolve::Plan;
 use crate::report::tensorboard::HParamValue;
@@ -54,7 +54,7 @@ pub fn train(plan: &Plan, task: &dyn Task, options: &RunOptions) -> Result<Summa
     let t = recipe.training();
     let dir = options.out.clone().unwrap_or_else(|| default_dir(plan));
     let (run, checkpoint) = RunDir::open(&dir, plan, options.force)?;
-    let params = task.store().trainable();
+    let params = task::trainable(task);
     if params.is_empty() {
         bail!("nothing to train: no parameter requires a gradient\n  hint: check training.adapter");
     }
@@ -109,7 +109,7 @@ pub fn train(plan: &Plan, task: &dyn Task, options: &RunOptions) -> Result<Summa
             samples += batch.input_ids.size()[0];
             let seed = step_seed(recipe.seed(), state.step, micro);
             let tape = Tape::training(checkpointing, seed);
-            let loss = task.loss(&batch, &tape);
+            let loss = task.loss(&batch, &tape, state.step);
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 bail!(
@@ -124,7 +124,7 @@ pub fn train(plan: &Plan, task: &dyn Task, options: &RunOptions) -> Result<Summa
             loss_sum += value / accumulation as f64;
         }
         if state.step == 0 {
-            check_gradients(task.store())?;
+            check_gradients(&params)?;
         }
         let grad_norm = clip_grad_norm(&params, t.max_grad_norm);
         optimizer.step(&params, lr);
@@ -253,20 +253,19 @@ fn restore(params: &[(String, Tensor)], saved: Vec<(String, Tensor)>) -> Result<
 
 /// After the first backward pass, every trainable parameter must have a finite gradient, and a
 /// non-zero one unless it is a LoRA A whose B is still zero (PEFT's init makes that so).
-pub fn check_gradients(store: &ParamStore) -> Result<()> {
+pub fn check_gradients(params: &[(String, Tensor)]) -> Result<()> {
     let mut bad = Vec::new();
-    for (name, p) in store.trainable() {
+    let is_zero = |t: &Tensor| t.abs().max().double_value(&[]) == 0.0;
+    for (name, p) in params {
         let g = p.grad();
         let problem = if !g.defined() {
             Some("no gradient")
         } else if g.isfinite().logical_not().any().int64_value(&[]) == 1 {
             Some("a non-finite gradient")
-        } else if g.abs().max().double_value(&[]) == 0.0 {
+        } else if is_zero(&g) {
             let partner = name.replace("lora_A", "lora_B");
-            let b_is_zero = partner != name
-                && store
-                    .find(&partner)
-                    .is_some_and(|b| b.abs().max().double_value(&[]) == 0.0);
+            let b_is_zero =
+                partner != *name && params.iter().any(|(n, b)| *n == partner && is_zero(b));
             (!b_is_zero).then_some("a zero gradient")
         } else {
             None
@@ -340,10 +339,13 @@ fn write_summary(
     index: PathBuf,
 ) -> Result<()> {
     let counts: Vec<_> = task
-        .store()
-        .counts()
-        .iter()
-        .map(|c| json!({ "group": Group::name(c.group), "total": c.total, "trainable": c.trainable }))
+        .stores()
+        .into_iter()
+        .flat_map(|(prefix, store)| {
+            store.counts().into_iter().map(move |c| {
+                json!({ "model": prefix.trim_end_matches('.'), "group": Group::name(c.group), "total": c.total, "trainable": c.trainable })
+            })
+        })
         .collect();
     let summary = json!({
         "name": plan.recipe.name(),

@@ -80,8 +80,9 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
         attention_mask: ids.ones_like(),
         labels: ids.shallow_clone(),
         input_ids: ids,
+        extra: Vec::new(),
     };
-    let params = task.store().trainable();
+    let params = crate::train::task::trainable(&task);
     let mut optimizer = AdamW::new(&t.optimizer);
     let mode = match t.gradient_checkpointing {
         true => Checkpointing::Recompute,
@@ -93,7 +94,7 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
         sync(device);
         let start = Instant::now();
         let tape = Tape::training(mode, step as i64);
-        let loss = task.loss(&batch, &tape);
+        let loss = task.loss(&batch, &tape, step);
         tape.backward(&loss);
         clip_grad_norm(&params, t.max_grad_norm);
         optimizer.step(&params, t.optimizer.lr);

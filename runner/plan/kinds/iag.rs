@@ -31,7 +31,8 @@ pub struct Teacher {
     /// An HF folder (config.json + safetensors) of a trained FiD reader. Set this or `recipe`.
     #[serde(default)]
     pub path: Option<String>,
-    /// A recipe whose finished run supplies the teacher; it is trained first if needed.
+    /// A recipe (path from the project root, like data paths) whose finished run supplies the
+    /// teacher; it is trained first if needed.
     #[serde(default)]
     pub recipe: Option<String>,
     /// tokenizer.json to use; null means the one in `path`.
@@ -46,7 +47,8 @@ pub struct Teacher {
     #[serde(default = "max_len")]
     #[schemars(range(min = 1))]
     pub passage_max_length: u64,
-    /// Train the teacher with the student (IAG's --train_teacher); frozen otherwise.
+    /// Train the teacher with the student (IAG's --train_teacher), from `path`, `recipe`'s
+    /// result, or from scratch when neither is given; frozen otherwise.
     #[serde(default)]
     pub train: bool,
 }
