@@ -75,6 +75,13 @@ fn a_run_leaves_its_artifacts_and_tensorboard_reads_them() {
     assert!(plan.contains(summary["plan_hash"].as_str().unwrap()));
     let runs = std::fs::read_to_string(tmp.path().join("runs.csv")).unwrap();
     assert_eq!(runs.lines().count(), 2, "a header and this run's row");
+    // Running a finished run again only reports it: no training, no second row.
+    let again = run(&dir, &[]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("trained 12 steps (resumed from step 12)")
+    );
+    let runs = std::fs::read_to_string(tmp.path().join("runs.csv")).unwrap();
+    assert_eq!(runs.lines().count(), 2);
     // Two checkpoints kept (keep_last 2) plus the best one when it is older.
     let kept = std::fs::read_dir(dir.join("checkpoints")).unwrap().count();
     assert!((2..=3).contains(&kept), "{kept} checkpoints");

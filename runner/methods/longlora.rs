@@ -139,18 +139,22 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
             }
         }
     };
-    let train: Vec<Example> = encode_all(&recipe.data.train)?
-        .into_iter()
-        .map(|(_, e)| e)
-        .collect();
+    let train: Vec<Example> = with_targets(
+        &recipe.data.train,
+        encode_all(&recipe.data.train)?,
+        max_length,
+    )
+    .into_iter()
+    .map(|(_, e)| e)
+    .collect();
     if train.is_empty() {
         bail!(
-            "{}: no training examples (pretrain_text needs at least data.max_length tokens)",
+            "{}: no training examples with a target (pretrain_text needs at least data.max_length tokens)",
             recipe.data.train
         );
     }
     let validation = match &recipe.data.validation {
-        Some(path) => encode_all(path)?,
+        Some(path) => with_targets(path, encode_all(path)?, max_length),
         None => Vec::new(),
     };
     let micro = recipe.training.micro_batch_size as usize;
@@ -194,6 +198,27 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
         best: recipe.evaluation.best_metric,
         device,
     })
+}
+
+/// Drops examples whose prompt fills `max_length`, leaving no token for the loss (their mean
+/// loss would be 0/0), and says how many.
+fn with_targets<T>(
+    path: &str,
+    examples: Vec<(T, Example)>,
+    max_length: usize,
+) -> Vec<(T, Example)> {
+    let before = examples.len();
+    let kept: Vec<(T, Example)> = examples
+        .into_iter()
+        .filter(|(_, e)| e.labels.iter().any(|&l| l != IGNORE))
+        .collect();
+    if kept.len() < before {
+        eprintln!(
+            "warning: {path}: {} of {before} examples have no target token within data.max_length {max_length} and are left out",
+            before - kept.len()
+        );
+    }
+    kept
 }
 
 impl LongloraTask {

@@ -46,6 +46,7 @@ pub struct Output {
     pub dir: String,
     /// Save a checkpoint every this many optimizer steps (and at the end); null saves only at the end.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub checkpoint_every_steps: Option<u64>,
     /// How many of the most recent checkpoints to keep.
     #[serde(default = "two")]

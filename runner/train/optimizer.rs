@@ -153,7 +153,8 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: Option<f64>) -> f64
 }
 
 /// Zeroes every gradient in place (tch cannot unset one, as torch's `set_to_none` does), so the
-/// next backward pass starts from zero.
+/// next backward pass starts from zero. After the first step every parameter therefore takes
+/// every step; the trainer's step-0 check makes sure the loss reaches them all.
 pub fn zero_grad(params: &[(String, Tensor)]) {
     for (_, p) in params {
         let mut g = p.grad();

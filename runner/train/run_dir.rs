@@ -39,6 +39,9 @@ pub struct RunState {
     pub seconds: f64,
     /// The training loss of the last step.
     pub loss: Option<f64>,
+    /// Training ended here (all steps, or early stopping): running the plan again only reports.
+    #[serde(default)]
+    pub finished: bool,
 }
 
 pub struct Checkpoint {
@@ -113,13 +116,14 @@ impl RunDir {
     }
 
     /// Writes a whole checkpoint, then removes the ones neither among the `keep_last` newest
-    /// nor the best.
+    /// nor the best (when `keep_best`).
     pub fn save(
         &self,
         trainable: &[(String, Tensor)],
         optimizer: &[(String, Tensor)],
         state: &RunState,
         keep_last: usize,
+        keep_best: bool,
     ) -> Result<PathBuf> {
         let root = self.path.join(CHECKPOINTS);
         let dir = root.join(format!("step-{:08}", state.step));
@@ -148,7 +152,7 @@ impl RunDir {
             fs::remove_dir_all(&dir)?;
         }
         fs::rename(&partial, &dir).with_context(|| format!("cannot write {}", dir.display()))?;
-        let best = state.best.map(|(_, step)| step);
+        let best = state.best.filter(|_| keep_best).map(|(_, step)| step);
         let all = self.checkpoints()?;
         let newest: Vec<u64> = all
             .iter()

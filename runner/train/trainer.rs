@@ -61,6 +61,16 @@ pub fn train(plan: &Plan, task: &dyn Task, options: &RunOptions) -> Result<Summa
     let mut optimizer = AdamW::new(&t.optimizer);
     let mut state = RunState::default();
     let resumed_from = checkpoint.as_ref().map(|c| c.state.step);
+    if let Some(c) = checkpoint.as_ref().filter(|c| c.state.finished) {
+        // A finished run is reported, not trained again.
+        return Ok(Summary {
+            dir: run.path.clone(),
+            steps: c.state.step,
+            final_loss: c.state.loss.unwrap_or(f64::NAN),
+            best: c.state.best,
+            resumed_from,
+        });
+    }
     if let Some(c) = checkpoint {
         restore(&params, c.trainable)
             .with_context(|| format!("resuming from {}", c.dir.display()))?;
@@ -68,8 +78,9 @@ pub fn train(plan: &Plan, task: &dyn Task, options: &RunOptions) -> Result<Summa
         state = c.state;
     }
     let accumulation = t.grad_accumulation as u64;
-    let per_epoch = (task.loader().batches_per_epoch() as u64).div_ceil(accumulation);
-    let total = total_steps(t.max_steps, t.epochs, per_epoch);
+    let batches = task.loader().batches_per_epoch() as u64;
+    let per_epoch = batches.div_ceil(accumulation);
+    let total = total_steps(t.max_steps, t.epochs, batches, accumulation);
     let schedule = LrSchedule::new(&t.schedule, t.optimizer.lr, total);
     let eval_every = match recipe.evaluation_interval() {
         (Some(steps), _) => Some(steps),
@@ -154,7 +165,7 @@ pub fn train(plan: &Plan, task: &dyn Task, options: &RunOptions) -> Result<Summa
             tokens as f64 / step_time
         ));
         let last = state.step == total;
-        let mut stop = false;
+        let (mut stop, mut improved) = (false, false);
         if eval_every.is_some_and(|n| state.step % n == 0) || last {
             let evaluation = task.evaluate()?;
             log.record(state.step, "eval", &evaluation.metrics)?;
@@ -172,6 +183,7 @@ pub fn train(plan: &Plan, task: &dyn Task, options: &RunOptions) -> Result<Summa
                 if better {
                     state.best = Some((value, state.step));
                     state.since_best = 0;
+                    improved = true;
                 } else {
                     state.since_best += 1;
                 }
@@ -184,15 +196,13 @@ pub fn train(plan: &Plan, task: &dyn Task, options: &RunOptions) -> Result<Summa
         let save_now = output
             .checkpoint_every_steps
             .is_some_and(|n| state.step % n == 0);
-        if save_now || last || stop {
+        // The best weights get a checkpoint of their own when they are to be kept.
+        if save_now || last || stop || (improved && output.keep_best) {
             state.seconds = seconds_before + started.elapsed().as_secs_f64();
+            state.finished = last || stop;
             let keep = output.keep_last as usize;
-            let best_kept = if output.keep_best { state.best } else { None };
-            let saved = RunState {
-                best: best_kept,
-                ..state.clone()
-            };
-            last_checkpoint = Some(run.save(&params, &optimizer.state(), &saved, keep)?);
+            let saved = run.save(&params, &optimizer.state(), &state, keep, output.keep_best)?;
+            last_checkpoint = Some(saved);
         }
         if stop || options.stop_after.is_some_and(|s| state.step >= s) {
             break;
@@ -217,14 +227,21 @@ pub fn train(plan: &Plan, task: &dyn Task, options: &RunOptions) -> Result<Summa
     Ok(summary)
 }
 
-/// Optimizer steps: `max_steps`, or `epochs` passes, whichever ends first.
-fn total_steps(max_steps: Option<u64>, epochs: Option<f64>, per_epoch: u64) -> u64 {
-    let by_epochs = epochs.map(|e| (e * per_epoch as f64).ceil() as u64);
+/// Optimizer steps: `max_steps`, or the steps that consume `epochs` passes of `batches`
+/// micro-batches (accumulated `accumulation` at a time), whichever ends first.
+fn total_steps(
+    max_steps: Option<u64>,
+    epochs: Option<f64>,
+    batches: u64,
+    accumulation: u64,
+) -> u64 {
+    let micro = |e: f64| (e * batches as f64).ceil() as u64;
+    let by_epochs = epochs.map(|e| micro(e).div_ceil(accumulation.max(1)));
     match (max_steps, by_epochs) {
         (Some(a), Some(b)) => a.min(b),
         (Some(a), None) => a,
         (None, Some(b)) => b,
-        (None, None) => per_epoch,
+        (None, None) => batches.div_ceil(accumulation.max(1)),
     }
 }
 

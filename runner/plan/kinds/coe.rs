@@ -79,6 +79,7 @@ fn max_length() -> u64 {
 #[schemars(rename = "CoeEvaluation")]
 pub struct Evaluation {
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub every_steps: Option<u64>,
     #[serde(default)]
     pub every_epochs: Option<f64>,

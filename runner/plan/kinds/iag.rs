@@ -116,6 +116,7 @@ fn yes() -> bool {
 pub struct Evaluation {
     /// Evaluate every this many optimizer steps.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub every_steps: Option<u64>,
     /// Evaluate every this fraction of an epoch (IAG's val_check_interval 0.5).
     #[serde(default)]

@@ -140,6 +140,7 @@ pub enum Side {
 pub struct Evaluation {
     /// Evaluate validation loss every this many optimizer steps.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub every_steps: Option<u64>,
     /// Evaluate every this fraction of an epoch.
     #[serde(default)]
