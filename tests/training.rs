@@ -306,3 +306,21 @@ fn a_missing_pad_token_is_added_with_mean_initialised_embedding_rows() {
         "one row added to the 512-token vocabulary"
     );
 }
+
+#[test]
+fn a_run_built_on_another_teacher_is_not_resumed() {
+    use runner::train::run_dir::RunDir;
+    let plan = runner::plan::resolve(Path::new(RECIPE), &[]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = |hash: &str| vec![("teacher".to_string(), hash.to_string())];
+    RunDir::open(tmp.path(), &plan, &teacher("aaa"), false).unwrap();
+    RunDir::open(tmp.path(), &plan, &teacher("aaa"), false).unwrap();
+    let err = RunDir::open(tmp.path(), &plan, &teacher("bbb"), false)
+        .err()
+        .unwrap();
+    assert!(
+        format!("{err:#}").contains("trained from other inputs"),
+        "{err:#}"
+    );
+    RunDir::open(tmp.path(), &plan, &teacher("bbb"), true).unwrap();
+}

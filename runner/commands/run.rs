@@ -65,15 +65,18 @@ fn train(
     let summary = match &plan.recipe {
         Recipe::LongloraSft(r) => {
             let task = methods::longlora::build(r, device)?;
-            trainer::train(plan, &task, options)?
+            trainer::train(plan, &task, options, &[])?
         }
         Recipe::IagDistill(r) => {
-            let teacher = match &r.model.teacher.recipe {
-                Some(path) => Some(teacher_run(path, target)?),
-                None => None,
+            let (teacher, inputs) = match &r.model.teacher.recipe {
+                Some(path) => {
+                    let (dir, hash) = teacher_run(path, target)?;
+                    (Some(dir), vec![("teacher".to_string(), hash)])
+                }
+                None => (None, Vec::new()),
             };
             let task = methods::iag::build(r, teacher.as_deref(), device)?;
-            trainer::train(plan, &task, options)?
+            trainer::train(plan, &task, options, &inputs)?
         }
         other @ Recipe::CoeMultitask(_) => bail!(
             "kind {}: training this kind is not implemented yet (longlora_sft is); `runner validate` and `runner plan` work for it",
@@ -96,9 +99,9 @@ fn train(
     Ok(report)
 }
 
-/// The trained teacher of a teacher recipe: its finished run's `teacher/` folder, training
-/// the recipe first when it has no finished run of the same plan.
-fn teacher_run(recipe: &str, target: Target) -> Result<PathBuf> {
+/// The trained teacher of a teacher recipe: its finished run's `teacher/` folder and the
+/// teacher plan's hash, training the recipe first when it has no finished run of that plan.
+fn teacher_run(recipe: &str, target: Target) -> Result<(PathBuf, String)> {
     let path = Path::new(recipe);
     let teacher_plan = resolve(path, &[]).map_err(|errors| {
         anyhow::anyhow!(
@@ -128,5 +131,5 @@ fn teacher_run(recipe: &str, target: Target) -> Result<PathBuf> {
             dir.display()
         );
     }
-    Ok(teacher)
+    Ok((teacher, teacher_plan.hash))
 }

@@ -59,8 +59,14 @@ const CHECKPOINTS: &str = "checkpoints";
 
 impl RunDir {
     /// Opens (creating) the run directory of `plan`. An existing directory must hold the same
-    /// plan, unless `force`; its latest whole checkpoint is returned for resuming.
-    pub fn open(path: &Path, plan: &Plan, force: bool) -> Result<(RunDir, Option<Checkpoint>)> {
+    /// plan trained from the same `inputs` (name → plan hash of a run it builds on, such as a
+    /// teacher), unless `force`; its latest whole checkpoint is returned for resuming.
+    pub fn open(
+        path: &Path,
+        plan: &Plan,
+        inputs: &[(String, String)],
+        force: bool,
+    ) -> Result<(RunDir, Option<Checkpoint>)> {
         let run = RunDir {
             path: path.to_path_buf(),
         };
@@ -78,6 +84,15 @@ impl RunDir {
                     changed.join(", ")
                 );
             }
+            let inputs_json = serde_json::json!(inputs_map(inputs));
+            if before["inputs"] != inputs_json && !before["inputs"].is_null() && !force {
+                bail!(
+                    "{} was trained from other inputs ({} then, {} now)\n  hint: a run it builds on (a teacher) was trained again with another plan; choose another --out, or pass --force",
+                    path.display(),
+                    before["inputs"],
+                    inputs_json
+                );
+            }
         }
         fs::create_dir_all(path.join(CHECKPOINTS))
             .with_context(|| format!("cannot create {}", path.display()))?;
@@ -90,7 +105,8 @@ impl RunDir {
             &path.join("plan.yaml"),
             (header + &emit::to_yaml(&json)).as_bytes(),
         )?;
-        let record = serde_json::json!({ "hash": plan.hash, "plan": json });
+        let record =
+            serde_json::json!({ "hash": plan.hash, "inputs": inputs_map(inputs), "plan": json });
         write_atomic(&stored, serde_json::to_string_pretty(&record)?.as_bytes())?;
         let latest = run.checkpoints()?.pop();
         let checkpoint = latest.map(|(_, dir)| load(&dir)).transpose()?;
@@ -183,6 +199,13 @@ fn load(dir: &Path) -> Result<Checkpoint> {
         optimizer: read("optimizer.safetensors")?,
         state,
     })
+}
+
+fn inputs_map(inputs: &[(String, String)]) -> std::collections::BTreeMap<&str, &str> {
+    inputs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 /// Dotted keys whose values differ between two plans.

@@ -49,11 +49,18 @@ pub fn default_dir(plan: &Plan) -> PathBuf {
     PathBuf::from(format!("{dir}-{}", &plan.hash[..8]))
 }
 
-pub fn train(plan: &Plan, task: &dyn Task, options: &RunOptions) -> Result<Summary> {
+/// Trains `task` as `plan` says. `inputs` name the runs this one builds on (a teacher) by plan
+/// hash; they are recorded, and a run directory trained from other inputs is not resumed.
+pub fn train(
+    plan: &Plan,
+    task: &dyn Task,
+    options: &RunOptions,
+    inputs: &[(String, String)],
+) -> Result<Summary> {
     let recipe = &plan.recipe;
     let t = recipe.training();
     let dir = options.out.clone().unwrap_or_else(|| default_dir(plan));
-    let (run, checkpoint) = RunDir::open(&dir, plan, options.force)?;
+    let (run, checkpoint) = RunDir::open(&dir, plan, inputs, options.force)?;
     let params = task::trainable(task);
     if params.is_empty() {
         bail!("nothing to train: no parameter requires a gradient\n  hint: check training.adapter");
@@ -223,7 +230,7 @@ pub fn train(plan: &Plan, task: &dyn Task, options: &RunOptions) -> Result<Summa
         Some(out) => out.parent().unwrap_or(Path::new(".")).join("runs.csv"),
         None => PathBuf::from("results/runs.csv"),
     };
-    write_summary(plan, task, &summary, &state, index)?;
+    write_summary(plan, task, &summary, &state, index, inputs)?;
     Ok(summary)
 }
 
@@ -354,6 +361,7 @@ fn write_summary(
     s: &Summary,
     state: &RunState,
     index: PathBuf,
+    inputs: &[(String, String)],
 ) -> Result<()> {
     let counts: Vec<_> = task
         .stores()
@@ -372,6 +380,7 @@ fn write_summary(
         "final_train_loss": s.final_loss,
         "best": s.best.map(|(value, step)| json!({ "metric": task.best_metric().0, "value": value, "step": step })),
         "resumed_from_step": s.resumed_from,
+        "inputs": inputs.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "tokens": state.tokens,
         "train_seconds": state.seconds,
         "device": format!("{:?}", task.device()),
