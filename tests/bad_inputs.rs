@@ -290,3 +290,30 @@ fn a_recipe_cannot_be_its_own_teacher() {
         "{out}"
     );
 }
+
+#[test]
+fn early_stopping_on_a_metric_never_measured_is_refused() {
+    let overrides: Vec<String> = [
+        "evaluation.best_metric=passkey_accuracy",
+        "evaluation.passkey=null",
+        "training.early_stopping={patience: 2}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut out = Vec::new();
+    let code = commands::plan::run(
+        Path::new("recipes/tiny/longlora_sft.yaml"),
+        &overrides,
+        Format::Text,
+        &mut out,
+    )
+    .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, commands::INVALID);
+    assert!(
+        out.starts_with("<override 1>:1:24: error: the best metric is never measured: it needs a passkey evaluation"),
+        "{out}"
+    );
+    assert!(out.contains("hint: set evaluation.passkey"), "{out}");
+}

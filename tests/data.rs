@@ -33,22 +33,29 @@ fn an_instruction_example_is_prompt_output_eos_with_loss_on_output_and_eos_only(
     let no_input = instruction::prompt(Template::Llama2Chat, &item(""));
     assert_eq!(no_input, "[INST]What is the pass key?[/INST]");
 
+    // As LongLoRA's preprocess: prompt and output tokenized as one text, the first
+    // len(tokenized prompt) labels masked, EOS appended.
     let e = instruction::encode(&tok, Template::Llama2Chat, &it, eos, 1000).unwrap();
     let source = tok.encode(&prompt, true).unwrap();
-    let target = tok.encode("The pass key is 42.", false).unwrap();
+    let mut ids = tok
+        .encode(&format!("{prompt}The pass key is 42."), true)
+        .unwrap();
     assert_eq!(
-        source[0],
+        ids[0],
         tok.id("<s>").unwrap(),
         "BOS from the post-processor"
     );
-    let mut ids = source.clone();
-    ids.extend(&target);
     ids.push(eos);
     assert_eq!(e.ids, ids);
-    let mut labels = vec![-100; source.len()];
-    labels.extend(&target);
-    labels.push(eos);
+    let mut labels = ids.clone();
+    labels[..source.len()].fill(-100);
     assert_eq!(e.labels, labels);
+    // The output's tokens (and EOS) are what the loss sees.
+    let answer: Vec<i64> = e.labels.iter().copied().filter(|&l| l != -100).collect();
+    assert_eq!(
+        tok.decode(&answer, true).unwrap().trim(),
+        "The pass key is 42."
+    );
 
     // Truncation keeps the first max_length tokens of both.
     let short = instruction::encode(&tok, Template::Llama2Chat, &it, eos, 10).unwrap();
@@ -120,17 +127,25 @@ fn length_grouping_sorts_within_megabatches_and_keeps_every_example() {
     let mut all = grouped.clone();
     all.sort();
     assert_eq!(all, (0..250).collect::<Vec<_>>());
-    for (chunk, original) in grouped.chunks(100).zip(order.chunks(100)) {
-        let lengths: Vec<usize> = chunk.iter().map(|&i| examples[i].ids.len()).collect();
+    // The longest example of all comes first.
+    let max = lengths.iter().max().unwrap();
+    assert_eq!(lengths[grouped[0]], *max);
+    for (m, (chunk, original)) in grouped.chunks(100).zip(order.chunks(100)).enumerate() {
+        let ls: Vec<usize> = chunk.iter().map(|&i| lengths[i]).collect();
+        // Sorted longest first, apart from the one swapped example at the head of a megabatch.
         assert!(
-            lengths.windows(2).all(|w| w[0] >= w[1]),
-            "sorted longest first"
+            ls[1..].windows(2).all(|w| w[0] >= w[1]),
+            "megabatch {m} is sorted"
         );
         let mut a = chunk.to_vec();
         let mut b = original.to_vec();
         a.sort();
         b.sort();
-        assert_eq!(a, b, "a megabatch keeps its own examples");
+        let differing = a.iter().filter(|i| !b.contains(i)).count();
+        assert!(
+            differing <= 1,
+            "a megabatch keeps its own examples but for the swapped one"
+        );
     }
 }
 

@@ -32,10 +32,15 @@ fn stats(
     // each text with the tokenizer's special tokens.
     let (what, mut lengths) = match instruction::read(data) {
         Ok(items) => {
+            // The example training builds, untruncated (the EOS id does not change lengths).
+            let eos = tok.id("</s>").unwrap_or(0);
             let mut lengths = Vec::new();
             for item in &items {
-                let prompt = tok.encode(&instruction::prompt(template, item), true)?;
-                lengths.push(prompt.len() + tok.encode(&item.output, false)?.len() + 1);
+                lengths.push(
+                    instruction::encode(&tok, template, item, eos, usize::MAX)?
+                        .ids
+                        .len(),
+                );
             }
             ("instruction examples (prompt + output + EOS)", lengths)
         }

@@ -52,7 +52,9 @@ pub fn prompt(template: Template, item: &Item) -> String {
     }
 }
 
-/// `prompt + output + EOS`, labels -100 over the prompt, cut at `max_length` tokens.
+/// `prompt + output + EOS`, labels -100 over the prompt, cut at `max_length` tokens. As
+/// LongLoRA's `preprocess`: the prompt and output are tokenized as one text, and the first
+/// (tokenized prompt length) labels are masked.
 pub fn encode(
     tokenizer: &Tokenizer,
     template: Template,
@@ -60,14 +62,13 @@ pub fn encode(
     eos: i64,
     max_length: usize,
 ) -> Result<Example> {
-    let source = tokenizer.encode(&prompt(template, item), true)?;
-    let target = tokenizer.encode(&item.output, false)?;
-    let mut ids = source.clone();
-    ids.extend(target);
+    let source = prompt(template, item);
+    let source_len = tokenizer.encode(&source, true)?.len();
+    let mut ids = tokenizer.encode(&(source + &item.output), true)?;
     ids.push(eos);
     ids.truncate(max_length);
     let mut labels = ids.clone();
-    for l in labels.iter_mut().take(source.len()) {
+    for l in labels.iter_mut().take(source_len) {
         *l = IGNORE;
     }
     Ok(Example { ids, labels })

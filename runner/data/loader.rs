@@ -111,15 +111,24 @@ impl Loader {
 
 /// transformers' `LengthGroupedSampler`: the shuffled order cut into megabatches of 50 batches,
 /// each sorted longest first, so a batch holds examples of similar length while the order of
-/// megabatches stays random.
+/// megabatches stays random; the longest example of all then swaps into the first place, so a
+/// batch too large for memory fails at once.
 pub fn group_by_length(order: &[usize], lengths: &[usize], batch_size: usize) -> Vec<usize> {
     let mega = 50 * batch_size.max(1);
-    order
+    let mut megabatches: Vec<Vec<usize>> = order
         .chunks(mega)
-        .flat_map(|chunk| {
+        .map(|chunk| {
             let mut chunk = chunk.to_vec();
             chunk.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
             chunk
         })
-        .collect()
+        .collect();
+    let longest = |m: &[usize]| m.first().map_or(0, |&i| lengths[i]);
+    let top =
+        (0..megabatches.len()).max_by_key(|&k| (longest(&megabatches[k]), std::cmp::Reverse(k)));
+    if let Some(k) = top.filter(|&k| k > 0) {
+        let (first, rest) = megabatches.split_at_mut(k);
+        std::mem::swap(&mut first[0][0], &mut rest[0][0]);
+    }
+    megabatches.concat()
 }

@@ -71,6 +71,25 @@ pub fn check(plan: &Plan) -> Vec<Diagnostic> {
             if factor < needed {
                 c.fail(&["model.rope_scaling.factor", "data.max_length", "model.arch.max_position_embeddings"], format!("RoPE factor {factor} covers {} positions, fewer than data.max_length {length}", (factor * arch.max_position_embeddings as f64) as u64), format!("use factor {needed} (ceil(max_length / max_position_embeddings)), or null to derive it"));
             }
+            // Early stopping watches the best metric: it must be measured, or it never stops.
+            use super::kinds::longlora::Metric;
+            let missing = match r.evaluation.best_metric {
+                _ if r.training.early_stopping.is_none() => None,
+                Metric::Loss | Metric::Perplexity if r.data.validation.is_none() => {
+                    Some(("data.validation", "validation data"))
+                }
+                Metric::PasskeyAccuracy if r.evaluation.passkey.is_none() => {
+                    Some(("evaluation.passkey", "a passkey evaluation"))
+                }
+                _ => None,
+            };
+            if let Some((key, what)) = missing {
+                c.fail(
+                    &["evaluation.best_metric", key],
+                    format!("the best metric is never measured: it needs {what}"),
+                    format!("set {key}, or choose another evaluation.best_metric"),
+                );
+            }
             if let Some(ppl) = &r.evaluation.perplexity {
                 let reach = (factor * arch.max_position_embeddings as f64) as u64;
                 if let Some(too_long) = ppl.context_lengths.iter().find(|l| **l > reach) {
