@@ -76,6 +76,22 @@ enum Command {
         #[command(subcommand)]
         what: Bench,
     },
+    /// LongLoRA's sliding-window perplexity of a longlora_sft run (or a recipe's starting model).
+    Perplexity {
+        /// A run directory (its latest checkpoint) or a recipe.
+        model: PathBuf,
+        /// Texts: .txt lines, or JSON/JSONL strings or {text} objects.
+        #[arg(long)]
+        data: PathBuf,
+        /// Context lengths, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        lengths: Vec<usize>,
+        /// Tokens between window starts (LongLoRA: 256).
+        #[arg(long, default_value_t = 256)]
+        stride: usize,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: commands::run::Target,
+    },
     /// Print a run's metrics beside the paper's for the matching setting.
     Report {
         /// A run directory, or a recipe (its default run directory).
@@ -202,6 +218,13 @@ fn main() -> ExitCode {
             adapter,
             out: dir,
         } => commands::merge::run(&base, &adapter, &dir, &mut out),
+        Command::Perplexity {
+            model,
+            data,
+            lengths,
+            stride,
+            device,
+        } => commands::perplexity::run(&model, &data, &lengths, stride, device, &mut out),
         Command::Report { run } => commands::report::run(&run, &mut out),
     };
     let _ = out.flush();

@@ -4,6 +4,7 @@ What it makes (all under data/tiny/, deterministic: fixed seeds, no clock, no ha
 
   longlora/   for recipes/tiny/longlora_sft.yaml (2-layer Llama, vocab 512, max_length 256)
     train.json, dev.json   JSON lists of {"instruction": str, "input": str, "output": str}
+    texts.txt              the dev inputs as plain text, one per line (for perplexity)
                            (LongLoRA / Alpaca format). Passkey retrieval: `input` is the classic
                            filler ("The grass is green. The sky is blue. ...") of varying length with
                            "The pass key is NNNNN. Remember it. NNNNN is the pass key." at a random
@@ -246,6 +247,12 @@ def make_longlora(out):
         print(f"    tokens, short system prompt:          {stats(short)}")
         print(f"    histogram (full): {histogram(full, [100, 125, 150, 175, 200, 225, 250, 256])}")
     check_transformers(out / "tokenizer.json", ["<unk>", "<s>", "</s>", "[PAD]"])
+    # Long plain text for sliding-window perplexity (`runner perplexity`, evaluation.perplexity):
+    # the dev inputs, one document per line.
+    dev = json.loads((out / "dev.json").read_text())
+    texts = [" ".join(it["input"].split()) for it in dev]
+    (out / "texts.txt").write_text("\n".join(texts) + "\n")
+    print(f"  texts.txt: {len(texts)} documents, {sum(len(tok.encode(t).ids) for t in texts)} tokens")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -267,21 +267,23 @@ fn sweep_keys_and_values_are_checked_against_the_recipe() {
     assert!(out.contains("did you mean `eval/loss`?"), "{out}");
 }
 
+/// `runner plan RECIPE OVERRIDES…`: exit code and output.
+fn plan_with(recipe: &str, overrides: &[&str]) -> (i32, String) {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    let mut out = Vec::new();
+    let code = commands::plan::run(Path::new(recipe), &overrides, Format::Text, &mut out).unwrap();
+    (code, String::from_utf8(out).unwrap())
+}
+
 #[test]
 fn a_recipe_cannot_be_its_own_teacher() {
-    let overrides = [
-        "model.teacher.path=null".to_string(),
-        "model.teacher.recipe=recipes/tiny/iag_distill.yaml".to_string(),
-    ];
-    let mut out = Vec::new();
-    let code = commands::plan::run(
-        Path::new("recipes/tiny/iag_distill.yaml"),
-        &overrides,
-        Format::Text,
-        &mut out,
-    )
-    .unwrap();
-    let out = String::from_utf8(out).unwrap();
+    let (code, out) = plan_with(
+        "recipes/tiny/iag_distill.yaml",
+        &[
+            "model.teacher.path=null",
+            "model.teacher.recipe=recipes/tiny/iag_distill.yaml",
+        ],
+    );
     assert_eq!(code, commands::INVALID);
     assert!(
         out.starts_with(
@@ -293,23 +295,14 @@ fn a_recipe_cannot_be_its_own_teacher() {
 
 #[test]
 fn early_stopping_on_a_metric_never_measured_is_refused() {
-    let overrides: Vec<String> = [
-        "evaluation.best_metric=passkey_accuracy",
-        "evaluation.passkey=null",
-        "training.early_stopping={patience: 2}",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut out = Vec::new();
-    let code = commands::plan::run(
-        Path::new("recipes/tiny/longlora_sft.yaml"),
-        &overrides,
-        Format::Text,
-        &mut out,
-    )
-    .unwrap();
-    let out = String::from_utf8(out).unwrap();
+    let (code, out) = plan_with(
+        "recipes/tiny/longlora_sft.yaml",
+        &[
+            "evaluation.best_metric=passkey_accuracy",
+            "evaluation.passkey=null",
+            "training.early_stopping={patience: 2}",
+        ],
+    );
     assert_eq!(code, commands::INVALID);
     assert!(
         out.starts_with("<override 1>:1:24: error: the best metric is never measured: it needs a passkey evaluation"),

@@ -75,6 +75,28 @@ fn a_run_leaves_its_artifacts_and_tensorboard_reads_them() {
     assert!(plan.contains(summary["plan_hash"].as_str().unwrap()));
     let runs = std::fs::read_to_string(tmp.path().join("runs.csv")).unwrap();
     assert_eq!(runs.lines().count(), 2, "a header and this run's row");
+    // Sliding-window perplexity of the trained run, and the evaluation's own at both lengths.
+    let ppl = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["perplexity"])
+        .arg(&dir)
+        .args([
+            "--data",
+            "data/tiny/longlora/texts.txt",
+            "--lengths",
+            "64,128",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ppl.stdout);
+    assert!(
+        ppl.status.success() && text.contains("step-00000012") && text.contains("128 tokens"),
+        "{text}"
+    );
+    assert!(curve(&dir)
+        .iter()
+        .any(|l| l.starts_with("12,eval,perplexity_256,")));
     // Running a finished run again only reports it: no training, no second row.
     let again = run(&dir, &[]);
     assert!(

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod doctor;
 pub mod explain;
 pub mod merge;
+pub mod perplexity;
 pub mod plan;
 pub mod report;
 pub mod run;

@@ -222,6 +222,30 @@ fn with_targets<T>(
 }
 
 impl LongloraTask {
+    /// LongLoRA's sliding-window perplexity of the texts in `data` (joined with EOS) at each
+    /// context length.
+    pub fn perplexity_of(
+        &self,
+        data: &Path,
+        lengths: &[usize],
+        stride: usize,
+    ) -> Result<Vec<(usize, Option<f64>)>> {
+        let mut stream = Vec::new();
+        for text in packing::read_texts(data)? {
+            stream.extend(self.tokenizer.encode(&text, true)?);
+            stream.push(self.eos);
+        }
+        Ok(lengths
+            .iter()
+            .map(|&l| {
+                (
+                    l,
+                    perplexity::sliding_window(&self.model, &stream, l, stride),
+                )
+            })
+            .collect())
+    }
+
     /// Loss over every validation target token (token-weighted across batches).
     fn validation_loss(&self) -> f64 {
         let (mut total, mut tokens) = (0.0, 0i64);

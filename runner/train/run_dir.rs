@@ -185,7 +185,8 @@ impl RunDir {
     }
 }
 
-fn load(dir: &Path) -> Result<Checkpoint> {
+/// Reads a whole checkpoint directory (`checkpoints/step-N`).
+pub fn load(dir: &Path) -> Result<Checkpoint> {
     let read = |name: &str| {
         let path = dir.join(name);
         Tensor::read_safetensors(&path).with_context(|| format!("cannot read {}", path.display()))

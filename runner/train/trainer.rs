@@ -263,7 +263,7 @@ fn step_seed(seed: u64, step: u64, micro: u64) -> i64 {
 }
 
 /// Copies a checkpoint's trainable tensors into the parameters.
-fn restore(params: &[(String, Tensor)], saved: Vec<(String, Tensor)>) -> Result<()> {
+pub fn restore(params: &[(String, Tensor)], saved: Vec<(String, Tensor)>) -> Result<()> {
     let mut saved: std::collections::BTreeMap<String, Tensor> = saved.into_iter().collect();
     for (name, p) in params {
         let t = saved
