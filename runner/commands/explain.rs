@@ -3,21 +3,13 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::{report, INVALID, OK, USAGE};
+use super::OK;
 use crate::plan::explain::explain;
-use crate::plan::resolve;
 
 pub fn run(recipe: &Path, overrides: &[String], out: &mut dyn Write) -> std::io::Result<i32> {
-    if !recipe.is_file() {
-        writeln!(out, "error: recipe {} does not exist", recipe.display())?;
-        return Ok(USAGE);
-    }
-    let plan = match resolve(recipe, overrides) {
+    let plan = match super::resolve_or_report(recipe, overrides, out)? {
         Ok(plan) => plan,
-        Err(errors) => {
-            report(&errors, out)?;
-            return Ok(INVALID);
-        }
+        Err(code) => return Ok(code),
     };
     let lines = explain(&plan);
     let width = lines

@@ -55,3 +55,23 @@ pub fn finish(result: anyhow::Result<String>, out: &mut dyn Write) -> std::io::R
         }
     }
 }
+
+/// The plan of `recipe` with `overrides`, or, after reporting why there is none, the exit
+/// code: USAGE for a missing file, INVALID for diagnostics.
+pub fn resolve_or_report(
+    recipe: &std::path::Path,
+    overrides: &[String],
+    out: &mut dyn Write,
+) -> std::io::Result<Result<crate::plan::resolve::Plan, i32>> {
+    if !recipe.is_file() {
+        writeln!(out, "error: recipe {} does not exist", recipe.display())?;
+        return Ok(Err(USAGE));
+    }
+    match crate::plan::resolve(recipe, overrides) {
+        Ok(plan) => Ok(Ok(plan)),
+        Err(errors) => {
+            report(&errors, out)?;
+            Ok(Err(INVALID))
+        }
+    }
+}

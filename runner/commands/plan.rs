@@ -6,10 +6,9 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{report, Format, INVALID, OK, USAGE};
+use super::{Format, OK};
 use crate::config::emit;
 use crate::plan::estimate::{estimate, Estimate};
-use crate::plan::resolve;
 
 pub fn run(
     recipe: &Path,
@@ -17,16 +16,9 @@ pub fn run(
     format: Format,
     out: &mut dyn Write,
 ) -> std::io::Result<i32> {
-    if !recipe.is_file() {
-        writeln!(out, "error: recipe {} does not exist", recipe.display())?;
-        return Ok(USAGE);
-    }
-    let plan = match resolve(recipe, overrides) {
+    let plan = match super::resolve_or_report(recipe, overrides, out)? {
         Ok(plan) => plan,
-        Err(errors) => {
-            report(&errors, out)?;
-            return Ok(INVALID);
-        }
+        Err(code) => return Ok(code),
     };
     let cost = estimate(&plan.recipe);
     match format {

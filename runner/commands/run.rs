@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use tch::Device;
 
-use super::{report, INVALID, USAGE};
 use crate::methods;
 use crate::plan::recipe::Recipe;
 use crate::plan::resolve::resolve;
@@ -42,16 +41,9 @@ pub fn run(
     options: &RunOptions,
     out: &mut dyn Write,
 ) -> std::io::Result<i32> {
-    if !recipe.is_file() {
-        writeln!(out, "error: recipe {} does not exist", recipe.display())?;
-        return Ok(USAGE);
-    }
-    let plan = match resolve(recipe, overrides) {
+    let plan = match super::resolve_or_report(recipe, overrides, out)? {
         Ok(plan) => plan,
-        Err(errors) => {
-            report(&errors, out)?;
-            return Ok(INVALID);
-        }
+        Err(code) => return Ok(code),
     };
     super::finish(train(&plan, target, options), out)
 }

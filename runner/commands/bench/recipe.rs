@@ -16,14 +16,14 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use super::peak_rss_kib;
+use crate::commands::finish;
 use crate::commands::run::Target;
-use crate::commands::{finish, report, INVALID, USAGE};
 use crate::data::batch::Batch;
 use crate::methods::longlora;
 use crate::models::Checkpointing;
 use crate::models::Tape;
 use crate::plan::recipe::Recipe;
-use crate::plan::resolve::{resolve, Plan};
+use crate::plan::resolve::Plan;
 use crate::plan::training::{Adapter, Precision};
 use crate::train::optimizer::{clip_grad_norm, zero_grad, AdamW};
 use crate::train::task::Task;
@@ -43,16 +43,9 @@ pub fn run(
     options: BenchOptions,
     out: &mut dyn Write,
 ) -> std::io::Result<i32> {
-    if !recipe.is_file() {
-        writeln!(out, "error: recipe {} does not exist", recipe.display())?;
-        return Ok(USAGE);
-    }
-    match resolve(recipe, overrides) {
+    match crate::commands::resolve_or_report(recipe, overrides, out)? {
         Ok(plan) => finish(bench(&plan, options), out),
-        Err(errors) => {
-            report(&errors, out)?;
-            Ok(INVALID)
-        }
+        Err(code) => Ok(code),
     }
 }
 
