@@ -1,6 +1,6 @@
 //! TensorBoard event files: scalars, text and hparams, written without any TensorBoard crate.
 //!
-//! Why our own: tensorboard-rs leaves its text and hparams writers `unimplemented!()`, two of
+//! Why our own: tensorboard-rs's text and hparams writers are not implemented (they panic), two of
 //! its writers in one folder overwrite each other's file, and it pulls protobuf 2
 //! (RUSTSEC-2024-0437). The format is small: TFRecord framing around hand-encoded `Event`
 //! protobufs. Scalar and text events are byte for byte what `torch.utils.tensorboard` writes
