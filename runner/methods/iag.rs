@@ -163,28 +163,14 @@ pub fn build(recipe: &IagRecipe, teacher_dir: Option<&Path>, device: Device) -> 
         pad,
     };
     let train = Arc::new(train);
-    let make: MakeBatch = {
-        let train = Arc::clone(&train);
-        Arc::new(move |indices: &[usize]| {
-            let members: Vec<&QaExample> = indices.iter().map(|&i| &train[i]).collect();
-            collate(&members, shape)
-        })
-    };
     let loader = Loader {
         len: train.len(),
         batch_size: recipe.training.micro_batch_size as usize,
         seed: recipe.seed,
         lengths: None,
-        make,
+        make: batches_of(train, shape),
     };
-    let validation_examples = Arc::new(validation_examples);
-    let eval_make: MakeBatch = {
-        let v = Arc::clone(&validation_examples);
-        Arc::new(move |indices: &[usize]| {
-            let members: Vec<&QaExample> = indices.iter().map(|&i| &v[i]).collect();
-            collate(&members, shape)
-        })
-    };
+    let eval_make = batches_of(Arc::new(validation_examples), shape);
     Ok(IagTask {
         student_store,
         student,
@@ -205,6 +191,14 @@ pub fn build(recipe: &IagRecipe, teacher_dir: Option<&Path>, device: Device) -> 
         best: recipe.evaluation.best_metric,
         method: recipe.method.clone(),
         device,
+    })
+}
+
+/// Batches of the given examples, collated to `shape`.
+fn batches_of(examples: Arc<Vec<QaExample>>, shape: Shape) -> MakeBatch {
+    Arc::new(move |indices: &[usize]| {
+        let members: Vec<&QaExample> = indices.iter().map(|&i| &examples[i]).collect();
+        collate(&members, shape)
     })
 }
 

@@ -20,11 +20,12 @@ use crate::commands::finish;
 use crate::commands::run::Target;
 use crate::data::batch::Batch;
 use crate::methods::longlora;
+use crate::models::lora::LoraSpec;
 use crate::models::Checkpointing;
 use crate::models::Tape;
 use crate::plan::recipe::Recipe;
 use crate::plan::resolve::Plan;
-use crate::plan::training::{Adapter, Precision};
+use crate::plan::training::Precision;
 use crate::train::optimizer::{clip_grad_norm, zero_grad, AdamW};
 use crate::train::task::Task;
 
@@ -172,17 +173,11 @@ fn pytorch(
     options: BenchOptions,
 ) -> Result<Value> {
     let t = &recipe.training;
-    let lora = match &t.adapter {
-        Adapter::Lora {
-            rank,
-            alpha,
-            dropout,
-            targets,
-            also_train,
-        } => json!({
-            "rank": rank, "alpha": alpha, "dropout": dropout, "targets": targets, "also_train": also_train,
+    let lora = match LoraSpec::of(&t.adapter) {
+        Some(l) => json!({
+            "rank": l.rank, "alpha": l.alpha, "dropout": l.dropout, "targets": l.targets, "also_train": l.also_train,
         }),
-        _ => Value::Null,
+        None => Value::Null,
     };
     let precision = match t.precision {
         Precision::Fp32 => "fp32",
