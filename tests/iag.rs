@@ -4,6 +4,7 @@
 use std::process::Command;
 
 use runner::data::qa;
+use runner::methods::alignment::{attention_ce, attention_mse, hidden_cosine};
 use runner::methods::iag::{annealed_temperature, distillation_kl, extra_kl};
 use tch::Tensor;
 
@@ -139,5 +140,149 @@ fn a_teacher_recipes_trained_teacher_feeds_a_distilled_student() {
     assert!(
         !student.join("teacher").exists(),
         "a frozen teacher is not saved again"
+    );
+}
+
+#[test]
+fn a_hyperlora_student_trains_its_hypernetworks_and_saves_them_with_the_whitening() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "run",
+            "recipes/tiny/iag_teacher.yaml",
+            "training.max_steps=2",
+            "training.schedule.warmup_steps=1",
+            "evaluation.every_steps=2",
+            "evaluation.max_new_tokens=2",
+            "training.adapter.type=hyperlora",
+            "training.adapter.rank=4",
+            "training.adapter.targets=[q,v]",
+            "training.adapter.whiten_dim=32",
+            "training.adapter.stacks=[encoder,decoder]",
+            "training.adapter.also_train=[norm,wi,wo]",
+            "--device",
+            "cpu",
+            "--out",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    // The step-0 check passed: every hypernetwork weight got a finite, non-zero gradient.
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let saved: Vec<String> =
+        Tensor::read_safetensors(tmp.path().join("hyperlora/hypernet.safetensors"))
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+    for name in [
+        "hypernet.encoder.selfattention.down.0.weight",
+        "hypernet.decoder.encdecattention.up.2.bias",
+        "whitening.kernel",
+        "whitening.bias",
+    ] {
+        assert!(saved.iter().any(|n| n == name), "{name} in {saved:?}");
+    }
+    let base = std::fs::read_to_string(tmp.path().join("model/config.json")).unwrap();
+    assert!(base.contains("T5ForConditionalGeneration"));
+}
+
+fn close(t: Tensor, expected: f64) {
+    let got = t.double_value(&[]);
+    assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+}
+
+#[test]
+fn alignment_terms_match_hand_computed_values() {
+    // One example, one head, two positions: attention maps [1, 1, 2, 2].
+    let map = |rows: [f32; 4]| Tensor::from_slice(&rows).view([1, 1, 2, 2]);
+    let (s, t) = (map([0.7, 0.3, 0.5, 0.5]), map([0.4, 0.6, 0.1, 0.9]));
+    let both = Tensor::from_slice(&[1i64, 1]).view([1, 2]);
+    let first = Tensor::from_slice(&[1i64, 0]).view([1, 2]);
+    // MSE over real (query, key) pairs: (0.09 + 0.09 + 0.16 + 0.16) / 4; only (0, 0): 0.09.
+    close(attention_mse(&s, &t, &both), 0.125);
+    close(attention_mse(&s, &t, &first), 0.09);
+    // CE of softmax(T) against log_softmax(S), per query row, over H·n real queries.
+    // Row 0: p = (1/(1+e^0.2), ·) = (0.450166, 0.549834); log q = (−0.513015, −0.913015).
+    // Row 1: p = (0.310026, 0.689974); log q = (ln ½, ln ½).
+    let row0 = 0.450166 * 0.513015 + 0.549834 * 0.913015;
+    let row1 = std::f64::consts::LN_2;
+    close(attention_ce(&s, &t, &both), (row0 + row1) / 2.0);
+    // Masked keys drop out of the sum (not of the softmax), masked queries entirely.
+    close(attention_ce(&s, &t, &first), 0.450166 * 0.513015);
+    // 1 − cos per real token: orthogonal (1) and parallel (0).
+    let states = |v: [f32; 4]| Tensor::from_slice(&v).view([1, 2, 2]);
+    let (a, b) = (states([1.0, 0.0, 1.0, 1.0]), states([0.0, 1.0, 2.0, 2.0]));
+    close(hidden_cosine(&a, &b, &both), 0.5);
+    close(
+        hidden_cosine(&a, &b, &Tensor::from_slice(&[0i64, 1]).view([1, 2])),
+        0.0,
+    );
+}
+
+#[test]
+fn alignment_and_hyperlora_settings_are_checked_before_training() {
+    let validate = |extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(["plan", "recipes/tiny/iag_teacher.yaml"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout)
+    };
+    let lengths = validate(&["method.alignment={}"]);
+    assert!(
+        lengths.contains("model.student.max_length")
+            && lengths.contains("hint: give both the same length"),
+        "{lengths}"
+    );
+    let whiten = validate(&[
+        "training.adapter.type=hyperlora",
+        "training.adapter.rank=4",
+        "training.adapter.targets=[q,v]",
+    ]);
+    assert!(
+        whiten.contains("training.adapter.whiten_dim") && whiten.contains("at most 64"),
+        "{whiten}"
+    );
+}
+
+#[test]
+fn a_run_with_alignment_adds_the_terms_to_the_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "run",
+            "recipes/tiny/iag_teacher.yaml",
+            "training.max_steps=2",
+            "training.schedule.warmup_steps=1",
+            "evaluation.every_steps=2",
+            "evaluation.max_new_tokens=2",
+            "model.student.max_length=48",
+            "method.alpha_kd=0.4",
+            "method.alignment={encoder_attention: 10.0}",
+            "--device",
+            "cpu",
+            "--out",
+        ])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let plan = std::fs::read_to_string(tmp.path().join("plan.yaml")).unwrap();
+    assert!(
+        plan.contains("decoder_attention: 0.02"),
+        "the code's weights are the defaults"
     );
 }

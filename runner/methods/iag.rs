@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
+use super::alignment::{self, Traces};
 use crate::data::batch::Batch;
 use crate::data::loader::{Loader, MakeBatch};
 use crate::data::qa::{self, QaItem};
@@ -16,9 +17,11 @@ use crate::data::tokenizer::Tokenizer;
 use crate::eval::metrics::{exact_match, f1};
 use crate::models::generate::{self, GenerateOptions, Strategy};
 use crate::models::hf_folder::HfConfig;
+use crate::models::hyperlora::{self, Features};
 use crate::models::lora::{self, LoraSpec};
 use crate::models::loss::{cross_entropy, IGNORE};
 use crate::models::t5::{shift_right, T5};
+use crate::models::whitening::{mean_pool, Whitening};
 use crate::models::{fid, hf_model, Compute, ParamStore, Tape};
 use crate::plan::kinds::iag::{AlphaOn, Method, Metric};
 use crate::plan::recipe::IagRecipe;
@@ -32,6 +35,8 @@ struct QaExample {
     passage_lengths: Vec<usize>,
     student: Vec<i64>,
     target: Vec<i64>,
+    /// HyperLoRA's whitened question features, when the student has hypernetworks.
+    features: Option<Vec<f32>>,
 }
 
 pub struct IagTask {
@@ -43,6 +48,7 @@ pub struct IagTask {
     student_config: HfConfig,
     teacher_config: HfConfig,
     lora: Option<LoraSpec>,
+    hyper: Option<Hyper>,
     base: Option<String>,
     tokenizer: Tokenizer,
     eos: i64,
@@ -54,6 +60,13 @@ pub struct IagTask {
     best: Metric,
     method: Method,
     device: Device,
+}
+
+/// A HyperLoRA student's per-batch features and the whitening that made them.
+struct Hyper {
+    features: Features,
+    whitening: Whitening,
+    adapter: Adapter,
 }
 
 /// `text` as ids ending in EOS, at most `max` of them (the tokenizer's truncation keeps EOS).
@@ -68,9 +81,6 @@ fn ids_with_eos(tokenizer: &Tokenizer, text: &str, eos: i64, max: usize) -> Resu
 /// the trained teacher's folder when the plan names a teacher recipe.
 pub fn build(recipe: &IagRecipe, teacher_dir: Option<&Path>, device: Device) -> Result<IagTask> {
     let (t, s) = (&recipe.model.teacher, &recipe.model.student);
-    if recipe.method.alignment.is_some() {
-        bail!("method.alignment: hidden and attention alignment is not implemented yet; remove it");
-    }
     let compute = Compute::of(recipe.training.precision);
     let seed = recipe.seed as i64;
     let load_or_init = |path: Option<&Path>,
@@ -98,16 +108,7 @@ pub fn build(recipe: &IagRecipe, teacher_dir: Option<&Path>, device: Device) -> 
     teacher_store.set_trainable(|_, _| t.train);
     let (student_config, mut student_store) =
         load_or_init(s.path.as_deref().map(Path::new), &s.arch, seed)?;
-    let lora = LoraSpec::of(&recipe.training.adapter);
-    match (&recipe.training.adapter, &lora) {
-        (Adapter::Full, _) => student_store.set_trainable(|_, _| true),
-        (_, Some(spec)) => {
-            lora::attach(&mut student_store, spec, seed)?;
-        }
-        (_, None) => bail!("training.adapter: hyperlora is not implemented yet; use lora or full"),
-    }
     let teacher = T5::new(&teacher_store, &t.arch, compute.activations)?;
-    let student = T5::new(&student_store, &s.arch, compute.activations)?;
 
     let tokenizer_path = s
         .tokenizer
@@ -146,20 +147,66 @@ pub fn build(recipe: &IagRecipe, teacher_dir: Option<&Path>, device: Device) -> 
                 eos,
                 recipe.data.answer_max_length as usize,
             )?,
+            features: None,
         })
     };
     let train_items = qa::read(Path::new(&recipe.data.train))?;
     if train_items.is_empty() {
         bail!("{}: no training questions", recipe.data.train);
     }
-    let train: Vec<QaExample> = train_items.iter().map(encode).collect::<Result<_>>()?;
+    let mut train: Vec<QaExample> = train_items.iter().map(encode).collect::<Result<_>>()?;
     let validation = qa::read(Path::new(&recipe.data.validation))?;
-    let validation_examples: Vec<QaExample> =
+    let mut validation_examples: Vec<QaExample> =
         validation.iter().map(encode).collect::<Result<_>>()?;
+
+    let adapter = &recipe.training.adapter;
+    let lora = LoraSpec::of(adapter);
+    let mut hyper = None;
+    match (adapter, &lora) {
+        (Adapter::Full, _) => student_store.set_trainable(|_, _| true),
+        (_, Some(spec)) => {
+            lora::attach(&mut student_store, spec, seed)?;
+        }
+        (Adapter::Hyperlora { whiten_dim, .. }, None) => {
+            // Features come from the student's initial encoder (IAG: a frozen pretrained
+            // t5-base, which is the student's start in the paper's setting).
+            let initial = T5::new(&student_store, &s.arch, compute.activations)?;
+            let question = |item: &QaItem| -> Result<Vec<i64>> {
+                let text = format!("Question: {}\nAnswer:", item.question);
+                ids_with_eos(&tokenizer, &text, eos, s.max_length as usize)
+            };
+            let pooled = |items: &[QaItem]| -> Result<Tensor> {
+                let ids: Vec<Vec<i64>> = items.iter().map(question).collect::<Result<_>>()?;
+                pooled_encodings(&initial, &ids, pad, device)
+            };
+            let train_pooled = pooled(&train_items)?;
+            let whitening = Whitening::fit(&train_pooled, i64::from(*whiten_dim))
+                .context("training.adapter.whiten_dim: whitening the question features")?;
+            attach_features(&mut train, &whitening.transform(&train_pooled))?;
+            attach_features(
+                &mut validation_examples,
+                &whitening.transform(&pooled(&validation)?),
+            )?;
+            let features = hyperlora::attach(&mut student_store, adapter, seed)?;
+            hyper = Some(Hyper {
+                features,
+                whitening,
+                adapter: adapter.clone(),
+            });
+        }
+        (Adapter::Lora { .. }, None) => unreachable!("LoraSpec::of reads every lora adapter"),
+    }
+    let student = T5::new(&student_store, &s.arch, compute.activations)?;
     let shape = Shape {
         n_context: t.n_context as usize,
         passage_length: t.passage_max_length as usize,
         answer_length: recipe.data.answer_max_length as usize,
+        // Alignment pairs student and teacher encoder positions one to one (IAG pads both).
+        student_length: recipe
+            .method
+            .alignment
+            .is_some()
+            .then_some(s.max_length as usize),
         pad,
     };
     let train = Arc::new(train);
@@ -180,6 +227,7 @@ pub fn build(recipe: &IagRecipe, teacher_dir: Option<&Path>, device: Device) -> 
         student_config,
         teacher_config,
         lora,
+        hyper,
         base: s.path.clone(),
         tokenizer,
         eos,
@@ -202,11 +250,45 @@ fn batches_of(examples: Arc<Vec<QaExample>>, shape: Shape) -> MakeBatch {
     })
 }
 
+/// Mean-pooled final encoder states `[N, d]` of `inputs` (in batches, without gradients).
+fn pooled_encodings(t5: &T5, inputs: &[Vec<i64>], pad: i64, device: Device) -> Result<Tensor> {
+    let mut pooled = Vec::new();
+    for chunk in inputs.chunks(64) {
+        let longest = chunk.iter().map(Vec::len).max().unwrap_or(1);
+        let (mut ids, mut mask) = (Vec::new(), Vec::new());
+        for x in chunk {
+            ids.extend(
+                x.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(pad, longest - x.len())),
+            );
+            mask.extend((0..longest).map(|i| i64::from(i < x.len())));
+        }
+        let shape = [chunk.len() as i64, longest as i64];
+        let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
+        let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
+        let states = tch::no_grad(|| t5.encode(&ids, &mask, &Tape::plain(), false));
+        pooled.push(mean_pool(&states, &mask).to_device(Device::Cpu));
+    }
+    Ok(Tensor::cat(&pooled, 0))
+}
+
+/// Stores row i of `features` `[N, k]` in example i.
+fn attach_features(examples: &mut [QaExample], features: &Tensor) -> Result<()> {
+    for (i, e) in examples.iter_mut().enumerate() {
+        let row = features.get(i as i64).to_kind(Kind::Float);
+        e.features = Some(Vec::<f32>::try_from(row).map_err(|e| anyhow!("{e}"))?);
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy)]
 struct Shape {
     n_context: usize,
     passage_length: usize,
     answer_length: usize,
+    /// Pad student inputs to this length instead of the batch's longest.
+    student_length: Option<usize>,
     pad: i64,
 }
 
@@ -215,7 +297,9 @@ struct Shape {
 /// fully masked.
 fn collate(members: &[&QaExample], shape: Shape) -> Batch {
     let b = members.len() as i64;
-    let longest = members.iter().map(|e| e.student.len()).max().unwrap_or(1);
+    let longest = shape
+        .student_length
+        .unwrap_or_else(|| members.iter().map(|e| e.student.len()).max().unwrap_or(1));
     let (mut ids, mut mask, mut labels) = (Vec::new(), Vec::new(), Vec::new());
     let (mut passages, mut passage_mask) = (Vec::new(), Vec::new());
     for e in members {
@@ -244,17 +328,27 @@ fn collate(members: &[&QaExample], shape: Shape) -> Batch {
         }
     }
     let (n, l) = (shape.n_context as i64, shape.passage_length as i64);
+    let mut extra = vec![
+        ("passage_ids", Tensor::from_slice(&passages).view([b, n, l])),
+        (
+            "passage_mask",
+            Tensor::from_slice(&passage_mask).view([b, n, l]),
+        ),
+    ];
+    let features: Vec<f32> = members
+        .iter()
+        .filter_map(|e| e.features.as_deref())
+        .flatten()
+        .copied()
+        .collect();
+    if !features.is_empty() {
+        extra.push(("features", Tensor::from_slice(&features).view([b, -1])));
+    }
     Batch {
         input_ids: Tensor::from_slice(&ids).view([b, longest as i64]),
         attention_mask: Tensor::from_slice(&mask).view([b, longest as i64]),
         labels: Tensor::from_slice(&labels).view([b, shape.answer_length as i64]),
-        extra: vec![
-            ("passage_ids", Tensor::from_slice(&passages).view([b, n, l])),
-            (
-                "passage_mask",
-                Tensor::from_slice(&passage_mask).view([b, n, l]),
-            ),
-        ],
+        extra,
     }
 }
 
@@ -285,6 +379,13 @@ pub fn extra_kl(student: &Tensor, teacher: &Tensor, temperature: f64, scale: f64
 }
 
 impl IagTask {
+    /// Points the student's hypernetworks at this batch's question features.
+    fn condition(&self, batch: &Batch) {
+        if let Some(h) = &self.hyper {
+            h.features.set(batch.extra("features"));
+        }
+    }
+
     /// Greedy answers of the student (reading its inputs) or the teacher (reading passages).
     fn answers(&self, batch: &Batch, teacher: bool) -> Result<Vec<String>> {
         let options = GenerateOptions {
@@ -294,6 +395,7 @@ impl IagTask {
             pad: 0,
             seed: 0,
         };
+        self.condition(batch);
         let out = tch::no_grad(|| match teacher {
             true => {
                 let (encoded, mask) = fid::encode(
@@ -340,36 +442,56 @@ impl Task for IagTask {
     }
 
     fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>, step: u64) -> Tensor {
+        self.condition(batch);
         let decoder_ids = shift_right(&batch.labels);
-        let student = self.student.forward(
-            &batch.input_ids,
-            &batch.attention_mask,
-            &decoder_ids,
-            tape,
-            true,
-        );
-        let ce = cross_entropy(&student, &batch.labels);
         let (passages, mask) = (batch.extra("passage_ids"), batch.extra("passage_mask"));
-        let (teacher, teacher_ce) = match self.teacher_trains {
-            true => {
-                let logits = fid::forward(&self.teacher, passages, mask, &decoder_ids, tape, true);
-                let ce = cross_entropy(&logits, &batch.labels);
-                (logits.detach(), Some(ce))
+        let trains = self.teacher_trains;
+        // A trained teacher learns from its own cross-entropy only (its logits are detached
+        // below); a frozen one runs without dropout or gradients.
+        let (student, student_traces, teacher, teacher_traces) = match &self.method.alignment {
+            None => {
+                let student = self.student.forward(
+                    &batch.input_ids,
+                    &batch.attention_mask,
+                    &decoder_ids,
+                    tape,
+                    true,
+                );
+                let teacher = match trains {
+                    true => fid::forward(&self.teacher, passages, mask, &decoder_ids, tape, true),
+                    false => tch::no_grad(|| {
+                        let plain = Tape::plain();
+                        fid::forward(&self.teacher, passages, mask, &decoder_ids, &plain, false)
+                    }),
+                };
+                (student, None, teacher, None)
             }
-            false => (
-                tch::no_grad(|| {
-                    fid::forward(
-                        &self.teacher,
-                        passages,
-                        mask,
-                        &decoder_ids,
-                        &Tape::plain(),
-                        false,
-                    )
-                }),
-                None,
-            ),
+            Some(_) => {
+                let (ids, input_mask) = (&batch.input_ids, &batch.attention_mask);
+                let (encoded, encoder) = self.student.encode_traced(ids, input_mask, true);
+                let (student, decoder) =
+                    self.student
+                        .decode_traced(&decoder_ids, &encoded, input_mask, true);
+                let traced =
+                    || fid::forward_traced(&self.teacher, passages, mask, &decoder_ids, trains);
+                let (teacher, t_encoder, t_decoder) = match trains {
+                    true => traced(),
+                    false => tch::no_grad(traced),
+                };
+                (
+                    student,
+                    Some(Traces { encoder, decoder }),
+                    teacher,
+                    Some(Traces {
+                        encoder: t_encoder,
+                        decoder: t_decoder,
+                    }),
+                )
+            }
         };
+        let ce = cross_entropy(&student, &batch.labels);
+        let teacher_ce = trains.then(|| cross_entropy(&teacher, &batch.labels));
+        let teacher = teacher.detach();
         let m = &self.method;
         let temperature = annealed_temperature(m.temperature, step, m.anneal_every_steps);
         let kd = distillation_kl(&student, &teacher, temperature);
@@ -379,6 +501,12 @@ impl Task for IagTask {
         };
         if let Some(extra) = &m.extra_kl {
             loss += extra_kl(&student, &teacher, extra.temperature, extra.scale);
+        }
+        if let (Some(weights), Some(s), Some(t)) = (&m.alignment, &student_traces, &teacher_traces)
+        {
+            let n = passages.size()[1];
+            let targets = batch.labels.ne(IGNORE);
+            loss += alignment::loss(s, t, n, &batch.attention_mask, &targets, weights);
         }
         if let Some(teacher_ce) = teacher_ce {
             loss += teacher_ce;
@@ -390,23 +518,40 @@ impl Task for IagTask {
     /// answers, the student's validation loss, and one question to look at.
     fn evaluate(&self) -> Result<Evaluation> {
         let n = self.validation.len();
-        let (mut em, mut f, mut tem, mut tf, mut loss) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        let (mut em, mut f, mut tem, mut tf) = (0.0, 0.0, 0.0, 0.0);
+        let (mut loss, mut tloss) = (0.0, 0.0);
         let mut sample = String::new();
         for start in (0..n).step_by(self.eval_batch.max(1)) {
             let indices: Vec<usize> = (start..(start + self.eval_batch).min(n)).collect();
             let batch = (self.make)(&indices).to_device(self.device);
             let student = self.answers(&batch, false)?;
             let teacher = self.answers(&batch, true)?;
-            loss += tch::no_grad(|| {
-                let logits = self.student.forward(
+            self.condition(&batch);
+            let (student_loss, teacher_loss) = tch::no_grad(|| {
+                let decoder_ids = shift_right(&batch.labels);
+                let plain = Tape::plain();
+                let student = self.student.forward(
                     &batch.input_ids,
                     &batch.attention_mask,
-                    &shift_right(&batch.labels),
-                    &Tape::plain(),
+                    &decoder_ids,
+                    &plain,
                     false,
                 );
-                cross_entropy(&logits, &batch.labels).double_value(&[])
-            }) * indices.len() as f64;
+                let teacher = fid::forward(
+                    &self.teacher,
+                    batch.extra("passage_ids"),
+                    batch.extra("passage_mask"),
+                    &decoder_ids,
+                    &plain,
+                    false,
+                );
+                (
+                    cross_entropy(&student, &batch.labels).double_value(&[]),
+                    cross_entropy(&teacher, &batch.labels).double_value(&[]),
+                )
+            });
+            loss += student_loss * indices.len() as f64;
+            tloss += teacher_loss * indices.len() as f64;
             for (k, &i) in indices.iter().enumerate() {
                 let golds = self.validation[i].golds();
                 em += exact_match(&student[k], &golds);
@@ -432,6 +577,7 @@ impl Task for IagTask {
                 ("teacher_exact_match".into(), pct(tem)),
                 ("teacher_f1".into(), pct(tf)),
                 ("loss".into(), loss / n.max(1) as f64),
+                ("teacher_loss".into(), tloss / n.max(1) as f64),
             ],
             samples: vec![("answers".into(), sample)],
         })
@@ -455,6 +601,15 @@ impl Task for IagTask {
             base,
             "SEQ_2_SEQ_LM",
         )?;
+        if let Some(h) = &self.hyper {
+            hyperlora::save(
+                &dir.join("hyperlora"),
+                &self.student_store,
+                &h.adapter,
+                &h.whitening,
+            )
+            .context("saving the hypernetworks")?;
+        }
         if self.teacher_trains {
             hf_model::save(
                 &dir.join("teacher"),

@@ -1,6 +1,7 @@
 //! What is specific to one paper: how its recipe kind builds a model, data and loss for the
 //! generic trainer (`train::Task`).
 
+pub mod alignment;
 pub mod iag;
 pub mod longlora;
 

@@ -5,7 +5,7 @@
 use tch::Tensor;
 
 use super::checkpoint::Tape;
-use super::t5::T5;
+use super::t5::{Trace, T5};
 
 /// The text FiD encodes for one passage.
 pub fn passage_text(question: &str, title: &str, context: &str) -> String {
@@ -39,4 +39,23 @@ pub fn forward<'a>(
 ) -> Tensor {
     let (encoded, joined_mask) = encode(t5, ids, mask, tape, train);
     t5.decode(decoder_ids, &encoded, &joined_mask, tape, train)
+}
+
+/// `forward` without a tape, also returning the encoder trace (`[B·N, …]`, passage by
+/// passage) and the decoder trace (for IAG's alignment losses).
+pub fn forward_traced(
+    t5: &T5,
+    ids: &Tensor,
+    mask: &Tensor,
+    decoder_ids: &Tensor,
+    train: bool,
+) -> (Tensor, Trace, Trace) {
+    let (b, n, l) = ids.size3().expect("FiD input is [B, passages, length]");
+    let (encoded, encoder) =
+        t5.encode_traced(&ids.reshape([b * n, l]), &mask.reshape([b * n, l]), train);
+    let d = encoded.size()[2];
+    let joined = encoded.reshape([b, n * l, d]);
+    let (logits, decoder) =
+        t5.decode_traced(decoder_ids, &joined, &mask.reshape([b, n * l]), train);
+    (logits, encoder, decoder)
 }

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
+use super::hyperlora::HyperBranch;
 use super::store::ParamStore;
 
 /// A LoRA branch (Hu et al.): `scale · B·A·dropout(x)`, with A `[rank, in]` and B `[out, rank]`.
@@ -14,11 +15,13 @@ pub struct LoraBranch {
     pub dropout: f64,
 }
 
-/// `x·Wᵀ + b`, plus the LoRA branch when the store holds one for this module.
+/// `x·Wᵀ + b`, plus the LoRA branch or the HyperLoRA branch when the store holds one for this
+/// module.
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraBranch>,
+    pub hyper: Option<HyperBranch>,
 }
 
 impl Linear {
@@ -42,6 +45,7 @@ impl Linear {
             weight: store.get(&format!("{name}.weight"))?,
             bias: store.find(&format!("{name}.bias")),
             lora,
+            hyper: HyperBranch::load(store, name)?,
         })
     }
 
@@ -50,6 +54,9 @@ impl Linear {
         let kind = x.kind();
         let bias = self.bias.as_ref().map(|b| b.to_kind(kind));
         let y = x.linear(&self.weight.to_kind(kind), bias);
+        if let Some(h) = &self.hyper {
+            return y.dropout(h.dropout, train) + h.delta(x);
+        }
         match &self.lora {
             None => y,
             Some(l) => {

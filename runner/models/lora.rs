@@ -58,7 +58,7 @@ impl LoraSpec {
 }
 
 /// The linear modules of a store (by module name, without `.weight`).
-fn linear_modules(store: &ParamStore) -> Vec<String> {
+pub fn linear_modules(store: &ParamStore) -> Vec<String> {
     store
         .iter()
         .filter(|(n, t, g)| {

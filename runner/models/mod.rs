@@ -10,6 +10,7 @@ pub mod fid;
 pub mod generate;
 pub mod hf_folder;
 pub mod hf_model;
+pub mod hyperlora;
 pub mod layers;
 pub mod llama;
 pub mod lora;
@@ -18,6 +19,7 @@ pub mod precision;
 pub mod rope;
 pub mod store;
 pub mod t5;
+pub mod whitening;
 
 pub use checkpoint::{Checkpointing, Tape};
 pub use precision::Compute;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::hf_folder;
+use super::hyperlora::HyperSettings;
 use crate::plan::inventory::{Group, Param};
 
 /// The LoRA scale and dropout that apply to every adapter in a store.
@@ -25,6 +26,8 @@ pub struct ParamStore {
     pub kind: Kind,
     /// Set when LoRA adapters are attached.
     pub lora: Option<LoraSettings>,
+    /// Set when HyperLoRA hypernetworks are attached.
+    pub hyper: Option<HyperSettings>,
     /// The kind the loaded checkpoint stored its weights in (saving can keep it).
     pub checkpoint_kind: Option<Kind>,
 }
@@ -81,6 +84,7 @@ impl ParamStore {
             device,
             kind,
             lora: None,
+            hyper: None,
             checkpoint_kind: None,
         }
     }
@@ -237,7 +241,7 @@ impl ParamStore {
     /// The tensors to save in an HF folder: everything but the adapters.
     pub fn base_tensors(&self) -> Vec<(String, Tensor)> {
         self.iter()
-            .filter(|(n, _, _)| !n.contains(".lora_"))
+            .filter(|(n, _, _)| !n.contains(".lora_") && !n.starts_with("hypernet."))
             .map(|(n, t, _)| (n.to_string(), t.detach()))
             .collect()
     }

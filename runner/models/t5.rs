@@ -28,6 +28,16 @@ pub struct T5 {
     lm_head: Tensor,
 }
 
+/// What transformers returns with `output_hidden_states` and `output_attentions` for one stack:
+/// the states entering each block plus the stack's final (normed) output, and each block's
+/// self-attention probabilities `[B, heads, T, T]` (after dropout, as transformers returns
+/// them).
+#[derive(Default)]
+pub struct Trace {
+    pub hidden: Vec<Tensor>,
+    pub attention: Vec<Tensor>,
+}
+
 struct Stack {
     blocks: Vec<Block>,
     final_norm: RmsNorm,
@@ -117,10 +127,21 @@ impl T5 {
         tape: &Tape<'a>,
         train: bool,
     ) -> Tensor {
+        let (x, bias) = self.encoder_inputs(ids, mask, train);
+        self.encoder.run(x, &bias, None, tape, train)
+    }
+
+    /// `encode`, also returning every layer's states and attention (no checkpointing).
+    pub fn encode_traced(&self, ids: &Tensor, mask: &Tensor, train: bool) -> (Tensor, Trace) {
+        let (x, bias) = self.encoder_inputs(ids, mask, train);
+        self.encoder.run_traced(x, &bias, None, train)
+    }
+
+    fn encoder_inputs(&self, ids: &Tensor, mask: &Tensor, train: bool) -> (Tensor, Tensor) {
         let x = embed(&self.shared, ids, self.kind).dropout(self.encoder.dropout, train);
         let t = ids.size()[1];
         let bias = self.encoder.position_bias(t, t, 0, self.kind) + padding_bias(mask, self.kind);
-        self.encoder.run(x, &bias, None, tape, train)
+        (x, bias)
     }
 
     /// Logits `[B, T_dec, vocab]` (fp32) of the decoder reading `encoded` `[B, S, d]`.
@@ -132,18 +153,38 @@ impl T5 {
         tape: &Tape<'a>,
         train: bool,
     ) -> Tensor {
-        let x = embed(&self.shared, decoder_ids, self.kind).dropout(self.decoder.dropout, train);
-        let t = decoder_ids.size()[1];
-        let causal = Tensor::ones([t, t], (Kind::Bool, x.device())).tril(0);
-        let bias = self.decoder.position_bias(t, t, 0, self.kind)
-            + Tensor::zeros([t, t], (self.kind, x.device()))
-                .masked_fill(&causal.logical_not(), MASKED);
+        let (x, bias) = self.decoder_inputs(decoder_ids, train);
         let cross = (
             tape.boundary(encoded),
             padding_bias(encoder_mask, self.kind),
         );
         let y = self.decoder.run(x, &bias, Some(&cross), tape, train);
         self.head(&y)
+    }
+
+    /// `decode`, also returning every layer's states and self-attention (no checkpointing).
+    pub fn decode_traced(
+        &self,
+        decoder_ids: &Tensor,
+        encoded: &Tensor,
+        encoder_mask: &Tensor,
+        train: bool,
+    ) -> (Tensor, Trace) {
+        let (x, bias) = self.decoder_inputs(decoder_ids, train);
+        let cross = (encoded, &padding_bias(encoder_mask, self.kind));
+        let (y, trace) = self.decoder.run_traced(x, &bias, Some(cross), train);
+        (self.head(&y), trace)
+    }
+
+    /// Embedded decoder input and its causal self-attention bias.
+    fn decoder_inputs(&self, decoder_ids: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let x = embed(&self.shared, decoder_ids, self.kind).dropout(self.decoder.dropout, train);
+        let t = decoder_ids.size()[1];
+        let causal = Tensor::ones([t, t], (Kind::Bool, x.device())).tril(0);
+        let bias = self.decoder.position_bias(t, t, 0, self.kind)
+            + Tensor::zeros([t, t], (self.kind, x.device()))
+                .masked_fill(&causal.logical_not(), MASKED);
+        (x, bias)
     }
 
     /// Logits for `decoder_ids` given encoder input `ids`: one teacher-forced pass.
@@ -183,6 +224,7 @@ impl T5 {
                 Some((encoded, &cross_bias)),
                 false,
                 Some(layer_cache),
+                None,
             );
         }
         self.head(&self.decoder.final_norm.forward(&x))
@@ -280,15 +322,43 @@ impl Stack {
         for block in &self.blocks {
             x = match cross {
                 None => tape.segment(&[&x, &bias], move |xs| {
-                    block.forward(&xs[0], &xs[1], None, train, None)
+                    block.forward(&xs[0], &xs[1], None, train, None, None)
                 }),
-                Some((encoded, cross_bias)) => tape
-                    .segment(&[&x, &bias, encoded, cross_bias], move |xs| {
-                        block.forward(&xs[0], &xs[1], Some((&xs[2], &xs[3])), train, None)
-                    }),
+                Some((encoded, cross_bias)) => {
+                    tape.segment(&[&x, &bias, encoded, cross_bias], move |xs| {
+                        block.forward(&xs[0], &xs[1], Some((&xs[2], &xs[3])), train, None, None)
+                    })
+                }
             };
         }
         self.final_norm.forward(&x).dropout(self.dropout, train)
+    }
+
+    /// `run` without a tape, recording what enters each block, the output and each
+    /// self-attention's probabilities.
+    fn run_traced(
+        &self,
+        x: Tensor,
+        self_bias: &Tensor,
+        cross: Option<(&Tensor, &Tensor)>,
+        train: bool,
+    ) -> (Tensor, Trace) {
+        let mut trace = Trace::default();
+        let mut x = x;
+        for block in &self.blocks {
+            trace.hidden.push(x.shallow_clone());
+            x = block.forward(
+                &x,
+                self_bias,
+                cross,
+                train,
+                None,
+                Some(&mut trace.attention),
+            );
+        }
+        let y = self.final_norm.forward(&x).dropout(self.dropout, train);
+        trace.hidden.push(y.shallow_clone());
+        (y, trace)
     }
 
     /// `[1, heads, Q, K]`: the learned bias of each query–key offset's bucket; queries start at
@@ -374,7 +444,8 @@ impl Block {
         })
     }
 
-    /// One block: `x + SelfAttn(norm x)`, `+ CrossAttn(norm x, encoded)`, `+ FF(norm x)`.
+    /// One block: `x + SelfAttn(norm x)`, `+ CrossAttn(norm x, encoded)`, `+ FF(norm x)`;
+    /// `record` receives the self-attention probabilities.
     fn forward(
         &self,
         x: &Tensor,
@@ -382,6 +453,7 @@ impl Block {
         cross: Option<(&Tensor, &Tensor)>,
         train: bool,
         cache: Option<&mut LayerCache>,
+        record: Option<&mut Vec<Tensor>>,
     ) -> Tensor {
         let h = self.self_norm.forward(x);
         let (k, v) = self.self_attn.keys_values(&h, train);
@@ -392,7 +464,7 @@ impl Block {
             }
             None => (None, (k, v)),
         };
-        let a = self.self_attn.attend(&h, &k, &v, self_bias, train);
+        let a = self.self_attn.attend(&h, &k, &v, self_bias, train, record);
         let x = x + a.dropout(self.dropout, train);
         let x = match (&self.cross, cross) {
             (Some((norm, attn)), Some((encoded, bias))) => {
@@ -401,7 +473,7 @@ impl Block {
                     Some(c) => c.get_or_insert(|| attn.keys_values(encoded, train)),
                     None => attn.keys_values(encoded, train),
                 };
-                let a = attn.attend(&h, &k, &v, bias, train);
+                let a = attn.attend(&h, &k, &v, bias, train, None);
                 x + a.dropout(self.dropout, train)
             }
             _ => x,
@@ -439,18 +511,32 @@ impl Attention {
     }
 
     /// Attention of `x`'s queries over `k`, `v`, unscaled (T5 folds the scale into its init),
-    /// with the additive `bias`.
-    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, train: bool) -> Tensor {
+    /// with the additive `bias`; `record` receives the probabilities.
+    fn attend(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+        train: bool,
+        record: Option<&mut Vec<Tensor>>,
+    ) -> Tensor {
         let q = self.heads(&self.q.forward(x, train));
         let (b, h, t, d) = q.size4().expect("[B, H, T, d]");
         let bias = bias.to_kind(q.kind());
-        let out = if train && self.dropout > 0.0 {
+        let out = if (train && self.dropout > 0.0) || record.is_some() {
             // Written out, as transformers' eager T5: SDPA picks its kernel (and so how it
             // draws the dropout mask) by grad mode, and a recomputed segment must draw the
-            // mask its forward pass drew.
+            // mask its forward pass drew. SDPA does not return the probabilities either.
             let scores = q.matmul(&k.transpose(-2, -1)) + bias;
-            let weights = scores.softmax(-1, Kind::Float).to_kind(q.kind());
-            weights.dropout(self.dropout, train).matmul(v)
+            let weights = scores
+                .softmax(-1, Kind::Float)
+                .to_kind(q.kind())
+                .dropout(self.dropout, train);
+            if let Some(r) = record {
+                r.push(weights.shallow_clone());
+            }
+            weights.matmul(v)
         } else {
             Tensor::scaled_dot_product_attention(&q, k, v, Some(&bias), 0.0, false, 1.0, false)
         };

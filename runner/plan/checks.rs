@@ -45,15 +45,37 @@ pub fn check(plan: &Plan) -> Vec<Diagnostic> {
                     );
                 }
             }
+            if let Adapter::Hyperlora { whiten_dim, .. } = &r.training.adapter {
+                if u64::from(*whiten_dim) > s.arch.d_model {
+                    c.fail(&["training.adapter.whiten_dim"], format!("HyperLoRA whitens the student encoder's {}-dimensional features, so it keeps at most {} components, not {whiten_dim}", s.arch.d_model, s.arch.d_model), format!("use `whiten_dim: {}` or less (IAG keeps 255 of T5-base's 768)", s.arch.d_model.saturating_sub(1)));
+                }
+            }
+            if r.method.alignment.is_some() {
+                if t.passage_max_length != s.max_length {
+                    c.fail(&["method.alignment", "model.student.max_length", "model.teacher.passage_max_length"], format!("alignment compares student and teacher encoder states position by position, but the student reads {} tokens and each passage {}", s.max_length, t.passage_max_length), "give both the same length (IAG: 256)");
+                }
+                if r.training.gradient_checkpointing {
+                    c.fail(&["method.alignment", "training.gradient_checkpointing"], "alignment keeps every layer's states and attention maps, which gradient checkpointing would recompute", "turn one of them off");
+                }
+            }
             if r.method.alignment.is_some()
-                && (t.arch.num_layers != s.arch.num_layers || t.arch.num_heads != s.arch.num_heads)
+                && (t.arch.num_layers != s.arch.num_layers
+                    || t.arch.num_heads != s.arch.num_heads
+                    || t.arch.d_model != s.arch.d_model)
             {
-                c.fail(&["method.alignment", "model.student.arch.num_layers", "model.teacher.arch.num_layers"], "hidden and attention alignment pair teacher and student layers and heads one to one, but their counts differ", "use teacher and student of the same size, or drop `method.alignment`");
+                c.fail(&["method.alignment", "model.student.arch.num_layers", "model.teacher.arch.num_layers"], "hidden and attention alignment pair teacher and student layers, heads and state widths one to one, but they differ", "use teacher and student of the same size, or drop `method.alignment`");
             }
         }
         Recipe::LongloraSft(r) => {
             let arch = &r.model.arch;
             c.decoder("model.arch", arch);
+            if matches!(r.training.adapter, Adapter::Hyperlora { .. }) {
+                c.fail(
+                    &["training.adapter.type"],
+                    "hyperlora is IAG's T5 adapter; longlora_sft trains lora or full",
+                    "use `type: lora` (LongLoRA: q, k, v, o plus embed and norm) or `type: full`",
+                );
+            }
             let length = r.data.max_length;
             if r.method.shifted_sparse_attention {
                 let group = r.method.group_size(length);

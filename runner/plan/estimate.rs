@@ -9,10 +9,11 @@
 
 use serde::Serialize;
 
+use super::hypernet;
 use super::inventory::{self, Group, Param};
 use super::kinds::coe;
 use super::recipe::Recipe;
-use super::training::{Adapter, Precision, Stack, Training};
+use super::training::{Adapter, Precision, Training};
 
 /// Values a transformer layer keeps per token and hidden unit for its backward pass.
 const VALUES_PER_TOKEN_UNIT: u64 = 17;
@@ -154,59 +155,24 @@ pub fn adapter_params(part: &Part, adapter: &Adapter) -> Vec<Param> {
             .flat_map(|(m, p)| lora(m, u64::from(*rank), p.shape[1], p.shape[0]))
             .collect(),
         Adapter::Hyperlora {
-            rank,
-            hidden,
-            whiten_dim,
-            targets,
-            stacks,
-            ffn_rank_multiplier,
-            ..
+            hidden, whiten_dim, ..
         } => {
-            // One hypernetwork per adapted block kind (encoder self-attention, decoder
-            // self-attention, cross-attention, each FFN target), shared across layers and
-            // conditioned on the layer index: Linear(in→hidden) → ReLU → Linear(hidden→d·r).
+            // One hypernetwork per adapted block kind, shared across layers (plan/hypernet.rs):
+            // Linear(in→hidden) → ReLU → Linear(hidden→d·r) for each of its two factors.
             let input = u64::from(*whiten_dim) + 1;
             let hidden = u64::from(*hidden);
             let mut blocks: Vec<(String, u64, u64, u64)> = Vec::new();
             for p in &part.params {
-                let Some(module) = p.linear_module() else {
+                let Some(site) = p.linear_module().and_then(|m| hypernet::site(adapter, m)) else {
                     continue;
                 };
-                let Some(target) = targets
-                    .iter()
-                    .find(|t| inventory::target_matches(t, module))
-                else {
-                    continue;
-                };
-                let stack = if module.starts_with("encoder") {
-                    Stack::Encoder
-                } else {
-                    Stack::Decoder
-                };
-                if !stacks.contains(&stack) {
-                    continue;
-                }
-                let is_ffn = module.contains("DenseReluDense");
-                let kind = module.split('.').rev().nth(1).unwrap_or("");
-                let key = if is_ffn {
-                    format!("{stack:?}.{target}")
-                } else {
-                    format!("{stack:?}.{kind}")
-                };
-                let r = u64::from(*rank)
-                    * if is_ffn {
-                        u64::from(*ffn_rank_multiplier)
-                    } else {
-                        1
-                    };
-                if !blocks.iter().any(|b| b.0 == key) {
-                    blocks.push((key, r, p.shape[1], p.shape[0]));
+                if !blocks.iter().any(|b| b.0 == site.net) {
+                    blocks.push((site.net, site.rank, p.shape[1], p.shape[0]));
                 }
             }
             blocks
                 .into_iter()
-                .flat_map(|(key, r, input_dim, output_dim)| {
-                    let name = format!("hypernet.{}", key.to_lowercase());
+                .flat_map(|(name, r, input_dim, output_dim)| {
                     let mlp = move |branch: &str, out: u64| {
                         [
                             Param::new(

@@ -6,6 +6,7 @@ pub mod checks;
 pub mod common;
 pub mod estimate;
 pub mod explain;
+pub mod hypernet;
 pub mod inventory;
 pub mod kinds;
 pub mod recipe;

@@ -4,6 +4,7 @@
 
 mod checkpointing;
 mod generation;
+mod hyperlora;
 mod lora;
 mod parity;
 mod precision;

@@ -144,3 +144,33 @@ fn fusion_in_decoder_matches_transformers_encoding_passages_apart() {
         "question: who? title: T context: text"
     );
 }
+
+#[test]
+fn t5_traces_hold_every_layers_states_and_attention_without_changing_the_output() {
+    let (config, store) = load("t5-v1_1", Kind::Float);
+    let model = t5(&config, &store, Kind::Float);
+    let ids = Tensor::from_slice(&[5i64, 9, 3, 1, 7, 2, 1, 0]).view([2, 4]);
+    let mask = ids.ne(0).to_kind(Kind::Int64);
+    let decoder_ids = Tensor::from_slice(&[0i64, 4, 0, 6]).view([2, 2]);
+    let plain = Tape::plain;
+    let (logits, (encoder, decoder)) = tch::no_grad(|| {
+        let (encoded, encoder) = model.encode_traced(&ids, &mask, false);
+        let (logits, decoder) = model.decode_traced(&decoder_ids, &encoded, &mask, false);
+        (logits, (encoder, decoder))
+    });
+    let reference = tch::no_grad(|| model.forward(&ids, &mask, &decoder_ids, &plain(), false));
+    assert!(max_diff(&logits, &reference) < 1e-5);
+    // transformers' layout: the embeddings and each block's input, then the final output.
+    assert_eq!((encoder.hidden.len(), encoder.attention.len()), (3, 2));
+    assert_eq!((decoder.hidden.len(), decoder.attention.len()), (3, 2));
+    assert_eq!(encoder.attention[0].size(), [2, 4, 4, 4]);
+    let rows = encoder.attention[1].sum_dim_intlist(-1, false, Kind::Float);
+    assert!(max_diff(&rows, &rows.ones_like()) < 1e-5, "probabilities");
+    let future = decoder.attention[0]
+        .get(0)
+        .get(0)
+        .get(0)
+        .get(1)
+        .double_value(&[]);
+    assert_eq!(future, 0.0, "the decoder's first token sees no later one");
+}
