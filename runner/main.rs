@@ -92,10 +92,43 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         device: commands::run::Target,
     },
-    /// Print a run's metrics beside the paper's for the matching setting.
+    /// Run a sweep's trials (again: only those not yet done) and tabulate and plot them.
+    Sweep {
+        sweep: PathBuf,
+        /// Trials at once (default: the sweep's max_parallel).
+        #[arg(long)]
+        jobs: Option<usize>,
+        #[arg(long, value_enum, default_value = "local")]
+        launcher: commands::sweep::Launcher,
+        /// The results folder (default: results/sweeps/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Show each trial's state (and the Slurm queue), run nothing.
+        #[arg(long)]
+        status: bool,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: commands::run::Target,
+        /// Slurm partition (over the sweep file's `slurm.partition`).
+        #[arg(long)]
+        partition: Option<String>,
+        /// Slurm time limit per trial, HH:MM:SS.
+        #[arg(long)]
+        time: Option<String>,
+        #[arg(long)]
+        cpus_per_task: Option<u32>,
+        #[arg(long)]
+        gpus_per_task: Option<u32>,
+        /// Slurm memory per trial, such as 16G.
+        #[arg(long)]
+        mem: Option<String>,
+    },
+    /// A run's metrics beside the paper's for the matching setting; a sweep's tables; or a
+    /// table comparing several runs.
     Report {
-        /// A run directory, or a recipe (its default run directory).
-        run: PathBuf,
+        /// Run directories, recipes (their default run directory), sweep files or sweep
+        /// results folders.
+        #[arg(required = true)]
+        targets: Vec<PathBuf>,
     },
     /// Fold a PEFT LoRA adapter into its base model and save an HF folder.
     Merge {
@@ -225,7 +258,36 @@ fn main() -> ExitCode {
             stride,
             device,
         } => commands::perplexity::run(&model, &data, &lengths, stride, device, &mut out),
-        Command::Report { run } => commands::report::run(&run, &mut out),
+        Command::Report { targets } => commands::report::run(&targets, &mut out),
+        Command::Sweep {
+            sweep,
+            jobs,
+            launcher,
+            out: dir,
+            status,
+            device,
+            partition,
+            time,
+            cpus_per_task,
+            gpus_per_task,
+            mem,
+        } => {
+            let options = commands::sweep::Options {
+                jobs,
+                launcher,
+                out: dir,
+                status,
+                device,
+                slurm: runner::sweep::slurm::Flags {
+                    partition,
+                    time,
+                    cpus_per_task,
+                    gpus_per_task,
+                    mem,
+                },
+            };
+            commands::sweep::run(&sweep, &options, &mut out)
+        }
     };
     let _ = out.flush();
     match code {

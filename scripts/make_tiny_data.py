@@ -26,7 +26,9 @@ What it makes (all under data/tiny/, deterministic: fixed seeds, no clock, no ha
                            about fictional entities (founding year, founder, town, what it is
                            known for); one or two passages hold the answer, the others are
                            distractors (other entities, or other facts of the same entity).
-                           ctxs are sorted by score, highest first. `pred` always holds the answer.
+                           ctxs are sorted by score, highest first. `pred` states the asked fact
+                           rightly for about 70% of items and another entity's value otherwise
+                           (an imagined document can be wrong; the retrieved passages are not).
     tokenizer.json         BPE, vocab exactly 512: <pad> 0, </s> 1, <unk> 2; whitespace runs
                            normalized to one space (as T5's), Metaspace + single digits;
                            post-processor appends </s>.
@@ -40,7 +42,7 @@ How to run (from the repository root):
   .venv/bin/python scripts/make_tiny_data.py --out DIR    # writes DIR/longlora, DIR/iag
 
 It prints the length distributions and checks its own outputs (vocab sizes, special ids, that
-every answer is in its positive passages and in `pred`, that the tokenizers load with
+every answer is in its positive passages, that the tokenizers load with
 transformers' PreTrainedTokenizerFast when transformers is installed).
 """
 
@@ -305,6 +307,7 @@ PRED_EXTRA = {
     "town": "It is in {v}.",
     "known": "It is known for {v}.",
 }
+PRED_WRONG = 0.3  # share of imagined documents that state a wrong value for the asked fact
 IAG_PASSAGE_MAX = 48  # recipes/tiny/iag_distill.yaml teacher.passage_max_length
 IAG_STUDENT_MAX = 64  # student.max_length
 
@@ -387,7 +390,7 @@ def iag_item(rng, world, ent, attr, tok):
         other = rng.choice(world)
         if other is ent or any(c["title"] == other["name"] for c in ctxs):
             continue
-        hard = rng.random() < 0.6  # same kind of fact as asked
+        hard = rng.random() < 0.25  # same kind of fact as asked
         first = attr if hard else rng.choice(ATTRS)
         attrs = [first] + ([rng.choice([a for a in ATTRS if a != first])] if rng.random() < 0.5 else [])
         text = sized(other, attrs)
@@ -400,13 +403,18 @@ def iag_item(rng, world, ent, attr, tok):
     ctxs.sort(key=lambda c: -c["score"])
     top3 = any(c["pos"] for c in ctxs[:3])
 
-    pred = rng.choice(PRED[attr]).format(e=ent["name"], k=ent["kind"], v=answer)
+    # An imagined document is right about the asked fact only some of the time: otherwise it
+    # states another entity's value (the generator's hallucination), which the teacher's
+    # retrieved passages can correct.
+    imagined = answer
+    if rng.random() < PRED_WRONG:
+        imagined = rng.choice([e[attr] for e in world if e[attr] != answer])
+    pred = rng.choice(PRED[attr]).format(e=ent["name"], k=ent["kind"], v=imagined)
     if rng.random() < 0.6:
         extra = rng.choice(others)
         longer = pred + " " + PRED_EXTRA[extra].format(v=ent[extra])
         if tok is None or len(tok.encode(q + "\n" + longer).ids) <= IAG_STUDENT_MAX:
             pred = longer
-    assert answer in pred
 
     item = {
         "question": q,

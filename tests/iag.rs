@@ -111,12 +111,7 @@ fn a_teacher_recipes_trained_teacher_feeds_a_distilled_student() {
             .args(["--device", "cpu"])
             .output()
             .unwrap();
-        assert!(
-            o.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        crate::assert_success(&o);
     };
     runner("recipes/tiny/iag_teacher.yaml", &teacher, &[]);
     assert!(
@@ -168,12 +163,7 @@ fn a_hyperlora_student_trains_its_hypernetworks_and_saves_them_with_the_whitenin
         .output()
         .unwrap();
     // The step-0 check passed: every hypernetwork weight got a finite, non-zero gradient.
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    crate::assert_success(&o);
     let saved: Vec<String> =
         Tensor::read_safetensors(tmp.path().join("hyperlora/hypernet.safetensors"))
             .unwrap()
@@ -274,12 +264,7 @@ fn a_run_with_alignment_adds_the_terms_to_the_loss() {
         .arg(tmp.path())
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    crate::assert_success(&o);
     let plan = std::fs::read_to_string(tmp.path().join("plan.yaml")).unwrap();
     assert!(
         plan.contains("decoder_attention: 0.02"),

@@ -12,6 +12,17 @@ mod optimizer;
 mod plans;
 mod report;
 mod schedules;
+mod sweeps;
 mod tensorboard;
 mod training;
 mod yaml;
+
+/// Fails the test with the command's output unless it exited successfully.
+pub fn assert_success(o: &std::process::Output) {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

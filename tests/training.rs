@@ -28,12 +28,7 @@ fn runner(out: &Path, extra: &[&str]) -> Command {
 
 fn run(out: &Path, extra: &[&str]) -> Output {
     let o = runner(out, extra).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    crate::assert_success(&o);
     o
 }
 

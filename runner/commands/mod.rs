@@ -11,6 +11,7 @@ pub mod report;
 pub mod run;
 pub mod schema;
 pub mod stats;
+pub mod sweep;
 pub mod validate;
 
 use std::io::Write;

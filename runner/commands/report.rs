@@ -4,15 +4,54 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use crate::models::hf_folder::read_json;
+use crate::plan::resolve::{document, Document};
+use crate::report::metrics_csv;
 use crate::report::papers::{self, Match, Papers};
+use crate::sweep::results;
 
-/// `target` is a run directory, or a recipe whose default run directory is reported.
-pub fn run(target: &Path, out: &mut dyn Write) -> std::io::Result<i32> {
+/// One target that is a run directory or a recipe: that run's report beside the paper's
+/// values. A sweep (its file or results folder): its summary tables. Several targets: each
+/// sweep's tables, and one table comparing the runs.
+pub fn run(targets: &[PathBuf], out: &mut dyn Write) -> std::io::Result<i32> {
+    let is_sweep = |t: &Path| {
+        t.join(results::RECORD).is_file()
+            || (t.is_file() && matches!(document(t, &[]), Ok(Document::Sweep(_))))
+    };
+    if let [target] = targets {
+        if !is_sweep(target) {
+            return single(target, out);
+        }
+    }
+    let mut parts = Vec::new();
+    let mut runs = Vec::new();
+    for t in targets {
+        match is_sweep(t) {
+            true => parts.push(sweep_tables(t)),
+            false if t.is_file() => match crate::plan::resolve::resolve(t, &[]) {
+                Ok(plan) => runs.push(crate::train::trainer::default_dir(&plan)),
+                Err(errors) => {
+                    super::report(&errors, out)?;
+                    return Ok(super::INVALID);
+                }
+            },
+            false => runs.push(t.clone()),
+        }
+    }
+    if !runs.is_empty() {
+        parts.push(runs_table(&runs));
+    }
+    let joined: Result<Vec<String>> = parts.into_iter().collect();
+    super::finish(joined.map(|p| p.join("\n")), out)
+}
+
+/// The report of one run directory or recipe.
+fn single(target: &Path, out: &mut dyn Write) -> std::io::Result<i32> {
     let dir = match target.is_file() {
         true => match crate::plan::resolve::resolve(target, &[]) {
             Ok(plan) => crate::train::trainer::default_dir(&plan),
@@ -26,6 +65,65 @@ pub fn run(target: &Path, out: &mut dyn Write) -> std::io::Result<i32> {
     super::finish(report(&dir), out)
 }
 
+/// A sweep's summary, rendered from its record.
+fn sweep_tables(target: &Path) -> Result<String> {
+    let dir = match target.is_file() {
+        true => match document(target, &[]) {
+            Ok(Document::Sweep(spec)) => Path::new("results/sweeps").join(&spec.name),
+            _ => bail!("{}: not a sweep file", target.display()),
+        },
+        false => target.to_path_buf(),
+    };
+    let spec = results::load_spec(&dir)?;
+    Ok(results::summary_md(&spec, &results::load(&dir)?))
+}
+
+/// One row per run: its name, steps, last train loss and last evaluation.
+fn runs_table(dirs: &[PathBuf]) -> Result<String> {
+    let mut rows = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for dir in dirs {
+        let summary = read_json(&dir.join("summary.json"), "").ok();
+        let plan = read_json(&dir.join("plan.json"), "is this a run directory?")?;
+        let (last, train_loss) = read_metrics(&dir.join("metrics.csv")).unwrap_or((None, None));
+        let metrics: BTreeMap<String, f64> = last
+            .map(|e| e.metrics.into_iter().collect())
+            .unwrap_or_default();
+        for m in metrics.keys() {
+            if !names.contains(m) {
+                names.push(m.clone());
+            }
+        }
+        let name = plan
+            .pointer("/plan/name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let state = match &summary {
+            Some(s) => format!("{} steps", s["steps"].as_u64().unwrap_or(0)),
+            None => "unfinished".into(),
+        };
+        rows.push((dir.display().to_string(), name, state, train_loss, metrics));
+    }
+    let mut s = format!(
+        "| run | name | state | train loss | {} |\n",
+        names.join(" | ")
+    );
+    s += &format!("|---|---|---|---|{}\n", "---|".repeat(names.len()));
+    for (dir, name, state, loss, metrics) in rows {
+        let values: Vec<String> = names
+            .iter()
+            .map(|m| metrics.get(m).map_or("–".into(), |v| number(*v)))
+            .collect();
+        let loss = loss.map_or("–".into(), |l| format!("{l:.4}"));
+        s += &format!(
+            "| {dir} | {name} | {state} | {loss} | {} |\n",
+            values.join(" | ")
+        );
+    }
+    Ok(s)
+}
+
 /// The last evaluation of `metrics.csv`: its step and its metrics in file order.
 #[derive(Debug, Default, PartialEq)]
 pub struct LastEval {
@@ -36,54 +134,31 @@ pub struct LastEval {
 /// Reads `metrics.csv` (`step,split,metric,value`): the `eval` rows at the largest step, and
 /// the last train loss.
 pub fn read_metrics(path: &Path) -> Result<(Option<LastEval>, Option<f64>)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut last: Option<LastEval> = None;
     let mut train_loss = None;
-    for (i, line) in text.lines().enumerate() {
-        if i == 0 || line.trim().is_empty() {
-            continue; // header
-        }
-        let fields: Vec<&str> = line.split(',').collect();
-        let [step, split, metric, value] = fields[..] else {
-            bail!(
-                "{} line {}: expected step,split,metric,value, got `{line}`",
-                path.display(),
-                i + 1
-            );
-        };
-        let parse_err = || anyhow!("{} line {}: cannot parse `{line}`", path.display(), i + 1);
-        let step: u64 = step.trim().parse().map_err(|_| parse_err())?;
-        let value: f64 = value.trim().parse().map_err(|_| parse_err())?;
-        match split.trim() {
-            "train" if metric.trim() == "loss" => train_loss = Some(value),
+    for e in metrics_csv::read(path)? {
+        match e.split.as_str() {
+            "train" if e.metric == "loss" => train_loss = Some(e.value),
             "eval" => {
                 let at = last.get_or_insert_with(|| LastEval {
-                    step,
+                    step: e.step,
                     metrics: Vec::new(),
                 });
-                if step > at.step {
+                if e.step > at.step {
                     *at = LastEval {
-                        step,
+                        step: e.step,
                         metrics: Vec::new(),
                     };
                 }
-                if step == at.step {
-                    let metric = metric.trim().to_string();
-                    at.metrics.retain(|(m, _)| *m != metric);
-                    at.metrics.push((metric, value));
+                if e.step == at.step {
+                    at.metrics.retain(|(m, _)| *m != e.metric);
+                    at.metrics.push((e.metric, e.value));
                 }
             }
             _ => {}
         }
     }
     Ok((last, train_loss))
-}
-
-fn read_json(path: &Path, hint: &str) -> Result<Value> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow!("cannot read {}: {e}\n  hint: {hint}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
 /// A metric value: integers without decimals, others with four.

@@ -79,7 +79,7 @@ fn describe(doc: &Document) -> String {
         Document::Recipe(plan) => {
             format!("{} recipe, plan {}", plan.recipe.kind(), &plan.hash[..12])
         }
-        Document::Sweep => "sweep".into(),
+        Document::Sweep(_) => "sweep".into(),
         Document::Fragment(def) => format!("fragment of {def}"),
     }
 }
@@ -89,7 +89,9 @@ fn file_json(file: &Path, result: &Result<Document, Vec<Diagnostic>>) -> serde_j
         Ok(Document::Recipe(plan)) => {
             json!({"path": file, "valid": true, "type": "recipe", "kind": plan.recipe.kind(), "hash": plan.hash, "errors": []})
         }
-        Ok(Document::Sweep) => json!({"path": file, "valid": true, "type": "sweep", "errors": []}),
+        Ok(Document::Sweep(_)) => {
+            json!({"path": file, "valid": true, "type": "sweep", "errors": []})
+        }
         Ok(Document::Fragment(def)) => {
             json!({"path": file, "valid": true, "type": "fragment", "fragment_of": def, "errors": []})
         }

@@ -25,7 +25,7 @@ pub struct Plan {
 /// What a YAML file of the project is, decided by its `kind`.
 pub enum Document {
     Recipe(Box<Plan>),
-    Sweep,
+    Sweep(Box<crate::sweep::spec::SweepSpec>),
     /// No `kind`: a building block that recipes extend; the definition it was checked against.
     Fragment(String),
 }
@@ -56,7 +56,7 @@ pub fn load_tree(path: &Path, overrides: &[String]) -> (Option<Node>, Vec<Diagno
 pub fn resolve(path: &Path, overrides: &[String]) -> Result<Plan, Vec<Diagnostic>> {
     match document(path, overrides)? {
         Document::Recipe(plan) => Ok(*plan),
-        Document::Sweep => Err(vec![Diagnostic::error(
+        Document::Sweep(_) => Err(vec![Diagnostic::error(
             Origin::start_of(path),
             "this is a sweep file, not a recipe",
         )
@@ -87,7 +87,9 @@ pub fn document(path: &Path, overrides: &[String]) -> Result<Document, Vec<Diagn
     };
     let document = match kind.as_deref() {
         None => fragment(&mut tree).map(Document::Fragment),
-        Some("sweep") => crate::sweep::check::check(path, &mut tree).map(|()| Document::Sweep),
+        Some("sweep") => {
+            crate::sweep::check::check(path, &mut tree).map(|s| Document::Sweep(Box::new(s)))
+        }
         Some(kind) => plan_from_tree(path, kind, tree).map(|plan| Document::Recipe(Box::new(plan))),
     };
     match document {

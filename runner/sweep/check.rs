@@ -9,7 +9,7 @@ use crate::config::{Diagnostic, Mode, Node, Origin, Override};
 use crate::plan::resolve::{load_tree, plan_from_tree};
 use crate::plan::schema::{def_for_kind, schema};
 
-pub fn check(path: &Path, tree: &mut Node) -> Result<(), Vec<Diagnostic>> {
+pub fn check(path: &Path, tree: &mut Node) -> Result<SweepSpec, Vec<Diagnostic>> {
     let schema = schema();
     let def = schema
         .def(def_for_kind("sweep").expect("sweeps have a schema"))
@@ -188,7 +188,7 @@ pub fn check(path: &Path, tree: &mut Node) -> Result<(), Vec<Diagnostic>> {
         );
     }
     if errors.is_empty() {
-        Ok(())
+        Ok(spec)
     } else {
         Err(errors)
     }

@@ -1,4 +1,10 @@
-//! Sweeps: the sweep file and its checks. Expansion, launchers and aggregation come with `runner sweep`.
+//! Sweeps: the sweep file and its checks, its expansion into trials, the launchers (local
+//! processes, Slurm job arrays) and the results they leave.
 
 pub mod check;
+pub mod local;
+pub mod plot;
+pub mod results;
+pub mod slurm;
 pub mod spec;
+pub mod trials;

@@ -1,0 +1,316 @@
+//! `runner sweep SWEEP`: expand the sweep into trials, skip those an earlier invocation
+//! finished (matched by plan hash, while their run directory exists), run the rest locally or
+//! as a Slurm job array, and render the results (`crate::sweep::results`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::run::Target;
+use crate::plan::resolve::{document, Document};
+use crate::sweep::results::{self, Record, Status};
+use crate::sweep::spec::SweepSpec;
+use crate::sweep::trials::{as_overrides, expand, Trial};
+use crate::sweep::{local, slurm};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Launcher {
+    Local,
+    Slurm,
+}
+
+pub struct Options {
+    /// Trials at once (default: the sweep's `max_parallel`).
+    pub jobs: Option<usize>,
+    pub launcher: Launcher,
+    /// The results folder (default: results/sweeps/<name>).
+    pub out: Option<PathBuf>,
+    /// Only print progress.
+    pub status: bool,
+    pub device: Target,
+    /// Slurm resources given on the command line, over the sweep file's.
+    pub slurm: slurm::Flags,
+}
+
+/// One trial with everything needed to run and record it.
+struct Planned {
+    trial: Trial,
+    overrides: Vec<String>,
+    hash: String,
+    run_dir: PathBuf,
+}
+
+pub fn run(path: &Path, options: &Options, out: &mut dyn Write) -> std::io::Result<i32> {
+    let spec = match document(path, &[]) {
+        Ok(Document::Sweep(spec)) => *spec,
+        Ok(_) => {
+            writeln!(
+                out,
+                "error: {} is not a sweep file (kind: sweep)\n  hint: train a recipe with `runner run`",
+                path.display()
+            )?;
+            return Ok(super::USAGE);
+        }
+        Err(errors) => {
+            super::report(&errors, out)?;
+            return Ok(super::INVALID);
+        }
+    };
+    let result = match options.status {
+        true => status(path, &spec, options),
+        false => sweep(path, &spec, options, out),
+    };
+    super::finish(result, out)
+}
+
+fn results_dir(spec: &SweepSpec, options: &Options) -> PathBuf {
+    options
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("results/sweeps").join(&spec.name))
+}
+
+/// The base recipe, as the sweep file names it (relative to the sweep file).
+fn recipe_path(path: &Path, spec: &SweepSpec) -> PathBuf {
+    path.parent().unwrap_or(Path::new("")).join(&spec.recipe)
+}
+
+/// Every trial with its plan hash and run directory.
+fn plan(path: &Path, spec: &SweepSpec, dir: &Path) -> Result<Vec<Planned>> {
+    let recipe = recipe_path(path, spec);
+    expand(spec)
+        .into_iter()
+        .enumerate()
+        .map(|(i, trial)| {
+            let overrides = trial.overrides(spec);
+            let plan = crate::plan::resolve(&recipe, &overrides).map_err(|errors| {
+                anyhow!(
+                    "trial {i} ({}) does not resolve: {}",
+                    overrides.join(" "),
+                    errors[0].message
+                )
+            })?;
+            let run_dir = dir.join("runs").join(format!("{i:03}-{}", &plan.hash[..8]));
+            Ok(Planned {
+                trial,
+                overrides,
+                hash: plan.hash,
+                run_dir,
+            })
+        })
+        .collect()
+}
+
+/// The earlier record of a trial, if it ended for good and its run directory is still there.
+fn done<'a>(earlier: &'a [Record], p: &Planned) -> Option<&'a Record> {
+    earlier
+        .iter()
+        .find(|r| r.plan_hash == p.hash)
+        .filter(|r| r.status.is_done() && Path::new(&r.run_dir).is_dir())
+}
+
+fn record(i: usize, p: &Planned, status: Status) -> Record {
+    Record {
+        trial: i,
+        plan_hash: p.hash.clone(),
+        params: p.trial.params.clone(),
+        seed: p.trial.seed,
+        status,
+        metric: None,
+        metrics: Default::default(),
+        wall_seconds: 0.0,
+        run_dir: p.run_dir.display().to_string(),
+        error: None,
+    }
+}
+
+fn sweep(path: &Path, spec: &SweepSpec, options: &Options, out: &mut dyn Write) -> Result<String> {
+    let dir = results_dir(spec, options);
+    let planned = plan(path, spec, &dir)?;
+    let earlier = results::load(&dir)?;
+    let mut records: Vec<Record> = Vec::new();
+    let mut todo: Vec<usize> = Vec::new();
+    for (i, p) in planned.iter().enumerate() {
+        match done(&earlier, p) {
+            Some(r) => records.push(Record {
+                trial: i,
+                ..r.clone()
+            }),
+            None => {
+                records.push(record(i, p, Status::Interrupted));
+                todo.push(i);
+            }
+        }
+    }
+    let skipped = planned.len() - todo.len();
+    writeln!(
+        out,
+        "sweep {}: {} trials, {} done earlier, {} to run",
+        spec.name,
+        planned.len(),
+        skipped,
+        todo.len()
+    )?;
+    results::save_spec(&dir, spec)?;
+    results::save(&dir, &records)?;
+    if !todo.is_empty() {
+        let jobs: Vec<local::Job> = todo
+            .iter()
+            .map(|&i| job(path, spec, &planned[i], &dir, i, options.device))
+            .collect();
+        let mut finish =
+            |id: usize, status: Status, error: Option<String>, wall: f64| -> Result<()> {
+                let p = &planned[id];
+                let (metric, metrics) = results::measure(&p.run_dir, &spec.metric);
+                let r = &mut records[id];
+                *r = Record {
+                    status,
+                    metric,
+                    metrics,
+                    wall_seconds: wall,
+                    error,
+                    ..record(id, p, status)
+                };
+                let _ = writeln!(
+                    out,
+                    "trial {id} {}: {} {}{}",
+                    status.name(),
+                    spec.metric.name,
+                    metric.map_or("–".into(), |m| format!("{m:.6}")),
+                    r.error
+                        .as_deref()
+                        .map_or(String::new(), |e| format!(" ({e})"))
+                );
+                results::save(&dir, &records)
+            };
+        match options.launcher {
+            Launcher::Local => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let flag = stop.clone();
+                // A second handler cannot be installed in one process (tests call in-process
+                // only through the binary, so this is the first).
+                let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let parallel = options.jobs.unwrap_or(spec.max_parallel as usize).max(1);
+                let settings = local::Settings {
+                    jobs: parallel,
+                    threads: (cores / parallel).max(1),
+                    gpus: match options.device {
+                        Target::Cpu => 0,
+                        _ => tch::Cuda::device_count().max(0) as usize,
+                    },
+                    termination: spec.early_termination.clone(),
+                    metric: spec.metric.clone(),
+                    peers: planned.iter().map(|p| p.run_dir.clone()).collect(),
+                };
+                local::run(jobs, &settings, &stop, |e| {
+                    finish(e.id, e.status, e.error, e.wall_seconds)
+                })?;
+                if stop.load(Ordering::SeqCst) {
+                    results::render(&dir, spec, &records)?;
+                    bail!("interrupted: finished trials are kept; run the sweep again to finish the rest");
+                }
+            }
+            Launcher::Slurm => {
+                let resources = options.slurm.over(spec.slurm.as_ref());
+                slurm::run(&dir, jobs, &resources, spec.max_parallel, |e| {
+                    finish(e.id, e.status, e.error, e.wall_seconds)
+                })?;
+            }
+        }
+    }
+    results::render(&dir, spec, &records)?;
+    let best = results::aggregates(spec.metric.goal, &records)
+        .first()
+        .map(|a| {
+            format!(
+                "best: {} ({} {:.6})",
+                as_overrides(&a.configuration),
+                spec.metric.name,
+                a.mean
+            )
+        })
+        .unwrap_or_else(|| "no trial measured the metric".into());
+    Ok(format!(
+        "{best}\nresults in {}: trials.csv, summary.md, plot.svg, tensorboard/",
+        dir.display()
+    ))
+}
+
+/// The `runner run` command line of one trial.
+fn job(
+    path: &Path,
+    spec: &SweepSpec,
+    p: &Planned,
+    dir: &Path,
+    i: usize,
+    device: Target,
+) -> local::Job {
+    let mut args = vec![
+        "run".to_string(),
+        recipe_path(path, spec).display().to_string(),
+    ];
+    args.extend(p.overrides.iter().cloned());
+    args.push("--out".into());
+    args.push(p.run_dir.display().to_string());
+    args.push("--device".into());
+    args.push(
+        match device {
+            Target::Auto => "auto",
+            Target::Cpu => "cpu",
+            Target::Cuda => "cuda",
+        }
+        .into(),
+    );
+    let name = p
+        .run_dir
+        .file_name()
+        .map_or_else(|| i.to_string(), |n| n.to_string_lossy().to_string());
+    local::Job {
+        id: i,
+        args,
+        run_dir: p.run_dir.clone(),
+        log: dir.join("logs").join(format!("{name}.log")),
+    }
+}
+
+/// Progress: trials by status, and what Slurm says of a submitted array.
+fn status(path: &Path, spec: &SweepSpec, options: &Options) -> Result<String> {
+    let dir = results_dir(spec, options);
+    let planned = plan(path, spec, &dir)?;
+    let earlier = results::load(&dir)?;
+    let mut lines = vec![format!("sweep {} ({} trials)", spec.name, planned.len())];
+    for (i, p) in planned.iter().enumerate() {
+        let state = match earlier.iter().find(|r| r.plan_hash == p.hash) {
+            Some(r) if r.status.is_done() && !Path::new(&r.run_dir).is_dir() => {
+                "to run (run directory deleted)".to_string()
+            }
+            Some(r)
+                if r.status == Status::Interrupted && p.run_dir.join("metrics.csv").is_file() =>
+            {
+                let (m, _) = results::measure(&p.run_dir, &spec.metric);
+                format!(
+                    "running or interrupted ({} so far: {})",
+                    spec.metric.name,
+                    m.map_or("–".into(), |m| format!("{m:.6}"))
+                )
+            }
+            Some(r) => format!(
+                "{} ({})",
+                r.status.name(),
+                r.metric.map_or("–".into(), |m| format!("{m:.6}"))
+            ),
+            None => "to run".into(),
+        };
+        let seed = p.trial.seed.map_or(String::new(), |s| format!(" seed={s}"));
+        let trial = format!("{}{seed}", p.trial.configuration());
+        lines.push(format!("  {i:3}  {trial:<48}  {state}"));
+    }
+    if let Some(queue) = slurm::status(&dir).context("asking Slurm")? {
+        lines.push(queue);
+    }
+    Ok(lines.join("\n"))
+}
