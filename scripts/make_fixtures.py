@@ -569,22 +569,30 @@ SCHEDULE_SETTINGS = [
     ("cosine", 3e-4, 37, {"warmup_steps": 5}),
     ("cosine", 2e-4, 37, {"warmup_ratio": 0.03}),
     ("cosine", 7e-5, 10, {"warmup_ratio": 0.03}),
-    ("warmup_decay", 2e-5, 20, {"warmup_steps": 4}),
-    ("warmup_decay", 3e-4, 37, {"warmup_ratio": 0.1}),
+    ("warmup_decay", 2e-5, 20, {"warmup_steps": 4, "warmup_type": "linear"}),
+    ("warmup_decay", 3e-4, 37, {"warmup_ratio": 0.1, "warmup_type": "linear"}),
+    ("warmup_decay", 1e-3, 10, {"warmup_steps": 1, "warmup_type": "linear"}),
+    ("warmup_decay", 1e-3, 10, {"warmup_steps": 0, "warmup_type": "linear"}),
+    # DeepSpeed's default warmup_type, which LongLoRA's ds_configs get (they name none).
+    ("warmup_decay", 2e-5, 100, {"warmup_steps": 20}),
+    ("warmup_decay", 3e-4, 37, {"warmup_ratio": 0.1, "warmup_type": "log"}),
     ("warmup_decay", 1e-3, 10, {"warmup_steps": 1}),
-    ("warmup_decay", 1e-3, 10, {"warmup_steps": 0}),
 ]
 
 
-def deepspeed_warmup_decay_lr(step, peak_lr, total_steps, warmup_steps):
+def deepspeed_warmup_decay_lr(step, peak_lr, total_steps, warmup_steps, warmup_type="log"):
     """Transcription of DeepSpeed's WarmupDecayLR (deepspeed/runtime/lr_schedules.py, WarmupLR and
-    WarmupDecayLR) with warmup_type "linear", warmup_min_lr 0, warmup_max_lr peak_lr, evaluated at
-    last_batch_iteration = step. HF's DeepSpeed integration passes warmup_num_steps =
-    max(1, args.get_warmup_steps(total)); WarmupLR.__init__ then clamps it to max(2, ...)."""
+    WarmupDecayLR; warmup_type defaults to "log" there), warmup_min_lr 0, warmup_max_lr peak_lr,
+    evaluated at last_batch_iteration = step. HF's DeepSpeed integration passes warmup_num_steps =
+    max(1, args.get_warmup_steps(total)); WarmupLR.__init__ then clamps it to max(2, ...) and sets
+    inverse_log_warm_up = 1 / log(warmup_num_steps)."""
     min_lr, max_lr = 0.0, peak_lr
     delta_lr = max_lr - min_lr
     warmup_num_steps = max(2, max(1, warmup_steps))
-    if step < warmup_num_steps:
+    inverse_log_warm_up = 1.0 / math.log(warmup_num_steps)
+    if step < warmup_num_steps and warmup_type == "log":
+        gamma = inverse_log_warm_up * math.log(step + 1)
+    elif step < warmup_num_steps:
         gamma = step / warmup_num_steps
     else:
         gamma = max(0.0, float(total_steps - step) / float(max(1.0, total_steps - warmup_num_steps)))
@@ -614,7 +622,10 @@ def make_schedules():
         if kind == "warmup_decay":
             entry["reference"] = "deepspeed formula"
             entry["resolved_warmup_steps"] = max(2, max(1, warmup_steps))
-            entry["lrs"] = [deepspeed_warmup_decay_lr(s, peak_lr, total, warmup_steps) for s in range(total + 1)]
+            kind_of_warmup = warmup.get("warmup_type", "log")
+            entry["lrs"] = [
+                deepspeed_warmup_decay_lr(s, peak_lr, total, warmup_steps, kind_of_warmup) for s in range(total + 1)
+            ]
         else:
             param = torch.nn.Parameter(torch.zeros(1))
             optimizer = torch.optim.SGD([param], lr=peak_lr)

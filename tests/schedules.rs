@@ -2,7 +2,7 @@
 //! DeepSpeed's WarmupDecayLR), from tests/fixtures/schedules.json (scripts/make_fixtures.py,
 //! make_schedules), plus a few values derived by hand.
 
-use runner::plan::training::{Schedule, ScheduleKind};
+use runner::plan::training::{Schedule, ScheduleKind, WarmupType};
 use runner::train::schedule::LrSchedule;
 use serde_json::Value;
 
@@ -15,6 +15,7 @@ fn schedule(kind: ScheduleKind, warmup_steps: Option<u64>, warmup_ratio: Option<
         kind,
         warmup_steps,
         warmup_ratio,
+        warmup_type: None,
     }
 }
 
@@ -28,11 +29,16 @@ fn every_step_matches_the_reference_schedulers() {
         let kind: ScheduleKind = serde_json::from_value(entry["type"].clone()).unwrap();
         let peak_lr = entry["peak_lr"].as_f64().unwrap();
         let total_steps = entry["total_steps"].as_u64().unwrap();
-        let plan = schedule(
-            kind,
-            entry.get("warmup_steps").map(|v| v.as_u64().unwrap()),
-            entry.get("warmup_ratio").map(|v| v.as_f64().unwrap()),
-        );
+        let plan = Schedule {
+            warmup_type: entry
+                .get("warmup_type")
+                .map(|v| serde_json::from_value::<WarmupType>(v.clone()).unwrap()),
+            ..schedule(
+                kind,
+                entry.get("warmup_steps").map(|v| v.as_u64().unwrap()),
+                entry.get("warmup_ratio").map(|v| v.as_f64().unwrap()),
+            )
+        };
         let lrs = LrSchedule::new(&plan, peak_lr, total_steps);
         let reference = entry["reference"].as_str().unwrap();
         assert_eq!(
@@ -81,16 +87,28 @@ fn hand_derived_values() {
     assert!(close(cww.lr(1), 2e-5 / 3.0));
     assert_eq!(cww.lr(3), 2e-5);
 
-    // DeepSpeed WarmupDecayLR with warmup 1 of 10, peak 1e-3: WarmupLR clamps warmup to
-    // max(2, 1) = 2, so step 1 = 1e-3 × 1/2, and step 3 = 1e-3 × (10 − 3)/(10 − 2) = 8.75e-4.
-    let decay = LrSchedule::new(
-        &schedule(ScheduleKind::WarmupDecay, Some(1), None),
-        1e-3,
-        10,
-    );
+    // DeepSpeed WarmupDecayLR with linear warmup 1 of 10, peak 1e-3: WarmupLR clamps warmup
+    // to max(2, 1) = 2, so step 1 = 1e-3 × 1/2, and step 3 = 1e-3 × (10 − 3)/(10 − 2) = 8.75e-4.
+    let linear = Schedule {
+        warmup_type: Some(WarmupType::Linear),
+        ..schedule(ScheduleKind::WarmupDecay, Some(1), None)
+    };
+    let decay = LrSchedule::new(&linear, 1e-3, 10);
     assert_eq!(decay.warmup_steps(), 2);
     assert!(close(decay.lr(1), 5e-4));
     assert!(close(decay.lr(3), 8.75e-4));
+    // Its default, log warmup (LongLoRA's DeepSpeed configs: 20 steps): step s < 20 gets
+    // ln(s + 1) / ln(20) of the peak, so step 0 gets 0, step 4 ln 5 / ln 20 = 0.537244…, and
+    // step 19 the whole peak.
+    let log = LrSchedule::new(
+        &schedule(ScheduleKind::WarmupDecay, Some(20), None),
+        2e-5,
+        1000,
+    );
+    assert_eq!(log.lr(0), 0.0);
+    assert!(close(log.lr(4), 2e-5 * 0.537_243_573_680_481_7));
+    assert!(close(log.lr(19), 2e-5));
+    assert!(close(log.lr(20), 2e-5));
 }
 
 #[test]

@@ -182,6 +182,30 @@ fn table(out: &Path) -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
+/// Waits until a trial of the sweep in `out` is training (after one finished, if `after_one`).
+fn wait_for_a_running_trial(out: &Path, after_one: bool) {
+    let started = Instant::now();
+    loop {
+        let record = std::fs::read_to_string(out.join("trials.json")).unwrap_or_default();
+        let mid_trial = std::fs::read_dir(out.join("runs"))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.path().join("metrics.csv").is_file()
+                        && !e.path().join("summary.json").is_file()
+                })
+            })
+            .unwrap_or(false);
+        if mid_trial && (!after_one || record.contains("\"finished\"")) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the sweep never got going"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
@@ -256,26 +280,7 @@ fn a_sweep_runs_once_resumes_after_a_kill_and_matches_its_slurm_run() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    loop {
-        let record = std::fs::read_to_string(second.join("trials.json")).unwrap_or_default();
-        let mid_trial = std::fs::read_dir(second.join("runs"))
-            .map(|d| {
-                d.flatten().any(|e| {
-                    e.path().join("metrics.csv").is_file()
-                        && !e.path().join("summary.json").is_file()
-                })
-            })
-            .unwrap_or(false);
-        if record.contains("\"finished\"") && mid_trial {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "the sweep never got going"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_a_running_trial(&second, true);
     Command::new("kill")
         .args(["-9", "--", &format!("-{}", child.id())])
         .status()
@@ -292,6 +297,36 @@ fn a_sweep_runs_once_resumes_after_a_kill_and_matches_its_slurm_run() {
         reference,
         "each trial once, with the uninterrupted metrics"
     );
+
+    // Ctrl-C (SIGINT to the sweep alone): it stops its running trial, records it as
+    // interrupted, says so, and a later run finishes the sweep with the same table.
+    let third = tmp.path().join("third");
+    let child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("sweep")
+        .arg(&file)
+        .arg("--out")
+        .arg(&third)
+        .args(["--device", "cpu", "--jobs", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_a_running_trial(&third, false);
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let stopped = child.wait_with_output().unwrap();
+    assert!(!stopped.status.success());
+    assert!(
+        stdout(&stopped).contains("interrupted"),
+        "{}",
+        stdout(&stopped)
+    );
+    let record = std::fs::read_to_string(third.join("trials.json")).unwrap();
+    assert!(record.contains("\"interrupted\""), "{record}");
+    sweep(&file, &third, &[]);
+    assert_eq!(table(&third), reference);
 
     // The same sweep as a Slurm job array on a one-node cluster.
     let cluster = tmp.path().join("slurm");

@@ -143,6 +143,20 @@ pub struct Schedule {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub warmup_ratio: Option<f64>,
+    /// How `warmup_decay` warms up: `log` (DeepSpeed's default, which LongLoRA's DeepSpeed
+    /// configs get by not naming one) or `linear`. The transformers kinds warm up linearly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_type: Option<WarmupType>,
+}
+
+/// DeepSpeed's `warmup_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmupType {
+    /// `ln(s + 1) / ln(W)`.
+    Log,
+    /// `s / W`.
+    Linear,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -14,7 +14,7 @@
 //!   else `progress = float(s - w) / float(max(1, T - w))` and
 //!   `max(0, 0.5 * (1.0 + cos(pi * 0.5 * 2.0 * progress)))`; beyond `T` it rises again, as in HF.
 
-use crate::plan::training::{Schedule, ScheduleKind};
+use crate::plan::training::{Schedule, ScheduleKind, WarmupType};
 
 /// The learning rate of every optimizer step of one run.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,6 +23,7 @@ pub struct LrSchedule {
     peak_lr: f64,
     total_steps: u64,
     warmup_steps: u64,
+    warmup_type: WarmupType,
 }
 
 impl LrSchedule {
@@ -53,6 +54,7 @@ impl LrSchedule {
             peak_lr,
             total_steps,
             warmup_steps,
+            warmup_type: schedule.warmup_type.unwrap_or(WarmupType::Log),
         }
     }
 
@@ -107,10 +109,11 @@ impl LrSchedule {
                 }
             }
             // DeepSpeed WarmupDecayLR (deepspeed/runtime/lr_schedules.py, read at deepspeedai/
-            // DeepSpeed edaa722, same formula since 2021), warmup_type "linear",
-            // warmup_min_lr 0, warmup_max_lr = peak, warmup_num_steps W = max(2, ...) (see new):
+            // DeepSpeed edaa722, same formula since 2021), warmup_min_lr 0, warmup_max_lr = peak,
+            // warmup_num_steps W = max(2, ...) (see new):
             //   lr = min_lr + (max_lr - min_lr) * gamma, with gamma =
-            //     last_batch_iteration / W                                           if it < W
+            //     log(it + 1) / log(W)  (warmup_type "log", the default)            if it < W
+            //     it / W                (warmup_type "linear")                      if it < W
             //     max(0.0, float(total_num_steps - it) / float(max(1.0, total_num_steps - W)))
             // With min_lr 0 that is exactly peak * gamma. Indexing: evaluated at
             // last_batch_iteration = step, like the HF kinds. (DeepSpeed's engine steps its
@@ -119,7 +122,10 @@ impl LrSchedule {
             // optimizer's initial lr: the peak before DeepSpeed 0.15.3, min_lr 0 since.)
             ScheduleKind::WarmupDecay => {
                 if s < w {
-                    s as f64 / w as f64
+                    match self.warmup_type {
+                        WarmupType::Log => ((s + 1) as f64).ln() / (w as f64).ln(),
+                        WarmupType::Linear => s as f64 / w as f64,
+                    }
                 } else {
                     f64::max(0.0, (t - s) as f64 / f64::max(1.0, (t - w) as f64))
                 }
