@@ -130,6 +130,21 @@ enum Command {
         #[arg(required = true)]
         targets: Vec<PathBuf>,
     },
+    /// Score generations against references (BLEU-4, ROUGE-L), overall and by subgroup.
+    Score {
+        /// Generations: .txt lines, or JSON/JSONL strings or {id?, prediction}.
+        #[arg(long)]
+        predictions: PathBuf,
+        /// References: .txt lines, or JSON/JSONL strings or {id?, reference(s), subgroup fields…}.
+        #[arg(long)]
+        references: PathBuf,
+        /// Metrics, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "bleu4,rouge_l")]
+        metrics: Vec<String>,
+        /// Reference fields to break the scores down by (such as subject,grade,context_type).
+        #[arg(long, value_delimiter = ',')]
+        by: Vec<String>,
+    },
     /// Fold a PEFT LoRA adapter into its base model and save an HF folder.
     Merge {
         /// The base model's HF folder (config.json + safetensors).
@@ -259,6 +274,20 @@ fn main() -> ExitCode {
             device,
         } => commands::perplexity::run(&model, &data, &lengths, stride, device, &mut out),
         Command::Report { targets } => commands::report::run(&targets, &mut out),
+        Command::Score {
+            predictions,
+            references,
+            metrics,
+            by,
+        } => {
+            let options = commands::score::Options {
+                predictions,
+                references,
+                metrics,
+                by,
+            };
+            commands::score::run(&options, &mut out)
+        }
         Command::Sweep {
             sweep,
             jobs,

@@ -907,6 +907,95 @@ def check_runner_adapter():
     print(f"{adapter_dir.name}: PEFT logits match runner's, max abs diff {diff:.3g}")
 
 
+TEXT_METRIC_CASES = [
+    # (prediction, references): CoE-style generations and tokenizer edge cases.
+    ("What is the capital of France?", ["What is the capital of France?"]),
+    ("Which of these states is farthest north?", ["Which of these states is farthest north?"]),
+    ("Which state is farthest north?", ["Which of these states is farthest north?"]),
+    ("Which animal's feet are also adapted for walking on snow?", ["Which animal's feet are also adapted for walking on snow?"]),
+    ("the the the the the the", ["the cat is on the mat"]),
+    ("cat on the mat", ["the cat is on the mat"]),
+    ("The cat sat on the mat.", ["the cat sat on the mat ."]),
+    ("It costs 3.5 dollars, or 1,000 cents.", ["It costs 3.50 dollars, or 1,000 cents."]),
+    ("Pages 5-6 and 7 - 8 (see fig.2).", ["Pages 5-6 and 7-8 (see fig. 2)."]),
+    ("Tom &amp; Jerry said &quot;hi&quot; &lt;3", ["Tom & Jerry said \"hi\" <3"]),
+    ("Café naïve façade résumé", ["cafe naive facade resume"]),
+    ("A magnet attracts iron.\nIt repels the same pole.", ["A magnet attracts iron. It repels the same pole."]),
+    ("", ["Which solution has a higher concentration of green particles?"]),
+    ("yes", ["no"]),
+    ("(1) Solution A\n(2) neither; their concentrations are the same", ["(1) Solution B\n(2) neither; their concentrations are the same"]),
+    ("Lecture: A force is a push or a pull. Solution: The magnet pulls the paper clip.",
+     ["Lecture: A force is a push or a pull that one object applies to a second object. Solution: The magnet pulls the paper clip, so the force is a pull."]),
+    ("which tissue makes up most of the bone?", ["Which tissue makes up most of the bone?"]),
+    ("What kind of rock is granite?", ["What type of rock is granite?", "What kind of rock is granite formed from?"]),
+    ("What does the word 'migrate' mean?", ["Which word best describes migration?", "What does the word migrate mean?"]),
+]
+
+
+def nmt_compute_bleu(reference_corpus, translation_corpus, max_order=4):
+    """tensorflow/nmt's compute_bleu (smooth=False), which HF evaluate's bleu metric wraps."""
+    import collections
+
+    def get_ngrams(segment):
+        counts = collections.Counter()
+        for order in range(1, max_order + 1):
+            for i in range(0, len(segment) - order + 1):
+                counts[tuple(segment[i:i + order])] += 1
+        return counts
+
+    matches = [0] * max_order
+    possible = [0] * max_order
+    reference_length = translation_length = 0
+    for references, translation in zip(reference_corpus, translation_corpus):
+        reference_length += min(len(r) for r in references)
+        translation_length += len(translation)
+        merged = collections.Counter()
+        for reference in references:
+            merged |= get_ngrams(reference)
+        overlap = get_ngrams(translation) & merged
+        for ngram in overlap:
+            matches[len(ngram) - 1] += overlap[ngram]
+        for order in range(1, max_order + 1):
+            if len(translation) - order + 1 > 0:
+                possible[order - 1] += len(translation) - order + 1
+    precisions = [matches[i] / possible[i] if possible[i] > 0 else 0.0 for i in range(max_order)]
+    geo_mean = math.exp(sum(math.log(p) / max_order for p in precisions)) if min(precisions) > 0 else 0
+    if translation_length == 0:
+        return 0.0  # nmt raises ZeroDivisionError; runner scores an empty generation 0
+    ratio = translation_length / reference_length
+    bp = 1.0 if ratio > 1.0 else math.exp(1 - 1.0 / ratio)
+    return geo_mean * bp
+
+
+def make_text_metrics():
+    """tests/fixtures/text_metrics.json: [{prediction, references, bleu4, rouge_l}] as CoE's
+    scoring computes them per sample: HF evaluate's bleu (sacrebleu's Tokenizer13a, nmt
+    compute_bleu, max_order 4, no smoothing) and rouge-score's rougeL F-measure (no stemmer;
+    best over references). Single-reference BLEU is cross-checked with sacrebleu's own
+    sentence_bleu (smooth_method none)."""
+    import json
+
+    import sacrebleu
+    from rouge_score import rouge_scorer
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    tokenize = Tokenizer13a()
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    entries = []
+    for prediction, references in TEXT_METRIC_CASES:
+        bleu = nmt_compute_bleu([[tokenize(r).split() for r in references]], [tokenize(prediction).split()])
+        if len(references) == 1 and prediction:
+            reference_bleu = sacrebleu.sentence_bleu(prediction, references, smooth_method="none").score / 100
+            assert abs(bleu - reference_bleu) < 1e-12, (prediction, bleu, reference_bleu)
+        rouge = scorer.score_multi(references, prediction)["rougeL"].fmeasure
+        entries.append({"prediction": prediction, "references": references, "bleu4": bleu, "rouge_l": rouge})
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    with open(FIXTURES / "text_metrics.json", "w") as f:
+        json.dump(entries, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print(f"text metrics: {len(entries)} cases")
+
+
 def generate_all():
     MODELS.mkdir(parents=True, exist_ok=True)
     make_t5_v1_0()
@@ -919,6 +1008,7 @@ def generate_all():
     make_schedules()
     make_adamw()
     make_em_f1()
+    make_text_metrics()
     check_runner_adapter()
 
 

@@ -68,3 +68,98 @@ fn means_are_percentages_over_the_dataset() {
 fn no_gold_answer_is_an_error_as_in_the_official_script() {
     exact_match("Paris", &[]);
 }
+
+#[test]
+fn bleu4_and_rouge_l_match_evaluate_sacrebleu_and_rouge_score() {
+    let text = std::fs::read_to_string("tests/fixtures/text_metrics.json").unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    assert!(cases.len() >= 15);
+    for case in &cases {
+        let prediction = case["prediction"].as_str().unwrap();
+        let references: Vec<String> = case["references"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect();
+        let bleu = runner::eval::bleu::sentence_bleu4(prediction, &references);
+        let rouge = runner::eval::rouge::rouge_l_multi(&references, prediction);
+        let (want_bleu, want_rouge) = (
+            case["bleu4"].as_f64().unwrap(),
+            case["rouge_l"].as_f64().unwrap(),
+        );
+        assert!(
+            (bleu - want_bleu).abs() < 1e-12,
+            "BLEU {prediction:?}: {bleu} vs {want_bleu}"
+        );
+        assert!(
+            (rouge - want_rouge).abs() < 1e-12,
+            "ROUGE-L {prediction:?}: {rouge} vs {want_rouge}"
+        );
+    }
+    // 13a (as sacrebleu prints it): punctuation split off, decimals and thousands kept whole,
+    // a dash after a digit split.
+    assert_eq!(
+        runner::eval::bleu::tokenize_13a("It costs 3.5 dollars, or 1,000 (5-6) cents."),
+        [
+            "It", "costs", "3.5", "dollars", ",", "or", "1,000", "(", "5", "-", "6", ")", "cents",
+            "."
+        ]
+    );
+}
+
+#[test]
+fn runner_score_averages_per_sample_scores_overall_and_by_subgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    let refs = dir.path().join("refs.jsonl");
+    let preds = dir.path().join("preds.jsonl");
+    std::fs::write(
+        &refs,
+        concat!(
+            r#"{"id": "1", "reference": "Which of these states is farthest north?", "subject": "social science"}"#, "\n",
+            r#"{"id": "2", "reference": "What is the capital of France?", "subject": "social science"}"#, "\n",
+            r#"{"id": "3", "reference": "Which tissue makes up most of the bone?", "subject": "natural science"}"#, "\n",
+        ),
+    )
+    .unwrap();
+    // Out of order: paired by id.
+    std::fs::write(
+        &preds,
+        concat!(
+            r#"{"id": "3", "prediction": "which tissue makes up most of the bone?"}"#,
+            "\n",
+            r#"{"id": "1", "prediction": "Which state is farthest north?"}"#,
+            "\n",
+            r#"{"id": "2", "prediction": "What is the capital of France?"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let score = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg("score")
+            .arg("--predictions")
+            .arg(&preds)
+            .arg("--references")
+            .arg(&refs)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = score(&["--by", "subject"]);
+    crate::assert_success(&o);
+    let table = String::from_utf8_lossy(&o.stdout);
+    // The fixture's per-sample values (0.384958…, 1, 0.863340… BLEU; 2/3, 1, 1 ROUGE-L), averaged.
+    assert!(table.contains("| all | 3 | 74.94 | 88.89 |"), "{table}");
+    assert!(
+        table.contains("| subject=natural science | 1 | 86.33 | 100.00 |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| subject=social science | 2 | 69.25 | 83.33 |"),
+        "{table}"
+    );
+    let o = score(&["--metrics", "meteor"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("hint: use --metrics bleu4,rouge_l"));
+}

@@ -10,6 +10,7 @@ pub mod plan;
 pub mod report;
 pub mod run;
 pub mod schema;
+pub mod score;
 pub mod stats;
 pub mod sweep;
 pub mod validate;
