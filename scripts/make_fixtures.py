@@ -72,6 +72,8 @@ from peft.utils.other import ModulesToSaveWrapper
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
+    CLIPVisionConfig,
+    CLIPVisionModel,
     DynamicCache,
     EncoderDecoderCache,
     GenerationConfig,
@@ -412,6 +414,19 @@ def make_qwen2():
     causal_lm_fixture("qwen2-bias", model, seq_len=12)
 
 
+def make_qwen2_mha():
+    """Qwen2 without grouped queries: Qwen-7B's computation (the language model of Qwen-VL),
+    whose fused layout the tests build from these weights."""
+    torch.manual_seed(3500)
+    config = Qwen2Config(**{**DECODER_ONLY_SIZES, "num_key_value_heads": 4}, use_sliding_window=False, sliding_window=None)
+    model = Qwen2ForCausalLM._from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.copy_(torch.randn_like(param) * 0.1)
+    causal_lm_fixture("qwen2-mha", model, seq_len=12)
+
+
 def make_mistral():
     torch.manual_seed(4000)
     config = MistralConfig(**DECODER_ONLY_SIZES, sliding_window=4)
@@ -426,6 +441,50 @@ def make_mistral():
         unwindowed = full(input_ids=input_ids, attention_mask=attention_mask).logits
     assert torch.equal(windowed[:, :4], unwindowed[:, :4])
     assert not torch.allclose(windowed[:, 4:], unwindowed[:, 4:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Vision tower
+# ---------------------------------------------------------------------------------------------
+
+
+def make_clip_vision():
+    """models/clip-vision: a CLIP ViT (configs/models/vit-tiny.yaml's size), the states of
+    every position of its last and second-to-last layer, its pooled output (post-layernorm of
+    the class token), and every weight's gradient of sum(states * loss_weights) + sum(pooled)."""
+    torch.manual_seed(5000)
+    config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=32, patch_size=8, num_channels=3, layer_norm_eps=1e-5, hidden_act="quick_gelu",
+    )
+    model = CLIPVisionModel._from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") or "layer_norm" in name or "layrnorm" in name:
+                param.copy_(param + torch.randn_like(param) * 0.1)
+    out_dir = fresh_dir(MODELS / "clip-vision")
+    model.save_pretrained(out_dir, safe_serialization=True)
+    pixels = torch.randn(2, 3, 32, 32)
+    model.eval()
+    out = model(pixel_values=pixels, output_hidden_states=True)
+    states = out.last_hidden_state
+    weights = torch.linspace(-1, 1, states.numel()).view_as(states)
+    model.zero_grad()
+    # The pooled output too, so that every weight (post_layernorm included) gets a gradient.
+    ((states * weights).sum() + out.pooler_output.sum()).backward()
+    grads = {f"grad.{n}": p.grad.detach().clone() for n, p in model.named_parameters()}
+    save_tensors(
+        out_dir / "expected.safetensors",
+        {
+            "pixel_values": pixels,
+            "last_hidden_state": states.detach(),
+            "penultimate": out.hidden_states[-2].detach(),
+            "pooled": out.pooler_output.detach(),
+            "loss_weights": weights,
+            **grads,
+        },
+    )
+    print(f"clip-vision: states {tuple(states.shape)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1002,6 +1061,7 @@ def generate_all():
     make_t5_v1_1()
     llama_input_ids, llama_attention_mask = make_llama()
     make_qwen2()
+    make_qwen2_mha()
     make_mistral()
     make_llama_lora(llama_input_ids, llama_attention_mask)
     make_s2attn()
@@ -1009,6 +1069,7 @@ def generate_all():
     make_adamw()
     make_em_f1()
     make_text_metrics()
+    make_clip_vision()
     check_runner_adapter()
 
 

@@ -98,3 +98,34 @@ impl RmsNorm {
 pub fn embed(table: &Tensor, ids: &Tensor, kind: Kind) -> Tensor {
     Tensor::embedding(table, ids, -1, false, false).to_kind(kind)
 }
+
+/// Layer normalisation with a learned scale and shift (CLIP's ViT): statistics in fp32.
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(store: &ParamStore, name: &str, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: store.get(&format!("{name}.weight"))?,
+            bias: store.get(&format!("{name}.bias"))?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let d = *x.size().last().expect("a feature dimension");
+        x.to_kind(Kind::Float)
+            .layer_norm(
+                [d],
+                Some(self.weight.to_kind(Kind::Float)),
+                Some(self.bias.to_kind(Kind::Float)),
+                self.eps,
+                false,
+            )
+            .to_kind(kind)
+    }
+}

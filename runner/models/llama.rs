@@ -1,11 +1,14 @@
 //! The Llama family (Llama, Mistral, Qwen2) as `*ForCausalLM`: pre-norm decoder layers of
 //! grouped-query self-attention with rotary positions and a SwiGLU MLP, RMS norms.
-//! Qwen2 adds q/k/v biases, Mistral a sliding attention window. Training may use LongLoRA's
-//! shifted sparse attention; evaluation and generation always attend fully.
+//! Qwen2 adds q/k/v biases, Mistral a sliding attention window. Qwen-7B's own layout (the
+//! language model of Qwen-VL) is the same computation under other names, with q, k and v
+//! fused into one projection (`attn.c_attn`) and the MLP's gate named `w2`, its up
+//! projection `w1`. Training may use LongLoRA's shifted sparse attention; evaluation and
+//! generation always attend fully.
 
 use std::rc::Rc;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use super::attention::{attend, decoder_mask, repeat_kv, shifted_sparse, KvCache, Mask};
@@ -47,11 +50,53 @@ pub struct Llama {
     rotary: Rotary,
 }
 
+/// The q, k and v projections: three modules, or Qwen-7B's one (`c_attn`, rows q | k | v).
+enum Qkv {
+    Separate(Box<[Linear; 3]>),
+    Fused(Linear),
+}
+
+/// Where a layout keeps its weights.
+struct Names {
+    embed: &'static str,
+    layer: &'static str,
+    input_norm: &'static str,
+    post_norm: &'static str,
+    o: &'static str,
+    gate: &'static str,
+    up: &'static str,
+    down: &'static str,
+    norm: &'static str,
+}
+
+const HF_NAMES: Names = Names {
+    embed: "model.embed_tokens.weight",
+    layer: "model.layers",
+    input_norm: "input_layernorm",
+    post_norm: "post_attention_layernorm",
+    o: "self_attn.o_proj",
+    gate: "mlp.gate_proj",
+    up: "mlp.up_proj",
+    down: "mlp.down_proj",
+    norm: "model.norm",
+};
+
+/// Qwen-7B's `QWenBlock`: `c_proj(w1(x) · silu(w2(x)))`, so w2 is the gate.
+const QWEN_NAMES: Names = Names {
+    embed: "transformer.wte.weight",
+    layer: "transformer.h",
+    input_norm: "ln_1",
+    post_norm: "ln_2",
+    o: "attn.c_proj",
+    gate: "mlp.w2",
+    up: "mlp.w1",
+    down: "mlp.c_proj",
+    norm: "transformer.ln_f",
+};
+
 struct Layer {
     input_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Qkv,
     o: Linear,
     post_norm: RmsNorm,
     gate: Linear,
@@ -99,33 +144,40 @@ impl Llama {
         options: DecoderOptions,
         kind: Kind,
     ) -> Result<Llama> {
-        if arch.family == Family::Qwen {
-            bail!("the `qwen` (Qwen-7B / Qwen-VL) module layout cannot run yet; llama, mistral and qwen2 can");
-        }
+        let names = match arch.family {
+            Family::Qwen => &QWEN_NAMES,
+            _ => &HF_NAMES,
+        };
         let heads = arch.num_attention_heads as i64;
         let head_dim = arch.hidden_size as i64 / heads;
         let eps = arch.rms_norm_eps;
         let layers = (0..arch.num_hidden_layers)
             .map(|i| {
-                let p = format!("model.layers.{i}");
+                let p = format!("{}.{i}", names.layer);
                 let l = |name: &str| Linear::load(store, &format!("{p}.{name}"));
+                let qkv = match arch.family {
+                    Family::Qwen => Qkv::Fused(l("attn.c_attn")?),
+                    _ => Qkv::Separate(Box::new([
+                        l("self_attn.q_proj")?,
+                        l("self_attn.k_proj")?,
+                        l("self_attn.v_proj")?,
+                    ])),
+                };
                 Ok(Layer {
-                    input_norm: RmsNorm::load(store, &format!("{p}.input_layernorm"), eps)?,
-                    q: l("self_attn.q_proj")?,
-                    k: l("self_attn.k_proj")?,
-                    v: l("self_attn.v_proj")?,
-                    o: l("self_attn.o_proj")?,
-                    post_norm: RmsNorm::load(store, &format!("{p}.post_attention_layernorm"), eps)?,
-                    gate: l("mlp.gate_proj")?,
-                    up: l("mlp.up_proj")?,
-                    down: l("mlp.down_proj")?,
+                    input_norm: RmsNorm::load(store, &format!("{p}.{}", names.input_norm), eps)?,
+                    qkv,
+                    o: l(names.o)?,
+                    post_norm: RmsNorm::load(store, &format!("{p}.{}", names.post_norm), eps)?,
+                    gate: l(names.gate)?,
+                    up: l(names.up)?,
+                    down: l(names.down)?,
                     heads,
                     kv_heads: arch.kv_heads() as i64,
                     head_dim,
                 })
             })
             .collect::<Result<_>>()?;
-        let embed_tokens = store.get("model.embed_tokens.weight")?;
+        let embed_tokens = store.get(names.embed)?;
         let lm_head = match arch.tie_word_embeddings {
             true => embed_tokens.shallow_clone(),
             false => store.get("lm_head.weight")?,
@@ -137,7 +189,7 @@ impl Llama {
             rotary: Rotary::new(head_dim, arch.rope_theta, options.rope_factor, store.device),
             embed_tokens,
             layers,
-            norm: RmsNorm::load(store, "model.norm", eps)?,
+            norm: RmsNorm::load(store, names.norm, eps)?,
             lm_head,
         })
     }
@@ -249,9 +301,28 @@ impl Layer {
         let heads = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2);
         let h = self.input_norm.forward(x);
         // [B, T, d] → [B, H, T, head_dim], rotated.
-        let q = heads(self.q.forward(&h, train), self.heads);
-        let k = heads(self.k.forward(&h, train), self.kv_heads);
-        let v = heads(self.v.forward(&h, train), self.kv_heads);
+        let (q, k, v) = match &self.qkv {
+            Qkv::Separate(qkv) => {
+                let [q, k, v] = qkv.as_ref();
+                (
+                    q.forward(&h, train),
+                    k.forward(&h, train),
+                    v.forward(&h, train),
+                )
+            }
+            Qkv::Fused(c_attn) => {
+                let (q_width, kv_width) =
+                    (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+                let parts = c_attn
+                    .forward(&h, train)
+                    .split_with_sizes([q_width, kv_width, kv_width], -1);
+                let [q, k, v]: [Tensor; 3] = parts.try_into().expect("three parts");
+                (q, k, v)
+            }
+        };
+        let q = heads(q, self.heads);
+        let k = heads(k, self.kv_heads);
+        let v = heads(v, self.kv_heads);
         let q = rope::apply(&q, &context.cos, &context.sin);
         let k = rope::apply(&k, &context.cos, &context.sin);
         let (k, v) = match cache {

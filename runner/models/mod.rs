@@ -19,6 +19,7 @@ pub mod precision;
 pub mod rope;
 pub mod store;
 pub mod t5;
+pub mod vit;
 pub mod whitening;
 
 pub use checkpoint::{Checkpointing, Tape};

@@ -69,6 +69,9 @@ pub fn check(plan: &Plan) -> Vec<Diagnostic> {
         Recipe::LongloraSft(r) => {
             let arch = &r.model.arch;
             c.decoder("model.arch", arch);
+            if arch.family == crate::plan::arch::Family::Qwen {
+                c.fail(&["model.arch.family"], "the `qwen` layout is Qwen-VL's language model, which runner saves and loads only inside a coe_multitask model", "use `family: qwen2` (or llama, mistral) for longlora_sft");
+            }
             if matches!(r.training.adapter, Adapter::Hyperlora { .. }) {
                 c.fail(
                     &["training.adapter.type"],

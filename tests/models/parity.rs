@@ -174,3 +174,138 @@ fn t5_traces_hold_every_layers_states_and_attention_without_changing_the_output(
         .double_value(&[]);
     assert_eq!(future, 0.0, "the decoder's first token sees no later one");
 }
+
+#[test]
+fn clip_vision_matches_transformers_states_pooled_output_and_gradients() {
+    let dir = fixture("clip-vision");
+    let e = expected(&dir);
+    let (arch, store) = runner::models::vit::load(&dir, tch::Device::Cpu, Kind::Float).unwrap();
+    assert_eq!((arch.hidden_size, arch.patches()), (32, 16));
+    let vit = runner::models::vit::Vit::new(&store, &arch, Kind::Float).unwrap();
+    let states = vit.forward(&e["pixel_values"], false);
+    let pooled = vit.pooled(&states);
+    assert!(max_diff(&states, &e["last_hidden_state"]) < 1e-5);
+    assert!(max_diff(&pooled, &e["pooled"]) < 1e-5);
+    ((&states * &e["loss_weights"]).sum(Kind::Float) + pooled.sum(Kind::Float)).backward();
+    let mut checked = 0;
+    for (name, grad) in grads(&store) {
+        // transformers 5 names CLIPVisionModel's weights without `vision_model.`.
+        let short = name.strip_prefix("vision_model.").unwrap_or(&name);
+        let want = &e[&format!("grad.{short}")];
+        assert!(max_diff(&grad, want) < 1e-4, "{name}");
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        store.len(),
+        "every weight has a reference gradient"
+    );
+}
+
+#[test]
+fn qwen_vl_layout_with_fused_c_attn_matches_transformers_qwen2() {
+    // Qwen-7B's layout is Qwen2's computation without grouped queries: fuse the Qwen2
+    // fixture's q, k, v into c_attn and rename the rest, and transformers' logits and loss
+    // must come out; the fused projection's gradient is the three projections' stacked.
+    let name = "qwen2-mha";
+    let (config, hf) = load(name, Kind::Float);
+    let runner::models::hf_folder::HfConfig::Decoder { arch, .. } = config else {
+        panic!("a decoder")
+    };
+    let arch = runner::plan::arch::DecoderArch {
+        family: runner::plan::arch::Family::Qwen,
+        intermediate_size: 2 * arch.intermediate_size,
+        ..arch
+    };
+    let params = runner::plan::inventory::decoder(&arch);
+    let mut store = ParamStore::zeros(&params, tch::Device::Cpu, Kind::Float);
+    let get = |n: &str| hf.get(n).unwrap().detach();
+    let mut sources: Vec<(String, Tensor)> = vec![
+        (
+            "transformer.wte.weight".into(),
+            get("model.embed_tokens.weight"),
+        ),
+        ("transformer.ln_f.weight".into(), get("model.norm.weight")),
+        ("lm_head.weight".into(), get("lm_head.weight")),
+    ];
+    for i in 0..arch.num_hidden_layers {
+        let (q, t) = (format!("model.layers.{i}"), format!("transformer.h.{i}"));
+        let fused = |what: &str| {
+            Tensor::cat(
+                &["q_proj", "k_proj", "v_proj"].map(|p| get(&format!("{q}.self_attn.{p}.{what}"))),
+                0,
+            )
+        };
+        sources.extend([
+            (format!("{t}.attn.c_attn.weight"), fused("weight")),
+            (format!("{t}.attn.c_attn.bias"), fused("bias")),
+            (
+                format!("{t}.attn.c_proj.weight"),
+                get(&format!("{q}.self_attn.o_proj.weight")),
+            ),
+            (
+                format!("{t}.mlp.w2.weight"),
+                get(&format!("{q}.mlp.gate_proj.weight")),
+            ),
+            (
+                format!("{t}.mlp.w1.weight"),
+                get(&format!("{q}.mlp.up_proj.weight")),
+            ),
+            (
+                format!("{t}.mlp.c_proj.weight"),
+                get(&format!("{q}.mlp.down_proj.weight")),
+            ),
+            (
+                format!("{t}.ln_1.weight"),
+                get(&format!("{q}.input_layernorm.weight")),
+            ),
+            (
+                format!("{t}.ln_2.weight"),
+                get(&format!("{q}.post_attention_layernorm.weight")),
+            ),
+        ]);
+    }
+    assert_eq!(
+        sources.len(),
+        store.len(),
+        "every Qwen-layout weight has a source"
+    );
+    for (n, t) in &sources {
+        let group = params.iter().find(|p| &p.name == n).unwrap().group;
+        store.insert(n, t.shallow_clone(), group);
+    }
+    let model = runner::models::llama::Llama::new(
+        &store,
+        &arch,
+        runner::models::llama::DecoderOptions::default(),
+        Kind::Float,
+    )
+    .unwrap();
+    let e = expected(&fixture(name));
+    let d = real_diff(&eval_logits(&model, &e), &e);
+    assert!(d < BOUND, "logits differ by {d}");
+    let loss = causal_lm_loss(
+        &model.forward(
+            &e["input_ids"],
+            Some(&e["attention_mask"]),
+            &Tape::plain(),
+            true,
+        ),
+        &e["labels"],
+    );
+    assert!(max_diff(&loss.view([1]), &e["loss"]) < BOUND);
+    loss.backward();
+    let g = |n: &str| store.get(n).unwrap().grad();
+    let stacked = Tensor::cat(
+        &["q_proj", "k_proj", "v_proj"]
+            .map(|p| e[&format!("grad.model.layers.1.self_attn.{p}.weight")].shallow_clone()),
+        0,
+    );
+    assert!(max_diff(&g("transformer.h.1.attn.c_attn.weight"), &stacked) < BOUND);
+    assert!(
+        max_diff(
+            &g("transformer.h.0.mlp.w2.weight"),
+            &e["grad.model.layers.0.mlp.gate_proj.weight"]
+        ) < BOUND
+    );
+}
