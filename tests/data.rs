@@ -169,3 +169,167 @@ fn texts_pack_into_full_blocks_joined_by_eos() {
         assert_eq!(b.labels, b.ids, "the loss covers every token");
     }
 }
+
+/// A word-level tokenizer with Qwen-VL's special tokens and a newline token.
+fn chatml_tokenizer(dir: &std::path::Path) -> runner::data::tokenizer::Tokenizer {
+    let words = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<img>",
+        "</img>",
+        "<imgpad>",
+        "\n",
+        "system",
+        "user",
+        "assistant",
+        "You",
+        "are",
+        "a",
+        "helpful",
+        "assistant.",
+        "Picture:",
+        "Answer:",
+        "red",
+        "Ask",
+        "about",
+        "it.",
+        "What",
+        "color",
+        "is",
+        "the",
+        "square?",
+        "[UNK]",
+    ];
+    let vocab: serde_json::Map<String, serde_json::Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), serde_json::json!(i)))
+        .collect();
+    let added: Vec<serde_json::Value> = words[..7]
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            serde_json::json!({"id": i, "content": w, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": *w != "\n"})
+        })
+        .collect();
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    runner::data::tokenizer::Tokenizer::load(&path).unwrap()
+}
+
+#[test]
+fn a_multimodal_conversation_has_qwen_vls_tokens_and_labels() {
+    use runner::data::chatml::{encode, Specials, Turn};
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = chatml_tokenizer(dir.path());
+    let s = Specials::of(&tokenizer).unwrap();
+    let turns = [
+        Turn {
+            from: "user".into(),
+            value: "Picture: <img>shapes/7.png</img>\nAnswer: red\nAsk about it.".into(),
+        },
+        Turn {
+            from: "assistant".into(),
+            value: "What color is the square?".into(),
+        },
+    ];
+    let e = encode(
+        &tokenizer,
+        &s,
+        "You are a helpful assistant.",
+        &turns,
+        3,
+        100,
+    )
+    .unwrap();
+    let shown: Vec<String> = e
+        .example
+        .ids
+        .iter()
+        .zip(&e.example.labels)
+        .map(|(&id, &label)| {
+            let token = tokenizer.decode(&[id], false).unwrap().replace('\n', "\\n");
+            match label {
+                -100 => format!("({token})"),
+                l => {
+                    assert_eq!(l, id, "a supervised label is the token itself");
+                    token
+                }
+            }
+        })
+        .collect();
+    // (masked) tokens in parentheses: only im_start, im_end and the newline after it outside
+    // the reply; the reply, its im_end and newline; image placeholders masked.
+    let expected = [
+        "<|im_start|>",
+        "(system)",
+        "(\\n)",
+        "(You)",
+        "(are)",
+        "(a)",
+        "(helpful)",
+        "(assistant.)",
+        "<|im_end|>",
+        "\\n",
+        "<|im_start|>",
+        "(user)",
+        "(\\n)",
+        "(Picture:)",
+        "(<img>)",
+        "(<imgpad>)",
+        "(<imgpad>)",
+        "(<imgpad>)",
+        "(</img>)",
+        "(\\n)",
+        "(Answer:)",
+        "(red)",
+        "(\\n)",
+        "(Ask)",
+        "(about)",
+        "(it.)",
+        "<|im_end|>",
+        "\\n",
+        "<|im_start|>",
+        "(assistant)",
+        "(\\n)",
+        "What",
+        "color",
+        "is",
+        "the",
+        "square?",
+        "<|im_end|>",
+        "\\n",
+    ];
+    assert_eq!(shown, expected);
+    assert_eq!(e.images, ["shapes/7.png"]);
+
+    // A limit inside the image drops the image whole.
+    let cut = encode(
+        &tokenizer,
+        &s,
+        "You are a helpful assistant.",
+        &turns,
+        3,
+        17,
+    )
+    .unwrap();
+    assert_eq!(cut.example.ids.len(), 14, "cut before <img>");
+    assert!(cut.images.is_empty());
+    let wrong = [Turn {
+        from: "bot".into(),
+        value: "hi".into(),
+    }];
+    let message = encode(&tokenizer, &s, "x", &wrong, 3, 100)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("`bot`"), "{message}");
+}
