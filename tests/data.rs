@@ -333,3 +333,75 @@ fn a_multimodal_conversation_has_qwen_vls_tokens_and_labels() {
         .to_string();
     assert!(message.contains("`bot`"), "{message}");
 }
+
+#[test]
+fn exemplars_rank_by_answer_plus_question_similarity_above_the_threshold() {
+    use runner::data::exemplars::{cosine, retrieve, Tfidf};
+    let items = [
+        ("red", "What color is the square?"),
+        ("red", "What color is the circle?"),
+        ("blue", "What color is the square?"),
+        ("three", "How many triangles are there?"),
+    ];
+    let corpus: Vec<&str> = items.iter().flat_map(|(a, q)| [*a, *q]).collect();
+    let tfidf = Tfidf::fit(&corpus);
+    // By hand: 8 texts; idf = ln(9 / (1 + df)) + 1, so what/color/is/the (df 3) get
+    // ln(9/4) + 1, square (df 2) ln 3 + 1, circle (df 1) ln 4.5 + 1; the two questions share
+    // four words: cos = 4a² / (√(4a² + b²) · √(4a² + c²)) = 0.711707…
+    let cos01 = cosine(&tfidf.embed(items[0].1), &tfidf.embed(items[1].1));
+    assert!((cos01 - 0.711_707_272_478_422_4).abs() < 1e-12, "{cos01}");
+    let vectors: Vec<Vec<_>> = items
+        .iter()
+        .map(|(a, q)| vec![tfidf.embed(a), tfidf.embed(q)])
+        .collect();
+    let not_itself = |q: usize, p: usize| q == p;
+    // Item 0: item 1 (same answer, similar question: 1.71), item 2 (same question: 1.0),
+    // item 3 (nothing shared: 0).
+    let ranked = retrieve(&vectors[..1], &vectors, 0.5, 5, not_itself);
+    let order: Vec<usize> = ranked[0].iter().map(|e| e.index).collect();
+    assert_eq!(order, [1, 2]);
+    assert!((ranked[0][0].score - (1.0 + cos01)).abs() < 1e-12);
+    // CoE's threshold (2 × 0.6) keeps only the first; top_k cuts.
+    let strict = retrieve(&vectors[..1], &vectors, 1.2, 5, not_itself);
+    assert_eq!(strict[0].len(), 1);
+    assert_eq!(
+        retrieve(&vectors[..1], &vectors, 0.5, 1, not_itself)[0].len(),
+        1
+    );
+}
+
+#[test]
+fn the_task_mixture_draws_tasks_in_their_proportions() {
+    use runner::data::mixture::{probabilities, Mixture};
+    use runner::plan::kinds::coe::Mixing;
+    let weights = [2.0, 1.0, 1.0, 0.0];
+    assert_eq!(
+        probabilities(&weights, Mixing::Proportional, 1.0),
+        [0.5, 0.25, 0.25, 0.0]
+    );
+    // p ∝ w^(1/T): T = 2 gives √2 : 1 : 1.
+    let t2 = probabilities(&weights, Mixing::Temperature, 2.0);
+    let s = 2f64.sqrt() + 2.0;
+    assert!((t2[0] - 2f64.sqrt() / s).abs() < 1e-12 && (t2[1] - 1.0 / s).abs() < 1e-12);
+    let mut mixture = Mixture::new(&weights, Mixing::Proportional, 1.0, 7);
+    let mut counts = [0usize; 4];
+    let n = 40_000;
+    for _ in 0..n {
+        counts[mixture.next_task()] += 1;
+    }
+    assert_eq!(counts[3], 0, "a zero weight is never drawn");
+    for (task, want) in [(0, 0.5), (1, 0.25), (2, 0.25)] {
+        let share = counts[task] as f64 / n as f64;
+        assert!((share - want).abs() < 0.01, "task {task}: {share}");
+    }
+    let again: Vec<usize> = {
+        let mut m = Mixture::new(&weights, Mixing::Proportional, 1.0, 7);
+        (0..10).map(|_| m.next_task()).collect()
+    };
+    let mut m = Mixture::new(&weights, Mixing::Proportional, 1.0, 7);
+    assert_eq!(
+        again,
+        (0..10).map(|_| m.next_task()).collect::<Vec<_>>(),
+        "seeded"
+    );
+}

@@ -2,8 +2,10 @@
 
 pub mod batch;
 pub mod chatml;
+pub mod exemplars;
 pub mod instruction;
 pub mod loader;
+pub mod mixture;
 pub mod order;
 pub mod packing;
 pub mod qa;
