@@ -487,6 +487,87 @@ def make_clip_vision():
     print(f"clip-vision: states {tuple(states.shape)}")
 
 
+def sincos_2d(embed_dim, grid_size):
+    """Qwen-VL's get_2d_sincos_pos_embed (visual.py): [grid², embed_dim], the first half from
+    the row coordinate (grid[0], which meshgrid fills with w), the second from the column."""
+    import numpy as np
+
+    def one_d(dim, pos):
+        omega = np.arange(dim // 2, dtype=np.float32)
+        omega /= dim / 2.0
+        omega = 1.0 / 10000**omega
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    grid_h = np.arange(grid_size, dtype=np.float32)
+    grid_w = np.arange(grid_size, dtype=np.float32)
+    grid = np.stack(np.meshgrid(grid_w, grid_h), axis=0).reshape([2, 1, grid_size, grid_size])
+    emb = np.concatenate([one_d(embed_dim // 2, grid[0]), one_d(embed_dim // 2, grid[1])], axis=1)
+    return torch.from_numpy(emb).float()
+
+
+class QwenVLResampler(torch.nn.Module):
+    """Transcription of Qwen-VL's Resampler + the ln_post and proj that follow it in
+    VisionTransformer.forward (Qwen/Qwen-VL visual.py), names as runner's inventory gives them."""
+
+    def __init__(self, grid_size, embed_dim, num_heads, kv_dim):
+        super().__init__()
+        self.pos_embed = torch.nn.Parameter(sincos_2d(embed_dim, grid_size), requires_grad=False)
+        self.query = torch.nn.Parameter(torch.randn(grid_size**2, embed_dim) * 0.02)
+        self.kv_proj = torch.nn.Linear(kv_dim, embed_dim, bias=False)
+        self.attn = torch.nn.MultiheadAttention(embed_dim, num_heads)
+        self.ln_q = torch.nn.LayerNorm(embed_dim, eps=1e-6)
+        self.ln_kv = torch.nn.LayerNorm(embed_dim, eps=1e-6)
+        self.ln_post = torch.nn.LayerNorm(embed_dim, eps=1e-6)
+        self.proj = torch.nn.Parameter(embed_dim**-0.5 * torch.randn(embed_dim, embed_dim))
+
+    def forward(self, x):
+        src = int(math.sqrt(self.pos_embed.size(0)))
+        tgt = int(math.sqrt(x.size(1)))
+        pos_embed = self.pos_embed
+        if src != tgt:
+            pos_embed = torch.nn.functional.interpolate(
+                pos_embed.float().reshape(1, src, src, -1).permute(0, 3, 1, 2),
+                size=(tgt, tgt), mode="bicubic", align_corners=False,
+            ).permute(0, 2, 3, 1).flatten(0, 2)
+        x = self.kv_proj(x)
+        x = self.ln_kv(x).permute(1, 0, 2)
+        n = x.shape[1]
+        q = self.ln_q(self.query)
+        out = self.attn(q.unsqueeze(1).repeat(1, n, 1) + self.pos_embed.unsqueeze(1), x + pos_embed.unsqueeze(1), x)[0]
+        x = out.permute(1, 0, 2)
+        return self.ln_post(x) @ self.proj
+
+
+def make_resampler():
+    """models/resampler: Qwen-VL's resampler (4 queries on a 2×2 grid, 2 heads, width 64)
+    reading 16 patch states of width 32 (a 4×4 grid, so the key positions are interpolated),
+    its weights (model.safetensors, runner's names under `connector.`), output and gradients."""
+    torch.manual_seed(6000)
+    model = QwenVLResampler(grid_size=2, embed_dim=64, num_heads=2, kv_dim=32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or name.startswith("ln_"):
+                param.copy_(param + torch.randn_like(param) * 0.1)
+    patches = torch.randn(2, 16, 32)
+    out = model(patches)
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+    (out * weights).sum().backward()
+    out_dir = fresh_dir(MODELS / "resampler")
+    params = {f"connector.{n}": p.detach().clone().contiguous() for n, p in model.named_parameters()}
+    save_tensors(out_dir / "model.safetensors", params)
+    grads = {f"grad.connector.{n}": p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    save_tensors(out_dir / "expected.safetensors", {"patches": patches, "output": out.detach(), "loss_weights": weights, **grads})
+    print(f"resampler: output {tuple(out.shape)}, {len(grads)} gradients")
+
+    # LLaVA's mlp2x_gelu projector: Linear(32 → 64), GELU (erf), Linear(64 → 64).
+    mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 64))
+    mlp_out = mlp(patches)
+    out_dir = fresh_dir(MODELS / "mlp-connector")
+    save_tensors(out_dir / "model.safetensors", {f"connector.{n}": p.detach().clone() for n, p in mlp.named_parameters()})
+    save_tensors(out_dir / "expected.safetensors", {"patches": patches, "output": mlp_out.detach()})
+
+
 # ---------------------------------------------------------------------------------------------
 # PEFT LoRA adapter
 # ---------------------------------------------------------------------------------------------
@@ -1070,6 +1151,7 @@ def generate_all():
     make_em_f1()
     make_text_metrics()
     make_clip_vision()
+    make_resampler()
     check_runner_adapter()
 
 

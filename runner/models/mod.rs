@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod checkpoint;
+pub mod connector;
 pub mod fid;
 pub mod generate;
 pub mod hf_folder;

@@ -126,6 +126,12 @@ pub fn check(plan: &Plan) -> Vec<Diagnostic> {
             let m = &r.model;
             c.decoder("model.decoder", &m.decoder);
             c.vision("model.vision.arch", &m.vision.arch);
+            if let super::arch::Connector::Resampler { num_queries, .. } = &m.connector {
+                let side = (*num_queries as f64).sqrt().round() as u64;
+                if side * side != *num_queries {
+                    c.fail(&["model.connector.num_queries"], format!("the resampler's queries sit on a square grid (their sin-cos positions), so {num_queries} must be a square"), format!("use {} or {}", side * side, (side + 1) * (side + 1)));
+                }
+            }
             if let super::arch::Connector::Resampler { num_heads, .. } = &m.connector {
                 if m.decoder.hidden_size % num_heads != 0 {
                     c.fail(

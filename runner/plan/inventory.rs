@@ -348,6 +348,13 @@ pub fn connector(connector: &Connector, vision: &VisionArch, decoder: &DecoderAr
                 &[*num_queries, h],
                 Group::Connector,
             );
+            // Fixed 2-D sin-cos positions of the query grid (a frozen parameter in Qwen-VL).
+            b.add(
+                "connector.pos_embed".into(),
+                &[*num_queries, h],
+                Group::Connector,
+            );
+            b.add("connector.proj".into(), &[h, h], Group::Connector);
             b.linear("connector.kv_proj", v, h, false, Group::Connector);
             b.add(
                 "connector.attn.in_proj_weight".into(),

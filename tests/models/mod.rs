@@ -3,6 +3,7 @@
 //! S²-Attn, and self-consistency (checkpointing, caches, merging).
 
 mod checkpointing;
+mod connector;
 mod generation;
 mod hyperlora;
 mod lora;
