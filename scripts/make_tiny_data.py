@@ -33,6 +33,17 @@ What it makes (all under data/tiny/, deterministic: fixed seeds, no clock, no ha
                            normalized to one space (as T5's), Metaspace + single digits;
                            post-processor appends </s>.
 
+  coe/        for recipes/tiny/coe_multitask.yaml (ViT + connector + Llama decoder, vocab 512)
+    images/*.png           32×32 drawings (written with zlib alone): one to four squares, circles
+                           or triangles of one color, in distinct quadrants of a white square.
+    train.json, dev.json   ScienceQA-style items (300 + 30): {id, image, question, choices, answer,
+                           distractors, hint, lecture, solution, subject, grade, context_type};
+                           questions ask the color (natural science), the count (social science)
+                           or the shape (language science); 40% carry a text hint (context_type
+                           image+text). The rationale is lecture + solution, as CoE's.
+    tokenizer.json         BPE, vocab exactly 512: <|endoftext|> 0 (pad), <|im_start|> 1,
+                           <|im_end|> 2, <img> 3, </img> 4, <imgpad> 5; "\n" one token (ChatML).
+
 Tokenizers are trained on a separately drawn draft corpus of the same generator, then used to
 size the final items (so lengths are exact for the shipped tokenizer).
 
@@ -51,7 +62,9 @@ import json
 import os
 import random
 import statistics
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 # Single-threaded tokenizer training: keeps runs byte-identical.
@@ -510,6 +523,165 @@ def make_iag(out):
 
 
 # ---------------------------------------------------------------------------------------------
+# CoE: drawn shapes with ScienceQA-style questions
+# ---------------------------------------------------------------------------------------------
+
+COE_IMAGE_SIZE = 32  # configs/models/vit-tiny.yaml image_size
+COE_COLORS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (230, 200, 30)}
+COE_SHAPES = ["square", "circle", "triangle"]
+COE_COUNT_WORDS = ["one", "two", "three", "four"]
+COE_HINTS = [
+    "The picture shows a drawing on white paper.",
+    "A child drew these shapes in art class.",
+    "The shapes are stickers on a card.",
+]
+COE_LECTURES = {
+    "color": "Lecture: Color is how an object looks in the light. Red, blue, green and yellow are colors.",
+    "count": "Lecture: To count objects, point to each one and say the next number.",
+    "shape": "Lecture: A shape is the outline of an object. Squares have four equal sides, circles are round, triangles have three sides.",
+}
+# The special tokens runner/data/chatml.rs looks up, pad first.
+COE_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<imgpad>"]
+
+
+def png(pixels):
+    """A truecolor PNG of rows of (r, g, b), written with zlib alone (no imaging library)."""
+    height, width = len(pixels), len(pixels[0])
+    raw = b"".join(b"\x00" + bytes(c for px in row for c in px) for row in pixels)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+
+
+def draw(rng, shape, color, count):
+    """`count` shapes in distinct quadrants of a white square, each 9–11 pixels across."""
+    n = COE_IMAGE_SIZE
+    pixels = [[(255, 255, 255)] * n for _ in range(n)]
+    for quadrant in rng.sample(range(4), count):
+        size = rng.randint(9, 11)
+        x0 = (quadrant % 2) * 16 + rng.randint(1, 16 - size - 1)
+        y0 = (quadrant // 2) * 16 + rng.randint(1, 16 - size - 1)
+        for dy in range(size):
+            for dx in range(size):
+                if shape == "square":
+                    inside = True
+                elif shape == "circle":
+                    r = (size - 1) / 2
+                    inside = (dx - r) ** 2 + (dy - r) ** 2 <= r * r + 0.5
+                else:  # triangle, apex up
+                    half = (dy + 1) * size / (2 * size)
+                    inside = abs(dx - (size - 1) / 2) <= half
+                if inside:
+                    pixels[y0 + dy][x0 + dx] = COE_COLORS[color]
+    return png(pixels)
+
+
+def coe_item(rng, n, kind):
+    shape, color, count = rng.choice(COE_SHAPES), rng.choice(list(COE_COLORS)), rng.randint(1, 4)
+    plural = shape + ("s" if count > 1 else "")
+    if kind == "color":
+        question = rng.choice([f"What color are the {plural}?" if count > 1 else f"What color is the {shape}?",
+                               "Which color do you see in the picture?"])
+        answer, pool = color, list(COE_COLORS)
+        solution = f"Solution: Look at the picture. The {plural} {'are' if count > 1 else 'is'} {color}. So the answer is {color}."
+        subject, grade = "natural science", "grade1"
+    elif kind == "count":
+        question = rng.choice([f"How many {shape}s are in the picture?", f"How many {shape}s can you count?"])
+        answer, pool = COE_COUNT_WORDS[count - 1], COE_COUNT_WORDS
+        solution = f"Solution: Count the {shape}s one by one. There {'are' if count > 1 else 'is'} {answer}. So the answer is {answer}."
+        subject, grade = "social science", "grade2"
+    else:
+        question = rng.choice(["Which shape is in the picture?", f"What shape are the {color} objects?"])
+        answer, pool = shape, COE_SHAPES
+        solution = f"Solution: The {color} objects in the picture are {plural}. So the answer is {shape}."
+        subject, grade = "language science", "grade1"
+    distractors = [c for c in pool if c != answer]
+    rng.shuffle(distractors)
+    distractors = distractors[:2]
+    choices = distractors + [answer]
+    rng.shuffle(choices)
+    hint = rng.choice(COE_HINTS) if rng.random() < 0.4 else ""
+    item_id = f"coe-{n:04d}"
+    return {
+        "id": item_id,
+        "image": f"{item_id}.png",
+        "question": question,
+        "choices": choices,
+        "answer": answer,
+        "distractors": distractors,
+        "hint": hint,
+        "lecture": COE_LECTURES[kind],
+        "solution": solution,
+        "subject": subject,
+        "grade": grade,
+        "context_type": "image+text" if hint else "image",
+    }, draw(rng, shape, color, count)
+
+
+def coe_tokenizer(corpus):
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\n"), behavior="isolated"),
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True),
+        ]
+    )
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        min_frequency=2,
+        special_tokens=COE_SPECIALS,
+        initial_alphabet=PRINTABLE + ["\u2581", "\n"],
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return tok
+
+
+def make_coe(out):
+    rng = random.Random(3003)
+    kinds = ["color", "count", "shape"]
+    items, images = [], {}
+    for n in range(330):
+        item, image = coe_item(rng, n, kinds[n % 3])
+        items.append(item)
+        images[item["image"]] = image
+    data = {"train": items[:300], "dev": items[300:]}
+    # The tokenizer learns from the texts the CoE prompts and targets are made of.
+    corpus = []
+    for it in items:
+        corpus += [
+            f"Picture: <img>{it['image']}</img>\nContext: {it['hint']}\nAnswer: {it['answer']}\n",
+            "Refer to the following example, generate a question based on the above picture, context and the corresponding answer.",
+            "generate a rationale based on the above picture, context, question and answer.",
+            "generate at least 1 plausible yet incorrect answers which should be similar and grammatically consistent with the correct answer and seperate them with numbers like (1) (2) (3).",
+            f"\nExample:\nQuestion: {it['question']}\nAnswer: {it['answer']}\nDistractors: (1) {it['distractors'][0]}\n(2) {it['distractors'][1]}\n",
+            it["lecture"] + " " + it["solution"],
+            "system\nYou are a helpful assistant.\nuser\nassistant\n",
+        ]
+    tok = coe_tokenizer(corpus)
+    assert tok.get_vocab_size(with_added_tokens=True) == 512, tok.get_vocab_size()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(exist_ok=True)
+    for split, split_items in data.items():
+        write_json(out / f"{split}.json", split_items)
+    for name, image in sorted(images.items()):
+        (out / "images" / name).write_bytes(image)
+    tok.save(str(out / "tokenizer.json"), pretty=False)
+
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    ids = {t: tok.token_to_id(t) for t in COE_SPECIALS}
+    assert list(ids.values()) == list(range(len(COE_SPECIALS))), ids
+    assert len(tok.encode("\n").ids) == 1, "ChatML needs a one-token newline"
+    counts = {k: sum(it["question"] and k == kinds[int(it["id"][4:]) % 3] for it in items) for k in kinds}
+    print(f"coe: {len(data['train'])} train, {len(data['dev'])} dev items, {len(images)} images; kinds {counts}; specials {ids}")
+    check_transformers(out / "tokenizer.json", COE_SPECIALS)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def write_json(path, items):
@@ -552,6 +724,7 @@ def main():
     args = ap.parse_args()
     make_longlora(args.out / "longlora")
     make_iag(args.out / "iag")
+    make_coe(args.out / "coe")
     total = sum(p.stat().st_size for p in sorted(args.out.rglob("*")) if p.is_file())
     print(f"wrote {args.out}: {total} bytes")
     for p in sorted(args.out.rglob("*")):

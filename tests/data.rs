@@ -405,3 +405,63 @@ fn the_task_mixture_draws_tasks_in_their_proportions() {
         "seeded"
     );
 }
+
+#[test]
+fn images_load_as_clip_normalised_pixels() {
+    use runner::data::images::{load, MEAN, STD};
+    // coe-0000.png: two yellow (230, 200, 30) triangles on white, 32 × 32.
+    let pixels = load(
+        std::path::Path::new("data/tiny/coe/images/coe-0000.png"),
+        32,
+    )
+    .unwrap();
+    assert_eq!(pixels.size(), [3, 32, 32]);
+    let value = |c: i64, y: i64, x: i64| pixels.double_value(&[c, y, x]);
+    for c in 0..3 {
+        let white = (1.0 - MEAN[c as usize]) / STD[c as usize];
+        assert!((value(c, 0, 0) - white).abs() < 1e-5, "a white corner");
+    }
+    let yellow = [230.0, 200.0, 30.0].map(|v: f64| v / 255.0);
+    let is_yellow = |y: i64, x: i64| {
+        (0..3).all(|c| {
+            (value(c, y, x) - (yellow[c as usize] - MEAN[c as usize]) / STD[c as usize]).abs()
+                < 1e-5
+        })
+    };
+    let yellow_pixels = (0..32)
+        .flat_map(|y| (0..32).map(move |x| (y, x)))
+        .filter(|&(y, x)| is_yellow(y, x))
+        .count();
+    assert!(yellow_pixels > 20, "{yellow_pixels} yellow pixels");
+    // Another size is resized; a missing file names itself.
+    assert_eq!(
+        load(
+            std::path::Path::new("data/tiny/coe/images/coe-0000.png"),
+            16
+        )
+        .unwrap()
+        .size(),
+        [3, 16, 16]
+    );
+    let missing = format!(
+        "{:#}",
+        load(std::path::Path::new("nowhere.png"), 32).err().unwrap()
+    );
+    assert!(
+        missing.contains("nowhere.png") && missing.contains("hint:"),
+        "{missing}"
+    );
+}
+
+#[test]
+fn the_tiny_coe_tokenizer_has_chatmls_tokens() {
+    let tokenizer = runner::data::tokenizer::Tokenizer::load(std::path::Path::new(
+        "data/tiny/coe/tokenizer.json",
+    ))
+    .unwrap();
+    let s = runner::data::chatml::Specials::of(&tokenizer).unwrap();
+    assert_eq!(
+        (s.im_start, s.im_end, s.img_start, s.img_end, s.img_pad),
+        (1, 2, 3, 4, 5)
+    );
+}

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod chatml;
 pub mod exemplars;
+pub mod images;
 pub mod instruction;
 pub mod loader;
 pub mod mixture;
