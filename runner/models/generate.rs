@@ -1,10 +1,12 @@
 //! Text generation with a key/value cache: greedy or sampled (temperature, nucleus top-p),
 //! for decoder-only models (continuing a prompt) and encoder-decoders (from the start token).
 
+use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use super::llama::Llama;
 use super::t5::T5;
+use super::vlm::Vlm;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Strategy {
@@ -45,6 +47,28 @@ pub fn decoder_only(
             mask = Tensor::cat(&[&mask, &ones(1)], 1);
             model.forward_cached(token, Some(&mask), &mut cache)
         })
+    })
+}
+
+/// `decoder_only` for a vision-language model's prompt with its images.
+pub fn multimodal(
+    model: &Vlm,
+    prompt: &Tensor,
+    mask: Option<&Tensor>,
+    pixels: Option<&Tensor>,
+    options: &GenerateOptions,
+) -> Result<Tensor> {
+    tch::no_grad(|| {
+        let decoder = &model.decoder;
+        let mut cache = decoder.new_cache();
+        let b = prompt.size()[0];
+        let ones = |n: i64| Tensor::ones([b, n], (Kind::Int64, prompt.device()));
+        let mut mask = mask.map_or_else(|| ones(prompt.size()[1]), Tensor::shallow_clone);
+        let logits = model.prefill(prompt, Some(&mask), pixels, &mut cache)?;
+        Ok(run(logits, options, |token| {
+            mask = Tensor::cat(&[&mask, &ones(1)], 1);
+            decoder.forward_cached(token, Some(&mask), &mut cache)
+        }))
     })
 }
 

@@ -202,16 +202,33 @@ impl Llama {
         tape: &Tape<'a>,
         train: bool,
     ) -> Tensor {
-        let t = ids.size()[1];
+        self.forward_embeds(&self.embed(ids), mask, tape, train)
+    }
+
+    /// The input embeddings `[B, T, d]` of `ids`, in the compute kind.
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        embed(&self.embed_tokens, ids, self.kind)
+    }
+
+    /// `forward` from input embeddings `[B, T, d]` (a vision-language model's, with image
+    /// features in place of image tokens).
+    pub fn forward_embeds<'a>(
+        &'a self,
+        embeds: &Tensor,
+        mask: Option<&Tensor>,
+        tape: &Tape<'a>,
+        train: bool,
+    ) -> Tensor {
+        let (b, t, _) = embeds.size3().expect("embeddings are [B, T, d]");
         let attention = match self.options.shifted_sparse_groups {
             Some(groups) if train => How::ShiftedSparse {
                 groups,
                 key_padding: mask.map(Tensor::shallow_clone),
             },
-            _ => How::Full(decoder_mask(t, 0, self.window(), mask, ids.device())),
+            _ => How::Full(decoder_mask(t, 0, self.window(), mask, embeds.device())),
         };
-        let context = Rc::new(self.context(ids, mask, 0, attention, false));
-        let mut x = tape.boundary(&embed(&self.embed_tokens, ids, self.kind));
+        let context = Rc::new(self.context((b, t, embeds.device()), mask, 0, attention, false));
+        let mut x = tape.boundary(embeds);
         for layer in &self.layers {
             let context = Rc::clone(&context);
             x = tape.segment(&[&x], move |xs| {
@@ -229,10 +246,22 @@ impl Llama {
         mask: Option<&Tensor>,
         cache: &mut DecoderCache,
     ) -> Tensor {
-        let (t, past) = (ids.size()[1], cache.len());
-        let attention = How::Full(decoder_mask(t, past, self.window(), mask, ids.device()));
-        let context = self.context(ids, mask, past, attention, true);
-        let mut x = embed(&self.embed_tokens, ids, self.kind);
+        self.forward_cached_embeds(&self.embed(ids), mask, cache)
+    }
+
+    /// `forward_cached` from input embeddings `[B, T, d]`.
+    pub fn forward_cached_embeds(
+        &self,
+        embeds: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut DecoderCache,
+    ) -> Tensor {
+        let (b, t, _) = embeds.size3().expect("embeddings are [B, T, d]");
+        let past = cache.len();
+        let device = embeds.device();
+        let attention = How::Full(decoder_mask(t, past, self.window(), mask, device));
+        let context = self.context((b, t, device), mask, past, attention, true);
+        let mut x = embeds.shallow_clone();
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &context, false, Some(kv));
         }
@@ -258,18 +287,17 @@ impl Llama {
     /// (and so training) numbers positions 0, 1, … whatever the padding.
     fn context(
         &self,
-        ids: &Tensor,
+        (b, t, device): (i64, i64, tch::Device),
         mask: Option<&Tensor>,
         past: i64,
         attention: How,
         count_real: bool,
     ) -> Context {
-        let (b, t) = ids.size2().expect("ids are [B, T]");
         let positions = match mask.filter(|_| count_real) {
             Some(m) => (m.cumsum(1, Kind::Int64) - 1)
                 .clamp_min(0)
                 .narrow(1, past, t),
-            None => Tensor::arange_start(past, past + t, (Kind::Int64, ids.device()))
+            None => Tensor::arange_start(past, past + t, (Kind::Int64, device))
                 .view([1, t])
                 .expand([b, t], false),
         };

@@ -21,6 +21,7 @@ pub mod rope;
 pub mod store;
 pub mod t5;
 pub mod vit;
+pub mod vlm;
 pub mod whitening;
 
 pub use checkpoint::{Checkpointing, Tape};

@@ -10,6 +10,7 @@ mod lora;
 mod parity;
 mod precision;
 mod shifted_sparse;
+mod vlm;
 mod weights;
 
 use std::collections::HashMap;
