@@ -70,10 +70,10 @@ fn train(
             let task = methods::iag::build(r, teacher.as_deref(), device)?;
             trainer::train(plan, &task, options, &inputs)?
         }
-        other @ Recipe::CoeMultitask(_) => bail!(
-            "kind {}: training this kind is not implemented yet (longlora_sft is); `runner validate` and `runner plan` work for it",
-            other.kind()
-        ),
+        Recipe::CoeMultitask(r) => {
+            let task = methods::coe::build(r, device)?;
+            trainer::train(plan, &task, options, &[])?
+        }
     };
     let dir: PathBuf = summary.dir.clone();
     let mut report = format!(

@@ -11,4 +11,5 @@ pub mod order;
 pub mod packing;
 pub mod qa;
 pub mod records;
+pub mod scienceqa;
 pub mod tokenizer;

@@ -2,6 +2,7 @@
 //! generic trainer (`train::Task`).
 
 pub mod alignment;
+pub mod coe;
 pub mod iag;
 pub mod longlora;
 

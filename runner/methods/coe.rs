@@ -1,0 +1,553 @@
+//! `coe_multitask` (Chain-of-Exemplar, ACL 2024): a vision-language model trained on question,
+//! rationale and distractor generation from ScienceQA-style items, each prompt carrying the
+//! best retrieved exemplar; evaluated by generating each task (and CoE's chain: question, then
+//! rationale from it, then distractors from both) and scoring with BLEU-4 and ROUGE-L.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::batch::{collate, Batch, Example};
+use crate::data::chatml::{self, Specials, Turn};
+use crate::data::exemplars::{retrieve, Sparse, Tfidf};
+use crate::data::images;
+use crate::data::loader::{Loader, MakeBatch};
+use crate::data::mixture::Mixture;
+use crate::data::order::epoch_order;
+use crate::data::scienceqa::{self, Item, Task as CoeTask, TASKS};
+use crate::data::tokenizer::Tokenizer;
+use crate::eval::{bleu, rouge};
+use crate::models::connector::{sincos_2d, Connector};
+use crate::models::generate::{self, GenerateOptions, Strategy};
+use crate::models::hf_folder::{write_safetensors, HfConfig};
+use crate::models::llama::{DecoderOptions, Llama};
+use crate::models::lora::{self, LoraSpec};
+use crate::models::loss::{causal_lm_loss, IGNORE};
+use crate::models::vit::{self, Vit};
+use crate::models::vlm::Vlm;
+use crate::models::{hf_model, Compute, ParamStore, Tape};
+use crate::plan::arch::Connector as ConnectorSpec;
+use crate::plan::inventory;
+use crate::plan::kinds::coe::{Signal, TextMetric};
+use crate::plan::kinds::longlora::Side;
+use crate::plan::recipe::CoeRecipe;
+use crate::plan::training::Adapter;
+use crate::train::task::{Evaluation, Task};
+
+/// One tokenized training or validation conversation.
+struct Conversation {
+    example: Example,
+    images: Vec<String>,
+}
+
+pub struct CoeMultitask {
+    decoder_store: ParamStore,
+    vision_store: ParamStore,
+    connector_store: ParamStore,
+    vlm: Vlm,
+    tokenizer: Tokenizer,
+    specials: Specials,
+    loader: Loader,
+    make: MakeBatch,
+    /// Validation items, each with its exemplar (an index into `train`).
+    validation: Vec<(Item, Option<usize>)>,
+    validation_conversations: usize,
+    train: Arc<Vec<Item>>,
+    tasks: Vec<CoeTask>,
+    system: String,
+    image_tokens: usize,
+    max_length: usize,
+    max_new_tokens: i64,
+    metrics: Vec<TextMetric>,
+    best: TextMetric,
+    chain: bool,
+    images: Arc<HashMap<String, Vec<f32>>>,
+    image_size: i64,
+    device: Device,
+}
+
+/// The texts of an item that retrieval compares.
+fn signal_text(item: &Item, signal: Signal) -> &str {
+    match signal {
+        Signal::Answer => &item.answer,
+        Signal::Question => &item.question,
+        Signal::Context => &item.hint,
+    }
+}
+
+/// Every image the items show, as normalised pixels.
+fn load_images(items: &[&Item], root: &Path, size: u32) -> Result<HashMap<String, Vec<f32>>> {
+    let mut out = HashMap::new();
+    for item in items.iter().filter(|i| !i.image.is_empty()) {
+        if out.contains_key(&item.image) {
+            continue;
+        }
+        let pixels = images::load(&root.join(&item.image), size)?;
+        let values = Vec::<f32>::try_from(pixels.flatten(0, -1))
+            .map_err(|e| anyhow!("reading pixels: {e}"))?;
+        out.insert(item.image.clone(), values);
+    }
+    Ok(out)
+}
+
+pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
+    let m = &recipe.model;
+    if m.path.is_some() {
+        bail!("model.path: loading a whole Qwen-VL-Chat folder is not implemented yet\n  hint: build the model from its parts (model.vision, model.connector, model.decoder)");
+    }
+    if recipe.method.retrieval.embedder.is_some() {
+        bail!("method.retrieval.embedder: sentence-encoder retrieval is not implemented yet\n  hint: set it to null for TF-IDF");
+    }
+    if recipe.evaluation.metrics.contains(&TextMetric::Meteor) {
+        bail!("evaluation.metrics: METEOR is not implemented yet\n  hint: use [bleu4, rouge_l]");
+    }
+    let compute = Compute::of(recipe.training.precision);
+    let seed = recipe.seed as i64;
+    let tokenizer_path = m.tokenizer.as_deref().ok_or_else(|| {
+        anyhow!("model.tokenizer: a model built from parts needs a tokenizer.json")
+    })?;
+    let tokenizer = Tokenizer::load(Path::new(tokenizer_path))?;
+    let specials = Specials::of(&tokenizer)?;
+
+    // The parts: a CLIP tower (given or fresh), the connector, the decoder.
+    let arch = &m.vision.arch;
+    let init = |params: &[inventory::Param], std: f64, seed: i64| {
+        ParamStore::init(params, |_| std, seed, device, compute.weights)
+    };
+    let vision_store = match &m.vision.path {
+        Some(p) => vit::load(Path::new(p), device, compute.weights)?.1,
+        None => init(&inventory::vision(arch), 0.02, seed + 1),
+    };
+    // The class token's post-norm feeds CLIP's pooled output, which the model does not read.
+    vision_store.set_trainable(|name, _| !m.vision.frozen && !name.contains("post_layernorm"));
+    let connector_params = inventory::connector(&m.connector, arch, &m.decoder);
+    let mut connector_store = init(&connector_params, 0.02, seed + 2);
+    if let ConnectorSpec::Resampler { num_queries, .. } = &m.connector {
+        let grid = (*num_queries as f64).sqrt().round() as i64;
+        let table = sincos_2d(m.decoder.hidden_size as i64, grid);
+        connector_store.insert("connector.pos_embed", table, inventory::Group::Connector);
+    }
+    connector_store.set_trainable(|name, _| name != "connector.pos_embed");
+    let config = HfConfig::Decoder {
+        arch: m.decoder.clone(),
+        rope_factor: 1.0,
+    };
+    let mut decoder_store = hf_model::random(&config, seed, device, compute.weights);
+    match (
+        &recipe.training.adapter,
+        LoraSpec::of(&recipe.training.adapter),
+    ) {
+        (Adapter::Full, _) => decoder_store.set_trainable(|_, _| true),
+        (_, Some(spec)) => {
+            lora::attach(&mut decoder_store, &spec, seed)?;
+        }
+        (_, None) => {
+            bail!("training.adapter: hyperlora is IAG's; coe_multitask trains lora or full")
+        }
+    }
+    let vlm = Vlm {
+        vision: Vit::new(&vision_store, arch, compute.activations)?,
+        connector: Connector::new(&connector_store, &m.connector)?,
+        decoder: Llama::new(
+            &decoder_store,
+            &m.decoder,
+            DecoderOptions::default(),
+            compute.activations,
+        )?,
+        image_pad: specials.img_pad,
+    };
+
+    // Items, exemplars, conversations.
+    let d = &recipe.data;
+    let train_items = scienceqa::read(Path::new(&d.train))?;
+    let validation_items = scienceqa::read(Path::new(&d.validation))?;
+    if train_items.is_empty() {
+        bail!("{}: no training items", d.train);
+    }
+    let root = d.image_root.as_ref().map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(&d.train)
+            .parent()
+            .unwrap_or(Path::new(""))
+            .to_path_buf()
+    });
+    let all: Vec<&Item> = train_items.iter().chain(&validation_items).collect();
+    let images = Arc::new(load_images(&all, &root, arch.image_size as u32)?);
+    let r = &recipe.method.retrieval;
+    let corpus: Vec<&str> = train_items
+        .iter()
+        .flat_map(|i| r.signals.iter().map(move |s| signal_text(i, *s)))
+        .collect();
+    let tfidf = Tfidf::fit(&corpus);
+    let vectors = |items: &[Item]| -> Vec<Vec<Sparse>> {
+        items
+            .iter()
+            .map(|i| {
+                r.signals
+                    .iter()
+                    .map(|s| tfidf.embed(signal_text(i, *s)))
+                    .collect()
+            })
+            .collect()
+    };
+    let pool = vectors(&train_items);
+    let best = |found: Vec<Vec<crate::data::exemplars::Exemplar>>| -> Vec<Option<usize>> {
+        found
+            .into_iter()
+            .map(|f| f.first().map(|e| e.index))
+            .collect()
+    };
+    let top_k = r.top_k as usize;
+    let train_exemplars = best(retrieve(&pool, &pool, r.threshold, top_k, |q, p| q == p));
+    let validation_exemplars = best(retrieve(
+        &vectors(&validation_items),
+        &pool,
+        r.threshold,
+        top_k,
+        |_, _| false,
+    ));
+
+    let t = &recipe.method.tasks;
+    let weights = [t.question, t.rationale, t.distractor];
+    let tasks: Vec<CoeTask> = TASKS
+        .iter()
+        .zip(weights)
+        .filter(|(_, w)| *w > 0.0)
+        .map(|(t, _)| *t)
+        .collect();
+    let image_tokens = m.connector.tokens_per_image(arch) as usize;
+    let max_length = d.max_length as usize;
+    let encode = |task: CoeTask, item: &Item, exemplar: Option<&Item>| -> Result<Conversation> {
+        let turns = scienceqa::conversation(task, item, exemplar);
+        let e = chatml::encode(
+            &tokenizer,
+            &specials,
+            &d.system_prompt,
+            &turns,
+            image_tokens,
+            max_length,
+        )
+        .with_context(|| format!("item {}", item.id))?;
+        Ok(Conversation {
+            example: e.example,
+            images: e.images,
+        })
+    };
+    // The mixture decides which task each training example comes from (each task's items in
+    // a seeded order, cycling), as many examples as the tasks have items together.
+    let mut per_task: Vec<Vec<Conversation>> = Vec::new();
+    for task in &tasks {
+        let mut list = Vec::new();
+        for (i, item) in train_items.iter().enumerate() {
+            list.push(encode(
+                *task,
+                item,
+                train_exemplars[i].map(|j| &train_items[j]),
+            )?);
+        }
+        per_task.push(list);
+    }
+    let task_weights: Vec<f64> = tasks
+        .iter()
+        .map(|t| weights[TASKS.iter().position(|x| x == t).unwrap_or(0)])
+        .collect();
+    let mut mixture = Mixture::new(&task_weights, t.mixing, t.temperature, recipe.seed);
+    let orders: Vec<Vec<usize>> = per_task
+        .iter()
+        .enumerate()
+        .map(|(k, l)| epoch_order(l.len(), recipe.seed, k as u64))
+        .collect();
+    let mut next = vec![0usize; tasks.len()];
+    let total: usize = per_task.iter().map(Vec::len).sum();
+    let mut train = Vec::with_capacity(total);
+    for _ in 0..total {
+        let k = mixture.next_task();
+        let order = &orders[k];
+        let c = &per_task[k][order[next[k] % order.len()]];
+        next[k] += 1;
+        train.push(Conversation {
+            example: Example {
+                ids: c.example.ids.clone(),
+                labels: c.example.labels.clone(),
+            },
+            images: c.images.clone(),
+        });
+    }
+    let mut validation_conversations = Vec::new();
+    for task in &tasks {
+        for (i, item) in validation_items.iter().enumerate() {
+            validation_conversations.push(encode(
+                *task,
+                item,
+                validation_exemplars[i].map(|j| &train_items[j]),
+            )?);
+        }
+    }
+    let n_validation = validation_conversations.len();
+    let size = arch.image_size as i64;
+    let pad = tokenizer.id("<|endoftext|>")?;
+    let make_of = |list: Vec<Conversation>| -> MakeBatch {
+        let list = Arc::new(list);
+        let images = Arc::clone(&images);
+        Arc::new(move |indices: &[usize]| {
+            let members: Vec<&Conversation> = indices.iter().map(|&i| &list[i]).collect();
+            let examples: Vec<&Example> = members.iter().map(|c| &c.example).collect();
+            let mut batch = collate(&examples, pad, Side::Right, 1);
+            let mut pixels = Vec::new();
+            let mut count = 0;
+            for c in &members {
+                for image in &c.images {
+                    pixels.extend_from_slice(&images[image]);
+                    count += 1;
+                }
+            }
+            batch.extra.push((
+                "pixels",
+                Tensor::from_slice(&pixels).view([count, 3, size, size]),
+            ));
+            batch
+        })
+    };
+    let train_len = train.len();
+    let loader = Loader {
+        len: train_len,
+        batch_size: recipe.training.micro_batch_size as usize,
+        seed: recipe.seed,
+        lengths: None,
+        make: make_of(train),
+    };
+    let ev = &recipe.evaluation;
+    Ok(CoeMultitask {
+        decoder_store,
+        vision_store,
+        connector_store,
+        vlm,
+        tokenizer,
+        specials,
+        loader,
+        make: make_of(validation_conversations),
+        validation: validation_items
+            .into_iter()
+            .zip(validation_exemplars)
+            .collect(),
+        validation_conversations: n_validation,
+        train: Arc::new(train_items),
+        tasks,
+        system: d.system_prompt.clone(),
+        image_tokens,
+        max_length,
+        max_new_tokens: ev.max_new_tokens as i64,
+        metrics: ev.metrics.clone(),
+        best: ev.best_metric,
+        chain: ev.chain,
+        images,
+        image_size: size,
+        device,
+    })
+}
+
+impl CoeMultitask {
+    fn pixels(&self, batch: &Batch) -> Option<Tensor> {
+        let p = batch.extra("pixels");
+        (p.size()[0] > 0).then(|| p.shallow_clone())
+    }
+
+    /// The model's greedy reply to `task` on `item` (given a generated question and rationale
+    /// in the chain).
+    fn generate(
+        &self,
+        task: CoeTask,
+        item: &Item,
+        exemplar: Option<&Item>,
+        question: Option<&str>,
+        rationale: Option<&str>,
+    ) -> Result<String> {
+        let turns = [Turn {
+            from: "user".into(),
+            value: scienceqa::prompt(task, item, exemplar, question, rationale),
+        }];
+        let e = chatml::encode(
+            &self.tokenizer,
+            &self.specials,
+            &self.system,
+            &turns,
+            self.image_tokens,
+            self.max_length,
+        )?;
+        let mut ids = e.example.ids;
+        ids.push(self.specials.im_start);
+        ids.extend(self.tokenizer.encode("assistant", false)?);
+        ids.push(self.specials.newline);
+        let prompt = Tensor::from_slice(&ids)
+            .view([1, -1])
+            .to_device(self.device);
+        let pixels: Vec<f32> = e
+            .images
+            .iter()
+            .flat_map(|i| self.images[i].iter().copied())
+            .collect();
+        let s = self.image_size;
+        let pixels = (!e.images.is_empty()).then(|| {
+            Tensor::from_slice(&pixels)
+                .view([e.images.len() as i64, 3, s, s])
+                .to_device(self.device)
+        });
+        let options = GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            strategy: Strategy::Greedy,
+            eos: Some(self.specials.im_end),
+            pad: 0,
+            seed: 0,
+        };
+        let out = generate::multimodal(&self.vlm, &prompt, None, pixels.as_ref(), &options)?;
+        let out = Vec::<i64>::try_from(out.view([-1]).to_device(Device::Cpu))
+            .map_err(|e| anyhow!("reading generated tokens: {e}"))?;
+        let end = out
+            .iter()
+            .position(|&t| t == self.specials.im_end)
+            .unwrap_or(out.len());
+        Ok(self.tokenizer.decode(&out[..end], true)?.trim().to_string())
+    }
+
+    fn validation_loss(&self) -> f64 {
+        let (mut total, mut tokens) = (0.0, 0i64);
+        tch::no_grad(|| {
+            let indices: Vec<usize> = (0..self.validation_conversations).collect();
+            for chunk in indices.chunks(8) {
+                let batch = (self.make)(chunk).to_device(self.device);
+                let logits = self
+                    .vlm
+                    .forward(
+                        &batch.input_ids,
+                        Some(&batch.attention_mask),
+                        self.pixels(&batch).as_ref(),
+                        &Tape::plain(),
+                        false,
+                    )
+                    .expect("image placeholders match the images");
+                let t = logits.size()[1];
+                let n = batch
+                    .labels
+                    .narrow(1, 1, t - 1)
+                    .ne(IGNORE)
+                    .sum(Kind::Int64)
+                    .int64_value(&[]);
+                total += causal_lm_loss(&logits, &batch.labels).double_value(&[]) * n as f64;
+                tokens += n;
+            }
+        });
+        total / tokens.max(1) as f64
+    }
+}
+
+impl Task for CoeMultitask {
+    fn stores(&self) -> Vec<(&'static str, &ParamStore)> {
+        vec![
+            ("", &self.decoder_store),
+            ("vision.", &self.vision_store),
+            ("connector.", &self.connector_store),
+        ]
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn loader(&self) -> &Loader {
+        &self.loader
+    }
+
+    fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>, _step: u64) -> Tensor {
+        let logits = self
+            .vlm
+            .forward(
+                &batch.input_ids,
+                Some(&batch.attention_mask),
+                self.pixels(batch).as_ref(),
+                tape,
+                true,
+            )
+            .expect("image placeholders match the images");
+        causal_lm_loss(&logits, &batch.labels)
+    }
+
+    /// Validation loss, each task's BLEU-4 and ROUGE-L (×100) over greedy generations, and
+    /// CoE's chain on the first validation item.
+    fn evaluate(&self) -> Result<Evaluation> {
+        let mut metrics = vec![("loss".to_string(), self.validation_loss())];
+        for &task in &self.tasks {
+            let (mut b, mut r) = (0.0, 0.0);
+            for (item, exemplar) in &self.validation {
+                let exemplar = exemplar.map(|j| &self.train[j]);
+                let generated = self.generate(task, item, exemplar, None, None)?;
+                let reference = [task.target(item)];
+                b += bleu::sentence_bleu4(&generated, &reference);
+                r += rouge::rouge_l_multi(&reference, &generated);
+            }
+            let n = self.validation.len().max(1) as f64;
+            for metric in &self.metrics {
+                match metric {
+                    TextMetric::Bleu4 => {
+                        metrics.push((format!("{}_bleu4", task.name()), 100.0 * b / n))
+                    }
+                    TextMetric::RougeL => {
+                        metrics.push((format!("{}_rouge_l", task.name()), 100.0 * r / n))
+                    }
+                    TextMetric::Meteor | TextMetric::Loss => {}
+                }
+            }
+        }
+        let mut samples = Vec::new();
+        if let (true, Some((item, exemplar))) = (self.chain, self.validation.first()) {
+            let exemplar = exemplar.map(|j| &self.train[j]);
+            let question = self.generate(CoeTask::Question, item, exemplar, None, None)?;
+            let rationale =
+                self.generate(CoeTask::Rationale, item, exemplar, Some(&question), None)?;
+            let distractors = self.generate(
+                CoeTask::Distractor,
+                item,
+                exemplar,
+                Some(&question),
+                Some(&rationale),
+            )?;
+            samples.push((
+                "chain".to_string(),
+                format!(
+                    "answer: {}\n\nquestion → {question}\n\nrationale → {rationale}\n\ndistractors → {distractors}\n\n(gold question: {})",
+                    item.answer, item.question
+                ),
+            ));
+        }
+        Ok(Evaluation { metrics, samples })
+    }
+
+    fn best_metric(&self) -> (&'static str, bool) {
+        match self.best {
+            TextMetric::Bleu4 => ("question_bleu4", true),
+            TextMetric::RougeL => ("question_rouge_l", true),
+            TextMetric::Meteor | TextMetric::Loss => ("loss", false),
+        }
+    }
+
+    /// Every weight of the three parts in `model/model.safetensors` (HF names).
+    fn save(&self, dir: &Path) -> Result<()> {
+        let dir = dir.join("model");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tensors: Vec<(String, Tensor)> = [
+            &self.decoder_store,
+            &self.vision_store,
+            &self.connector_store,
+        ]
+        .iter()
+        .flat_map(|s| {
+            s.iter()
+                .map(|(n, t, _)| (n.to_string(), t.detach()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+        let refs: Vec<&(String, Tensor)> = tensors.iter().collect();
+        write_safetensors(&dir.join("model.safetensors"), &refs)
+    }
+}
