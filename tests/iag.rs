@@ -141,29 +141,21 @@ fn a_teacher_recipes_trained_teacher_feeds_a_distilled_student() {
 #[test]
 fn a_hyperlora_student_trains_its_hypernetworks_and_saves_them_with_the_whitening() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args([
-            "run",
-            "recipes/tiny/iag_teacher.yaml",
-            "training.max_steps=2",
-            "training.schedule.warmup_steps=1",
-            "evaluation.every_steps=2",
-            "evaluation.max_new_tokens=2",
+    // Success means the step-0 check passed: every hypernetwork weight got a finite, non-zero
+    // gradient.
+    crate::run_briefly(
+        "recipes/tiny/iag_teacher.yaml",
+        2,
+        &[
             "training.adapter.type=hyperlora",
             "training.adapter.rank=4",
             "training.adapter.targets=[q,v]",
             "training.adapter.whiten_dim=32",
             "training.adapter.stacks=[encoder,decoder]",
             "training.adapter.also_train=[norm,wi,wo]",
-            "--device",
-            "cpu",
-            "--out",
-        ])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    // The step-0 check passed: every hypernetwork weight got a finite, non-zero gradient.
-    crate::assert_success(&o);
+        ],
+        tmp.path(),
+    );
     let saved: Vec<String> =
         Tensor::read_safetensors(tmp.path().join("hyperlora/hypernet.safetensors"))
             .unwrap()
@@ -246,25 +238,16 @@ fn alignment_and_hyperlora_settings_are_checked_before_training() {
 #[test]
 fn a_run_with_alignment_adds_the_terms_to_the_loss() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args([
-            "run",
-            "recipes/tiny/iag_teacher.yaml",
-            "training.max_steps=2",
-            "training.schedule.warmup_steps=1",
-            "evaluation.every_steps=2",
-            "evaluation.max_new_tokens=2",
+    crate::run_briefly(
+        "recipes/tiny/iag_teacher.yaml",
+        2,
+        &[
             "model.student.max_length=48",
             "method.alpha_kd=0.4",
             "method.alignment={encoder_attention: 10.0}",
-            "--device",
-            "cpu",
-            "--out",
-        ])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    crate::assert_success(&o);
+        ],
+        tmp.path(),
+    );
     let plan = std::fs::read_to_string(tmp.path().join("plan.yaml")).unwrap();
     assert!(
         plan.contains("decoder_attention: 0.02"),

@@ -26,3 +26,21 @@ pub fn assert_success(o: &std::process::Output) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `runner run RECIPE` for `steps` steps (one of warmup, an evaluation at the end with short
+/// generations) on the CPU into `out`, with `extra` overrides; fails the test unless it
+/// succeeds.
+pub fn run_briefly(recipe: &str, steps: u32, extra: &[&str], out: &std::path::Path) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["run", recipe])
+        .arg(format!("training.max_steps={steps}"))
+        .arg("training.schedule.warmup_steps=1")
+        .arg(format!("evaluation.every_steps={steps}"))
+        .arg("evaluation.max_new_tokens=3")
+        .args(extra)
+        .args(["--device", "cpu", "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert_success(&o);
+}

@@ -345,22 +345,7 @@ fn a_run_built_on_another_teacher_is_not_resumed() {
 #[test]
 fn the_tiny_coe_recipe_trains_a_vision_language_model_and_scores_each_task() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args([
-            "run",
-            "recipes/tiny/coe_multitask.yaml",
-            "training.max_steps=3",
-            "training.schedule.warmup_steps=1",
-            "evaluation.every_steps=3",
-            "evaluation.max_new_tokens=3",
-            "--device",
-            "cpu",
-            "--out",
-        ])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    crate::assert_success(&o);
+    crate::run_briefly("recipes/tiny/coe_multitask.yaml", 3, &[], tmp.path());
     let metrics = std::fs::read_to_string(tmp.path().join("metrics.csv")).unwrap();
     for name in [
         "loss",
