@@ -5,13 +5,15 @@
 //! Both sides train on one random batch of `micro_batch_size × max_length` tokens with the
 //! plan's optimizer, clipping, precision, checkpointing and adapter. S²-Attn is turned off on
 //! the runner side: transformers has no such attention, and the point is the same model.
+//! `iag_distill` and `coe_multitask` recipes are timed on their first real batch, runner side
+//! only for now.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -19,7 +21,7 @@ use super::peak_rss_kib;
 use crate::commands::finish;
 use crate::commands::run::Target;
 use crate::data::batch::Batch;
-use crate::methods::longlora;
+use crate::methods::{coe, iag, longlora};
 use crate::models::lora::LoraSpec;
 use crate::models::Checkpointing;
 use crate::models::Tape;
@@ -51,32 +53,47 @@ pub fn run(
 }
 
 fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
-    let Recipe::LongloraSft(recipe) = &plan.recipe else {
-        bail!(
-            "kind {}: benchmarking covers longlora_sft recipes for now",
-            plan.recipe.kind()
-        );
-    };
-    let mut recipe = recipe.clone();
-    recipe.method.shifted_sparse_attention = false;
     let device = options.target.device()?;
-    let t = &recipe.training;
-    let (batch_size, seq_len) = (t.micro_batch_size as i64, recipe.data.max_length as i64);
     let rss_before = peak_rss_kib()?;
-    let task = longlora::build(&recipe, device)?;
-    tch::manual_seed(recipe.seed as i64);
-    let ids = Tensor::randint(
-        recipe.model.arch.vocab_size as i64,
-        [batch_size, seq_len],
-        (Kind::Int64, device),
-    );
-    let batch = Batch {
-        attention_mask: ids.ones_like(),
-        labels: ids.shallow_clone(),
-        input_ids: ids,
-        extra: Vec::new(),
+    let (task, batch, longlora): (Box<dyn Task>, Batch, _) = match &plan.recipe {
+        Recipe::LongloraSft(recipe) => {
+            let mut recipe = recipe.clone();
+            recipe.method.shifted_sparse_attention = false;
+            let task = longlora::build(&recipe, device)?;
+            let (b, t) = (
+                recipe.training.micro_batch_size as i64,
+                recipe.data.max_length as i64,
+            );
+            tch::manual_seed(recipe.seed as i64);
+            let ids = Tensor::randint(
+                recipe.model.arch.vocab_size as i64,
+                [b, t],
+                (Kind::Int64, device),
+            );
+            let batch = Batch {
+                attention_mask: ids.ones_like(),
+                labels: ids.shallow_clone(),
+                input_ids: ids,
+                extra: Vec::new(),
+            };
+            (Box::new(task), batch, Some(recipe))
+        }
+        // The other kinds time their first real batch; a teacher recipe's teacher is random
+        // here (the time of a step does not depend on its weights).
+        Recipe::IagDistill(recipe) => {
+            let task = iag::build(recipe, None, device)?;
+            let batch = first_batch(&task);
+            (Box::new(task), batch, None)
+        }
+        Recipe::CoeMultitask(recipe) => {
+            let task = coe::build(recipe, device)?;
+            let batch = first_batch(&task);
+            (Box::new(task), batch, None)
+        }
     };
-    let params = crate::train::task::trainable(&task);
+    let t = plan.recipe.training();
+    let (batch_size, seq_len) = batch.input_ids.size2()?;
+    let params = crate::train::task::trainable(task.as_ref());
     let mut optimizer = AdamW::new(&t.optimizer);
     let mode = match t.gradient_checkpointing {
         true => Checkpointing::Recompute,
@@ -123,20 +140,36 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
         "", "step s", "tokens/s", "peak MiB"
     );
     report += &row("runner", &ours);
-    if options.pytorch {
-        let theirs = pytorch(&recipe, device, options)?;
-        report += &row("pytorch", &theirs);
-        let ratio = |key: &str| {
-            ours[key].as_f64().unwrap_or(f64::NAN) / theirs[key].as_f64().unwrap_or(f64::NAN)
-        };
-        report += &format!(
-            "runner / pytorch: step time {:.2}×, tokens/s {:.2}×, peak memory {:.2}×",
-            ratio("step_time_s"),
-            ratio("tokens_per_s"),
-            ratio("peak_memory_mib")
-        );
+    match (&longlora, options.pytorch) {
+        (Some(recipe), true) => {
+            let theirs = pytorch(recipe, device, options)?;
+            report += &row("pytorch", &theirs);
+            let ratio = |key: &str| {
+                ours[key].as_f64().unwrap_or(f64::NAN) / theirs[key].as_f64().unwrap_or(f64::NAN)
+            };
+            report += &format!(
+                "runner / pytorch: step time {:.2}×, tokens/s {:.2}×, peak memory {:.2}×",
+                ratio("step_time_s"),
+                ratio("tokens_per_s"),
+                ratio("peak_memory_mib")
+            );
+        }
+        (None, true) => {
+            report += &format!(
+                "(no PyTorch reference for {} yet: scripts/bench_pytorch.py runs the Llama family)",
+                plan.recipe.kind()
+            )
+        }
+        (_, false) => {}
     }
     Ok(report.trim_end().to_string())
+}
+
+/// The task's first training micro-batch, on its device.
+fn first_batch(task: &dyn Task) -> Batch {
+    let loader = task.loader();
+    let indices: Vec<usize> = (0..loader.batch_size.min(loader.len)).collect();
+    (loader.make)(&indices).to_device(task.device())
 }
 
 fn row(name: &str, r: &Value) -> String {
