@@ -129,3 +129,42 @@ fn doctor_reports_libtorch_and_bf16() {
     assert!(text.contains("bf16 on Cpu     supported"), "{text}");
     assert!(text.contains("cuda            "), "{text}");
 }
+
+#[test]
+fn bench_times_a_training_step_of_every_kind() {
+    for recipe in [
+        "recipes/tiny/longlora_sft.yaml",
+        "recipes/tiny/iag_distill.yaml",
+        "recipes/tiny/coe_multitask.yaml",
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args([
+                "bench",
+                "recipe",
+                recipe,
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--no-pytorch",
+            ])
+            .args(["--device", "cpu"])
+            .output()
+            .unwrap();
+        crate::assert_success(&o);
+        let report = String::from_utf8_lossy(&o.stdout);
+        let row = report
+            .lines()
+            .find(|l| l.starts_with("runner"))
+            .unwrap_or_default();
+        let numbers: Vec<f64> = row
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        assert!(
+            numbers.len() == 3 && numbers[0] > 0.0 && numbers[1] > 0.0,
+            "{recipe}: {report}"
+        );
+    }
+}
