@@ -411,10 +411,24 @@ impl CoeMultitask {
         Ok(self.tokenizer.decode(&out[..end], true)?.trim().to_string())
     }
 
-    fn validation_loss(&self) -> f64 {
+    /// Token-weighted validation loss of each task's conversations (they come task by task),
+    /// and of all together.
+    fn validation_losses(&self) -> (Vec<f64>, f64) {
+        let per_task = self.validation_conversations / self.tasks.len().max(1);
+        let sums: Vec<(f64, i64)> = (0..self.tasks.len())
+            .map(|k| self.loss_over(&(k * per_task..(k + 1) * per_task).collect::<Vec<_>>()))
+            .collect();
+        let (total, tokens) = sums.iter().fold((0.0, 0), |(a, b), (c, d)| (a + c, b + d));
+        (
+            sums.iter().map(|(l, n)| l / (*n).max(1) as f64).collect(),
+            total / tokens.max(1) as f64,
+        )
+    }
+
+    /// Summed token losses and the token count over the given validation conversations.
+    fn loss_over(&self, indices: &[usize]) -> (f64, i64) {
         let (mut total, mut tokens) = (0.0, 0i64);
         tch::no_grad(|| {
-            let indices: Vec<usize> = (0..self.validation_conversations).collect();
             for chunk in indices.chunks(8) {
                 let batch = (self.make)(chunk).to_device(self.device);
                 let logits = self
@@ -438,7 +452,7 @@ impl CoeMultitask {
                 tokens += n;
             }
         });
-        total / tokens.max(1) as f64
+        (total, tokens)
     }
 }
 
@@ -473,10 +487,14 @@ impl Task for CoeMultitask {
         causal_lm_loss(&logits, &batch.labels)
     }
 
-    /// Validation loss, each task's BLEU-4 and ROUGE-L (×100) over greedy generations, and
-    /// CoE's chain on the first validation item.
+    /// Validation loss (overall and per task), each task's BLEU-4 and ROUGE-L (×100) over
+    /// greedy generations, and CoE's chain on the first validation item.
     fn evaluate(&self) -> Result<Evaluation> {
-        let mut metrics = vec![("loss".to_string(), self.validation_loss())];
+        let (task_losses, loss) = self.validation_losses();
+        let mut metrics = vec![("loss".to_string(), loss)];
+        for (task, l) in self.tasks.iter().zip(task_losses) {
+            metrics.push((format!("{}_loss", task.name()), l));
+        }
         for &task in &self.tasks {
             let (mut b, mut r) = (0.0, 0.0);
             for (item, exemplar) in &self.validation {
