@@ -62,6 +62,8 @@ pub struct CoeMultitask {
     max_length: usize,
     max_new_tokens: i64,
     metrics: Vec<TextMetric>,
+    /// Item fields the text metrics are also broken down by.
+    subgroups: Vec<String>,
     best: TextMetric,
     chain: bool,
     images: Arc<HashMap<String, Vec<f32>>>,
@@ -340,6 +342,7 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
         max_length,
         max_new_tokens: ev.max_new_tokens as i64,
         metrics: ev.metrics.clone(),
+        subgroups: ev.subgroups.clone(),
         best: ev.best_metric,
         chain: ev.chain,
         images,
@@ -496,24 +499,43 @@ impl Task for CoeMultitask {
             metrics.push((format!("{}_loss", task.name()), l));
         }
         for &task in &self.tasks {
-            let (mut b, mut r) = (0.0, 0.0);
+            // (metric name suffix, per-sample [bleu, rouge]) for all items and each subgroup.
+            let mut groups: Vec<(String, Vec<[f64; 2]>)> = vec![(String::new(), Vec::new())];
             for (item, exemplar) in &self.validation {
                 let exemplar = exemplar.map(|j| &self.train[j]);
                 let generated = self.generate(task, item, exemplar, None, None)?;
                 let reference = [task.target(item)];
-                b += bleu::sentence_bleu4(&generated, &reference);
-                r += rouge::rouge_l_multi(&reference, &generated);
+                let scores = [
+                    bleu::sentence_bleu4(&generated, &reference),
+                    rouge::rouge_l_multi(&reference, &generated),
+                ];
+                groups[0].1.push(scores);
+                for field in &self.subgroups {
+                    let Some(value) = item.fields.get(field) else {
+                        continue;
+                    };
+                    let value = value
+                        .as_str()
+                        .map_or_else(|| value.to_string(), str::to_string);
+                    // Names go into metrics.csv and TensorBoard tags: no commas or spaces.
+                    let key = format!("/{field}={}", value.replace([',', ' '], "_"));
+                    match groups.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, rows)) => rows.push(scores),
+                        None => groups.push((key, vec![scores])),
+                    }
+                }
             }
-            let n = self.validation.len().max(1) as f64;
-            for metric in &self.metrics {
-                match metric {
-                    TextMetric::Bleu4 => {
-                        metrics.push((format!("{}_bleu4", task.name()), 100.0 * b / n))
-                    }
-                    TextMetric::RougeL => {
-                        metrics.push((format!("{}_rouge_l", task.name()), 100.0 * r / n))
-                    }
-                    TextMetric::Meteor | TextMetric::Loss => {}
+            for (suffix, rows) in &groups {
+                let mean = |i: usize| {
+                    100.0 * rows.iter().map(|r| r[i]).sum::<f64>() / rows.len().max(1) as f64
+                };
+                for metric in &self.metrics {
+                    let (name, i) = match metric {
+                        TextMetric::Bleu4 => ("bleu4", 0),
+                        TextMetric::RougeL => ("rouge_l", 1),
+                        TextMetric::Meteor | TextMetric::Loss => continue,
+                    };
+                    metrics.push((format!("{}_{name}{suffix}", task.name()), mean(i)));
                 }
             }
         }
