@@ -130,6 +130,22 @@ enum Command {
         #[arg(required = true)]
         targets: Vec<PathBuf>,
     },
+    /// A coe_multitask run's generations for items: CoE's chain, or each task (`--gold`).
+    Generate {
+        /// A run directory (its latest checkpoint) or a recipe (untrained).
+        model: PathBuf,
+        /// ScienceQA-style items (JSON or JSONL).
+        #[arg(long)]
+        data: PathBuf,
+        /// Folder for <task>.jsonl and <task>.references.jsonl.
+        #[arg(long)]
+        out: PathBuf,
+        /// Each task from the item's own question instead of the chain.
+        #[arg(long)]
+        gold: bool,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: commands::run::Target,
+    },
     /// Score generations against references (BLEU-4, ROUGE-L), overall and by subgroup.
     Score {
         /// Generations: .txt lines, or JSON/JSONL strings or {id?, prediction}.
@@ -274,6 +290,22 @@ fn main() -> ExitCode {
             device,
         } => commands::perplexity::run(&model, &data, &lengths, stride, device, &mut out),
         Command::Report { targets } => commands::report::run(&targets, &mut out),
+        Command::Generate {
+            model,
+            data,
+            out: dir,
+            gold,
+            device,
+        } => {
+            let options = commands::generate::Options {
+                model,
+                data,
+                out: dir,
+                gold,
+                device,
+            };
+            commands::generate::run(&options, &mut out)
+        }
         Command::Score {
             predictions,
             references,

@@ -357,3 +357,57 @@ fn the_tiny_coe_recipe_trains_a_vision_language_model_and_scores_each_task() {
     }
     assert!(tmp.path().join("model/model.safetensors").is_file());
 }
+
+#[test]
+fn generate_writes_each_tasks_predictions_and_resumes_without_duplicates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    crate::run_briefly("recipes/tiny/coe_multitask.yaml", 2, &[], &run);
+    let items: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string("data/tiny/coe/dev.json").unwrap()).unwrap();
+    let data = tmp.path().join("items.json");
+    std::fs::write(&data, serde_json::to_string(&items[..3]).unwrap()).unwrap();
+    let out = tmp.path().join("generated");
+    let generate = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg("generate")
+            .arg(&run)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args(["--gold", "--device", "cpu"])
+            .output()
+            .unwrap();
+        crate::assert_success(&o);
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    assert!(generate().contains("3 items generated"));
+    let lines = |name: &str| {
+        std::fs::read_to_string(out.join(name))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    for task in ["question", "rationale", "distractor"] {
+        assert_eq!(lines(&format!("{task}.jsonl")), 3);
+        assert_eq!(lines(&format!("{task}.references.jsonl")), 3);
+    }
+    // As if killed while writing the last item: its question line is gone; only it is redone.
+    let question = std::fs::read_to_string(out.join("question.jsonl")).unwrap();
+    let kept: Vec<&str> = question.lines().take(2).collect();
+    std::fs::write(out.join("question.jsonl"), kept.join("\n") + "\n").unwrap();
+    let again = generate();
+    assert!(
+        again.contains("1 items generated") && again.contains("2 already done"),
+        "{again}"
+    );
+    for task in ["question", "rationale", "distractor"] {
+        assert_eq!(lines(&format!("{task}.jsonl")), 3, "{task}: no duplicates");
+        assert_eq!(
+            lines(&format!("{task}.references.jsonl")),
+            3,
+            "{task}: no duplicates"
+        );
+    }
+}

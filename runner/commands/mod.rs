@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod doctor;
 pub mod explain;
+pub mod generate;
 pub mod merge;
 pub mod perplexity;
 pub mod plan;
@@ -13,6 +14,7 @@ pub mod schema;
 pub mod score;
 pub mod stats;
 pub mod sweep;
+pub mod trained;
 pub mod validate;
 
 use std::io::Write;

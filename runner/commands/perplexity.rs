@@ -5,14 +5,11 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::run::Target;
 use crate::methods::longlora;
 use crate::plan::recipe::Recipe;
-use crate::train::run_dir::{self, RunDir};
-use crate::train::task;
-use crate::train::trainer;
 
 pub fn run(
     model: &Path,
@@ -32,48 +29,12 @@ fn perplexity(
     stride: usize,
     target: Target,
 ) -> Result<String> {
-    let (recipe, checkpoint) = match model.is_dir() {
-        true => {
-            let path = model.join("plan.json");
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!("cannot read {}\n  hint: give a run directory (made by `runner run`) or a recipe", path.display())
-            })?;
-            let record: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not valid JSON", path.display()))?;
-            let recipe = Recipe::from_json("longlora_sft", record["plan"].clone())
-                .map_err(|e| anyhow!("{}: not a longlora_sft plan: {e}", path.display()))?;
-            let run = RunDir {
-                path: model.to_path_buf(),
-            };
-            let latest = run.checkpoints()?.pop().map(|(_, dir)| dir);
-            (recipe, latest)
-        }
-        false => {
-            let plan = crate::plan::resolve(model, &[]).map_err(|errors| {
-                anyhow!(
-                    "{}: {} errors\n  hint: run `runner validate` on it",
-                    model.display(),
-                    errors.len()
-                )
-            })?;
-            (plan.recipe, None)
-        }
-    };
+    let (recipe, checkpoint) = super::trained::plan_and_checkpoint(model, "longlora_sft")?;
     let Recipe::LongloraSft(recipe) = &recipe else {
         bail!("perplexity is measured for longlora_sft runs and recipes");
     };
     let task = longlora::build(recipe, target.device()?)?;
-    let source = match &checkpoint {
-        Some(dir) => {
-            let saved = run_dir::load(dir)?;
-            trainer::restore(&task::trainable(&task), saved.trainable)?;
-            format!("{} ({})", model.display(), dir.display())
-        }
-        None => format!(
-            "{} (untrained: the plan's starting weights)",
-            model.display()
-        ),
-    };
+    let source = super::trained::restore(&task, model, checkpoint.as_deref())?;
     let mut report = format!(
         "perplexity of {} on {}, stride {stride}\n",
         source,

@@ -56,6 +56,11 @@ pub struct CoeMultitask {
     validation: Vec<(Item, Option<usize>)>,
     validation_conversations: usize,
     train: Arc<Vec<Item>>,
+    /// Retrieval over the training items, for items met later (`runner generate`).
+    tfidf: Tfidf,
+    pool: Vec<Vec<Sparse>>,
+    signals: Vec<Signal>,
+    threshold: f64,
     tasks: Vec<CoeTask>,
     system: String,
     image_tokens: usize,
@@ -67,6 +72,7 @@ pub struct CoeMultitask {
     best: TextMetric,
     chain: bool,
     images: Arc<HashMap<String, Vec<f32>>>,
+    image_root: PathBuf,
     image_size: i64,
     device: Device,
 }
@@ -336,6 +342,10 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
             .collect(),
         validation_conversations: n_validation,
         train: Arc::new(train_items),
+        tfidf,
+        pool,
+        signals: r.signals.clone(),
+        threshold: r.threshold,
         tasks,
         system: d.system_prompt.clone(),
         image_tokens,
@@ -346,12 +356,50 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
         best: ev.best_metric,
         chain: ev.chain,
         images,
+        image_root: root,
         image_size: size,
         device,
     })
 }
 
 impl CoeMultitask {
+    /// The tasks the plan trains, in CoE's order.
+    pub fn tasks(&self) -> &[CoeTask] {
+        &self.tasks
+    }
+
+    /// The best training item to show as the exemplar of a new item.
+    pub fn exemplar(&self, item: &Item) -> Option<&Item> {
+        let query: Vec<Sparse> = self
+            .signals
+            .iter()
+            .map(|s| self.tfidf.embed(signal_text(item, *s)))
+            .collect();
+        let found = retrieve(&[query], &self.pool, self.threshold, 1, |_, _| false);
+        found[0].first().map(|e| &self.train[e.index])
+    }
+
+    /// The model's reply to `task` on `item`, given the item's own question.
+    pub fn reply(&self, task: CoeTask, item: &Item) -> Result<String> {
+        self.generate(task, item, self.exemplar(item), None, None)
+    }
+
+    /// CoE's chain on `item`: its question, a rationale from that question, and distractors
+    /// from both.
+    pub fn chain(&self, item: &Item) -> Result<[String; 3]> {
+        let exemplar = self.exemplar(item);
+        let question = self.generate(CoeTask::Question, item, exemplar, None, None)?;
+        let rationale = self.generate(CoeTask::Rationale, item, exemplar, Some(&question), None)?;
+        let distractors = self.generate(
+            CoeTask::Distractor,
+            item,
+            exemplar,
+            Some(&question),
+            Some(&rationale),
+        )?;
+        Ok([question, rationale, distractors])
+    }
+
     fn pixels(&self, batch: &Batch) -> Option<Tensor> {
         let p = batch.extra("pixels");
         (p.size()[0] > 0).then(|| p.shallow_clone())
@@ -386,11 +434,20 @@ impl CoeMultitask {
         let prompt = Tensor::from_slice(&ids)
             .view([1, -1])
             .to_device(self.device);
-        let pixels: Vec<f32> = e
-            .images
-            .iter()
-            .flat_map(|i| self.images[i].iter().copied())
-            .collect();
+        let mut pixels: Vec<f32> = Vec::new();
+        for image in &e.images {
+            match self.images.get(image) {
+                Some(p) => pixels.extend(p),
+                None => {
+                    let loaded =
+                        images::load(&self.image_root.join(image), self.image_size as u32)?;
+                    pixels.extend(
+                        Vec::<f32>::try_from(loaded.flatten(0, -1))
+                            .map_err(|e| anyhow!("reading pixels: {e}"))?,
+                    );
+                }
+            }
+        }
         let s = self.image_size;
         let pixels = (!e.images.is_empty()).then(|| {
             Tensor::from_slice(&pixels)
@@ -540,18 +597,8 @@ impl Task for CoeMultitask {
             }
         }
         let mut samples = Vec::new();
-        if let (true, Some((item, exemplar))) = (self.chain, self.validation.first()) {
-            let exemplar = exemplar.map(|j| &self.train[j]);
-            let question = self.generate(CoeTask::Question, item, exemplar, None, None)?;
-            let rationale =
-                self.generate(CoeTask::Rationale, item, exemplar, Some(&question), None)?;
-            let distractors = self.generate(
-                CoeTask::Distractor,
-                item,
-                exemplar,
-                Some(&question),
-                Some(&rationale),
-            )?;
+        if let (true, Some((item, _))) = (self.chain, self.validation.first()) {
+            let [question, rationale, distractors] = self.chain(item)?;
             samples.push((
                 "chain".to_string(),
                 format!(
