@@ -1,5 +1,5 @@
-//! CoE's training conversations (Qwen-VL's fine-tuning format, `{id, conversations: [{from,
-//! value}]}`) as Qwen-VL's `finetune.py` tokenizes and masks them, in ChatML:
+//! CoE's training conversations (turns `{from, value}`, as in Qwen-VL's fine-tuning data) as
+//! Qwen-VL's `finetune.py` tokenizes and masks them, in ChatML:
 //!
 //! ```text
 //! <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{value}<|im_end|>\n<|im_start|>assistant\n{value}<|im_end|>\n
@@ -11,41 +11,16 @@
 //! value, becomes `<img>`, one `<imgpad>` per visual token (the model puts the image's
 //! features there) and `</img>`, all masked.
 
-use std::path::Path;
-
 use anyhow::{anyhow, bail, Result};
-use serde::Deserialize;
 
 use super::batch::Example;
-use super::records;
 use super::tokenizer::Tokenizer;
 use crate::models::loss::IGNORE;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct Turn {
     pub from: String,
     pub value: String,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct Conversation {
-    pub id: String,
-    pub conversations: Vec<Turn>,
-}
-
-/// Reads a JSON list or JSONL of conversations.
-pub fn read(path: &Path) -> Result<Vec<Conversation>> {
-    records::read(path, "{id, conversations: [{from, value}]}")?
-        .into_iter()
-        .map(|(place, v)| {
-            serde_json::from_value(v).map_err(|e| {
-                anyhow!(
-                    "{} ({place}): {e}\n  hint: each item needs `id` and `conversations`, a list of {{from, value}}",
-                    path.display()
-                )
-            })
-        })
-        .collect()
 }
 
 /// The special tokens of the layout, looked up in the tokenizer.

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use serde::Deserialize;
 
 use super::batch::Example;
@@ -26,17 +26,11 @@ const LLAMA2_SYSTEM: &str = "You are a helpful, respectful and honest assistant.
 
 /// Reads a JSON list (`.json`) or one object per line (`.jsonl`) of instruction items.
 pub fn read(path: &Path) -> Result<Vec<Item>> {
-    records::read(path, "{instruction, input, output}")?
-        .into_iter()
-        .map(|(place, v)| {
-            serde_json::from_value(v).map_err(|e| {
-                anyhow!(
-                    "{} ({place}): {e}\n  hint: each item needs string keys instruction and output (input is optional)",
-                    path.display()
-                )
-            })
-        })
-        .collect()
+    records::read_as(
+        path,
+        "{instruction, input, output}",
+        "each item needs string keys instruction and output (input is optional)",
+    )
 }
 
 /// The prompt an item is trained and evaluated with.

@@ -41,3 +41,19 @@ pub fn read(path: &Path, what: &str) -> Result<Vec<(String, Value)>> {
         .map(|(i, v)| (format!("item {i}"), v))
         .collect())
 }
+
+/// The records of `path` typed as `T`; a record that does not fit is reported with its place
+/// and `hint`.
+pub fn read_as<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    hint: &str,
+) -> Result<Vec<T>> {
+    read(path, what)?
+        .into_iter()
+        .map(|(place, v)| {
+            serde_json::from_value(v)
+                .map_err(|e| anyhow!("{} ({place}): {e}\n  hint: {hint}", path.display()))
+        })
+        .collect()
+}

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use serde::Deserialize;
 
 use super::chatml::Turn;
@@ -37,20 +37,11 @@ pub struct Item {
 }
 
 pub fn read(path: &Path) -> Result<Vec<Item>> {
-    records::read(
+    records::read_as(
         path,
         "{id, image, question, answer, distractors, hint, lecture, solution}",
-    )?
-    .into_iter()
-    .map(|(place, v)| {
-        serde_json::from_value(v).map_err(|e| {
-            anyhow!(
-                "{} ({place}): {e}\n  hint: each item needs string keys id, question and answer",
-                path.display()
-            )
-        })
-    })
-    .collect()
+        "each item needs string keys id, question and answer",
+    )
 }
 
 /// The three CoE tasks, in the plan's order.
