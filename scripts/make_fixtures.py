@@ -402,29 +402,27 @@ def make_llama():
     return causal_lm_fixture("llama-gqa-rope", model, seq_len=12, save_kwargs={"max_shard_size": "50KB"})
 
 
-def make_qwen2():
-    torch.manual_seed(3000)
-    config = Qwen2Config(**DECODER_ONLY_SIZES, use_sliding_window=False, sliding_window=None)
+def qwen2_with_biases(seed, **sizes):
+    """A Qwen2 with random q/k/v biases: HF initialises them to zero, which would make a missing
+    bias invisible."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(**{**DECODER_ONLY_SIZES, **sizes}, use_sliding_window=False, sliding_window=None)
     model = Qwen2ForCausalLM._from_config(config, attn_implementation="eager")
-    # HF initialises the q/k/v biases to zero, which would make a missing bias invisible.
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(".bias"):
                 param.copy_(torch.randn_like(param) * 0.1)
-    causal_lm_fixture("qwen2-bias", model, seq_len=12)
+    return model
+
+
+def make_qwen2():
+    causal_lm_fixture("qwen2-bias", qwen2_with_biases(3000), seq_len=12)
 
 
 def make_qwen2_mha():
     """Qwen2 without grouped queries: Qwen-7B's computation (the language model of Qwen-VL),
     whose fused layout the tests build from these weights."""
-    torch.manual_seed(3500)
-    config = Qwen2Config(**{**DECODER_ONLY_SIZES, "num_key_value_heads": 4}, use_sliding_window=False, sliding_window=None)
-    model = Qwen2ForCausalLM._from_config(config, attn_implementation="eager")
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith(".bias"):
-                param.copy_(torch.randn_like(param) * 0.1)
-    causal_lm_fixture("qwen2-mha", model, seq_len=12)
+    causal_lm_fixture("qwen2-mha", qwen2_with_biases(3500, num_key_value_heads=4), seq_len=12)
 
 
 def make_mistral():
