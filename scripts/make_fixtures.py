@@ -72,6 +72,8 @@ from peft.utils.other import ModulesToSaveWrapper
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
+    BertConfig,
+    BertModel,
     CLIPVisionConfig,
     CLIPVisionModel,
     DynamicCache,
@@ -564,6 +566,58 @@ def make_resampler():
     out_dir = fresh_dir(MODELS / "mlp-connector")
     save_tensors(out_dir / "model.safetensors", {f"connector.{n}": p.detach().clone() for n, p in mlp.named_parameters()})
     save_tensors(out_dir / "expected.safetensors", {"patches": patches, "output": mlp_out.detach()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Sentence encoder
+# ---------------------------------------------------------------------------------------------
+
+BERT_SENTENCES = [
+    "What color is the square?",
+    "Which color do you see in the picture?",
+    "How many triangles are in the picture?",
+]
+
+
+def make_bert():
+    """models/bert-encoder: a small BertModel with a WordPiece tokenizer.json (lower-cased, as
+    sentence-transformers' MiniLM), the last states of three sentences padded together, and
+    their mean-pooled sentence embeddings (mask-weighted, sentence-transformers' default)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    torch.manual_seed(7000)
+    words = sorted({w.strip("?").lower() for s in BERT_SENTENCES for w in s.split()})
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "?"] + words)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.decoder = decoders.WordPiece()
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=32, type_vocab_size=2, pad_token_id=0,
+    )
+    model = BertModel(config, add_pooling_layer=False)
+    with torch.no_grad():  # HF starts biases at 0 and norms at 1, which would hide a missing one
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") or "LayerNorm" in name:
+                param.copy_(param + torch.randn_like(param) * 0.1)
+    model.eval()
+    out_dir = fresh_dir(MODELS / "bert-encoder")
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    encodings = [tok.encode(s) for s in BERT_SENTENCES]
+    longest = max(len(e.ids) for e in encodings)
+    ids = torch.tensor([e.ids + [0] * (longest - len(e.ids)) for e in encodings])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        states = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    weights = mask.unsqueeze(-1).float()
+    pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    save_tensors(out_dir / "expected.safetensors", {"input_ids": ids, "attention_mask": mask, "states": states, "pooled": pooled})
+    print(f"bert-encoder: {len(vocab)} tokens, states {tuple(states.shape)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1150,6 +1204,7 @@ def generate_all():
     make_text_metrics()
     make_clip_vision()
     make_resampler()
+    make_bert()
     check_runner_adapter()
 
 

@@ -411,3 +411,37 @@ fn generate_writes_each_tasks_predictions_and_resumes_without_duplicates() {
         );
     }
 }
+
+#[test]
+fn coe_retrieval_uses_a_bert_sentence_encoder_and_caches_its_exemplars() {
+    let started = SystemTime::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let embedder = "method.retrieval.embedder=tests/fixtures/models/bert-encoder";
+    crate::run_briefly(
+        "recipes/tiny/coe_multitask.yaml",
+        2,
+        &[embedder],
+        &tmp.path().join("a"),
+    );
+    let fresh = |since: SystemTime| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir("results/cache")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains("exemplars-"))
+            .filter(|p| p.metadata().unwrap().modified().unwrap() >= since)
+            .collect()
+    };
+    let written = fresh(started);
+    assert!(!written.is_empty(), "the retrieval stage wrote its cache");
+    // A second run with the same inputs reads the cache instead of writing one.
+    let second = SystemTime::now();
+    std::thread::sleep(Duration::from_millis(20));
+    crate::run_briefly(
+        "recipes/tiny/coe_multitask.yaml",
+        2,
+        &[embedder],
+        &tmp.path().join("b"),
+    );
+    assert!(fresh(second).iter().all(|p| !written.contains(p)));
+}

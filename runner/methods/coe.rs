@@ -20,6 +20,7 @@ use crate::data::order::epoch_order;
 use crate::data::scienceqa::{self, Item, Task as CoeTask, TASKS};
 use crate::data::tokenizer::Tokenizer;
 use crate::eval::{bleu, rouge};
+use crate::models::bert::Bert;
 use crate::models::connector::{sincos_2d, Connector};
 use crate::models::generate::{self, GenerateOptions, Strategy};
 use crate::models::hf_folder::{write_safetensors, HfConfig};
@@ -57,7 +58,7 @@ pub struct CoeMultitask {
     validation_conversations: usize,
     train: Arc<Vec<Item>>,
     /// Retrieval over the training items, for items met later (`runner generate`).
-    tfidf: Tfidf,
+    embedder: Embedder,
     pool: Vec<Vec<Sparse>>,
     signals: Vec<Signal>,
     threshold: f64,
@@ -86,6 +87,138 @@ fn signal_text(item: &Item, signal: Signal) -> &str {
     }
 }
 
+/// How an item's signal texts become vectors: TF-IDF fitted on the training items, or a
+/// BERT-family sentence encoder's mean-pooled, L2-normalised embeddings.
+enum Embedder {
+    Tfidf(Tfidf),
+    Encoder(Box<Encoder>),
+}
+
+struct Encoder {
+    bert: Bert,
+    tokenizer: Tokenizer,
+    dir: PathBuf,
+}
+
+impl Embedder {
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Sparse>> {
+        match self {
+            Embedder::Tfidf(t) => Ok(texts.iter().map(|x| t.embed(x)).collect()),
+            Embedder::Encoder(encoder) => {
+                let Encoder {
+                    bert, tokenizer, ..
+                } = encoder.as_ref();
+                let mut out = Vec::with_capacity(texts.len());
+                for chunk in texts.chunks(32) {
+                    let encoded: Vec<Vec<i64>> = chunk
+                        .iter()
+                        .map(|x| tokenizer.encode(x, true))
+                        .collect::<Result<_>>()?;
+                    let longest = encoded.iter().map(Vec::len).max().unwrap_or(1);
+                    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+                    for e in &encoded {
+                        ids.extend(
+                            e.iter()
+                                .copied()
+                                .chain(std::iter::repeat_n(0, longest - e.len())),
+                        );
+                        mask.extend((0..longest).map(|i| i64::from(i < e.len())));
+                    }
+                    let shape = [encoded.len() as i64, longest as i64];
+                    let device = bert.device();
+                    let pooled = bert.embed_sentences(
+                        &Tensor::from_slice(&ids).view(shape).to_device(device),
+                        &Tensor::from_slice(&mask).view(shape).to_device(device),
+                    );
+                    let norm = pooled.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
+                    let unit = (pooled / norm).to_device(Device::Cpu);
+                    for row in 0..encoded.len() as i64 {
+                        let v = Vec::<f32>::try_from(unit.get(row))
+                            .map_err(|e| anyhow!("reading embeddings: {e}"))?;
+                        out.push(
+                            v.into_iter()
+                                .enumerate()
+                                .map(|(i, w)| (i, f64::from(w)))
+                                .collect(),
+                        );
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// The retrieval stage's cache, `results/cache/exemplars-<hash>.json`, keyed by everything the
+/// exemplars depend on: the embedder (TF-IDF, or the encoder folder's files), the retrieval
+/// settings and the items' signal texts.
+struct ExemplarCache {
+    path: PathBuf,
+}
+
+type Exemplars = (Vec<Option<usize>>, Vec<Option<usize>>);
+
+fn exemplar_cache(
+    embedder: &Embedder,
+    r: &crate::plan::kinds::coe::Retrieval,
+    train: &[Item],
+    validation: &[Item],
+) -> Result<ExemplarCache> {
+    let mut hasher = blake3::Hasher::new();
+    match embedder {
+        Embedder::Tfidf(_) => {
+            hasher.update(b"tfidf");
+        }
+        Embedder::Encoder(encoder) => {
+            let dir = &encoder.dir;
+            for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+                let path = dir.join(file);
+                let bytes =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                hasher.update(&bytes);
+            }
+        }
+    }
+    let texts = |items: &[Item]| -> Vec<Vec<String>> {
+        items
+            .iter()
+            .map(|i| {
+                r.signals
+                    .iter()
+                    .map(|s| signal_text(i, *s).to_string())
+                    .collect()
+            })
+            .collect()
+    };
+    let key = serde_json::json!({
+        "signals": format!("{:?}", r.signals),
+        "threshold": r.threshold,
+        "top_k": r.top_k,
+        "train": texts(train),
+        "validation": texts(validation),
+    });
+    hasher.update(key.to_string().as_bytes());
+    let hash = hasher.finalize().to_hex();
+    Ok(ExemplarCache {
+        path: Path::new("results/cache").join(format!("exemplars-{}.json", &hash[..16])),
+    })
+}
+
+impl ExemplarCache {
+    fn load(&self) -> Option<Exemplars> {
+        let bytes = std::fs::read(&self.path).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn save(&self, train: &[Option<usize>], validation: &[Option<usize>]) -> Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let bytes = serde_json::to_vec(&(train, validation))?;
+        crate::models::hf_folder::write_atomic(&self.path, &bytes)
+    }
+}
+
 /// Every image the items show, as normalised pixels.
 fn load_images(items: &[&Item], root: &Path, size: u32) -> Result<HashMap<String, Vec<f32>>> {
     let mut out = HashMap::new();
@@ -105,9 +238,6 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
     let m = &recipe.model;
     if m.path.is_some() {
         bail!("model.path: loading a whole Qwen-VL-Chat folder is not implemented yet\n  hint: build the model from its parts (model.vision, model.connector, model.decoder)");
-    }
-    if recipe.method.retrieval.embedder.is_some() {
-        bail!("method.retrieval.embedder: sentence-encoder retrieval is not implemented yet\n  hint: set it to null for TF-IDF");
     }
     if recipe.evaluation.metrics.contains(&TextMetric::Meteor) {
         bail!("evaluation.metrics: METEOR is not implemented yet\n  hint: use [bleu4, rouge_l]");
@@ -184,38 +314,54 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
     let all: Vec<&Item> = train_items.iter().chain(&validation_items).collect();
     let images = Arc::new(load_images(&all, &root, arch.image_size as u32)?);
     let r = &recipe.method.retrieval;
-    let corpus: Vec<&str> = train_items
-        .iter()
-        .flat_map(|i| r.signals.iter().map(move |s| signal_text(i, *s)))
-        .collect();
-    let tfidf = Tfidf::fit(&corpus);
-    let vectors = |items: &[Item]| -> Vec<Vec<Sparse>> {
-        items
+    let embedder = match &r.embedder {
+        Some(dir) => Embedder::Encoder(Box::new(Encoder {
+            bert: Bert::load(Path::new(dir), device)?,
+            tokenizer: Tokenizer::load(&Path::new(dir).join("tokenizer.json"))?,
+            dir: PathBuf::from(dir),
+        })),
+        None => {
+            let corpus: Vec<&str> = train_items
+                .iter()
+                .flat_map(|i| r.signals.iter().map(move |s| signal_text(i, *s)))
+                .collect();
+            Embedder::Tfidf(Tfidf::fit(&corpus))
+        }
+    };
+    let vectors = |items: &[Item]| -> Result<Vec<Vec<Sparse>>> {
+        let per_signal: Vec<Vec<Sparse>> = r
+            .signals
             .iter()
-            .map(|i| {
-                r.signals
-                    .iter()
-                    .map(|s| tfidf.embed(signal_text(i, *s)))
+            .map(|s| embedder.embed(&items.iter().map(|i| signal_text(i, *s)).collect::<Vec<_>>()))
+            .collect::<Result<_>>()?;
+        Ok((0..items.len())
+            .map(|i| per_signal.iter().map(|v| v[i].clone()).collect())
+            .collect())
+    };
+    let pool = vectors(&train_items)?;
+    let cached = exemplar_cache(&embedder, r, &train_items, &validation_items)?;
+    let (train_exemplars, validation_exemplars) = match cached.load() {
+        Some(found) => found,
+        None => {
+            let best = |found: Vec<Vec<crate::data::exemplars::Exemplar>>| -> Vec<Option<usize>> {
+                found
+                    .into_iter()
+                    .map(|f| f.first().map(|e| e.index))
                     .collect()
-            })
-            .collect()
+            };
+            let top_k = r.top_k as usize;
+            let train = best(retrieve(&pool, &pool, r.threshold, top_k, |q, p| q == p));
+            let validation = best(retrieve(
+                &vectors(&validation_items)?,
+                &pool,
+                r.threshold,
+                top_k,
+                |_, _| false,
+            ));
+            cached.save(&train, &validation)?;
+            (train, validation)
+        }
     };
-    let pool = vectors(&train_items);
-    let best = |found: Vec<Vec<crate::data::exemplars::Exemplar>>| -> Vec<Option<usize>> {
-        found
-            .into_iter()
-            .map(|f| f.first().map(|e| e.index))
-            .collect()
-    };
-    let top_k = r.top_k as usize;
-    let train_exemplars = best(retrieve(&pool, &pool, r.threshold, top_k, |q, p| q == p));
-    let validation_exemplars = best(retrieve(
-        &vectors(&validation_items),
-        &pool,
-        r.threshold,
-        top_k,
-        |_, _| false,
-    ));
 
     let t = &recipe.method.tasks;
     let weights = [t.question, t.rationale, t.distractor];
@@ -342,7 +488,7 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
             .collect(),
         validation_conversations: n_validation,
         train: Arc::new(train_items),
-        tfidf,
+        embedder,
         pool,
         signals: r.signals.clone(),
         threshold: r.threshold,
@@ -373,8 +519,13 @@ impl CoeMultitask {
         let query: Vec<Sparse> = self
             .signals
             .iter()
-            .map(|s| self.tfidf.embed(signal_text(item, *s)))
-            .collect();
+            .map(|s| {
+                self.embedder
+                    .embed(&[signal_text(item, *s)])
+                    .map(|mut v| v.remove(0))
+            })
+            .collect::<Result<_>>()
+            .ok()?;
         let found = retrieve(&[query], &self.pool, self.threshold, 1, |_, _| false);
         found[0].first().map(|e| &self.train[e.index])
     }

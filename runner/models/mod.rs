@@ -5,6 +5,7 @@
 //! handles to those tensors, so LoRA, freezing and saving act on the store, not on the model.
 
 pub mod attention;
+pub mod bert;
 pub mod checkpoint;
 pub mod connector;
 pub mod fid;

@@ -309,3 +309,15 @@ fn qwen_vl_layout_with_fused_c_attn_matches_transformers_qwen2() {
         ) < BOUND
     );
 }
+
+#[test]
+fn the_bert_sentence_encoder_matches_transformers() {
+    let dir = fixture("bert-encoder");
+    let e = expected(&dir);
+    let bert = runner::models::bert::Bert::load(&dir, tch::Device::Cpu).unwrap();
+    let (ids, mask) = (&e["input_ids"], &e["attention_mask"]);
+    let states = tch::no_grad(|| bert.forward(ids, mask));
+    let real = mask.unsqueeze(-1).to_kind(Kind::Float);
+    assert!(max_diff(&(&states * &real), &(&e["states"] * &real)) < 1e-5);
+    assert!(max_diff(&bert.embed_sentences(ids, mask), &e["pooled"]) < 1e-5);
+}
