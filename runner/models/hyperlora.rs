@@ -157,28 +157,14 @@ pub fn attach(store: &mut ParamStore, adapter: &Adapter, seed: i64) -> Result<Fe
     tch::no_grad(|| {
         for (net, (down, up)) in &nets {
             for (branch, out) in [("down", *down), ("up", *up)] {
-                let small = |shape: &[i64]| Tensor::randn(shape, options) * 1e-7;
-                let name = format!("{net}.{branch}");
-                store.insert(
-                    &format!("{name}.0.weight"),
-                    small(&[hidden, input]),
-                    Group::Adapters,
-                );
-                store.insert(
-                    &format!("{name}.0.bias"),
-                    Tensor::zeros([hidden], options),
-                    Group::Adapters,
-                );
-                store.insert(
-                    &format!("{name}.2.weight"),
-                    small(&[out, hidden]),
-                    Group::Adapters,
-                );
-                store.insert(
-                    &format!("{name}.2.bias"),
-                    Tensor::zeros([out], options),
-                    Group::Adapters,
-                );
+                // Linear(input → hidden), then Linear(hidden → out): weights N(0, 1e-7), biases 0.
+                for (layer, rows, cols) in [(0, hidden, input), (2, out, hidden)] {
+                    let name = format!("{net}.{branch}.{layer}");
+                    let weight = Tensor::randn([rows, cols], options) * 1e-7;
+                    store.insert(&format!("{name}.weight"), weight, Group::Adapters);
+                    let bias = Tensor::zeros([rows], options);
+                    store.insert(&format!("{name}.bias"), bias, Group::Adapters);
+                }
             }
         }
     });
