@@ -155,7 +155,7 @@ enum Command {
         #[arg(long)]
         references: PathBuf,
         /// Metrics, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "bleu4,rouge_l")]
+        #[arg(long, value_delimiter = ',', default_value = "bleu4,rouge_l,meteor")]
         metrics: Vec<String>,
         /// Reference fields to break the scores down by (such as subject,grade,context_type).
         #[arg(long, value_delimiter = ',')]

@@ -1188,6 +1188,307 @@ def make_text_metrics():
     print(f"text metrics: {len(entries)} cases")
 
 
+WORD_TOKENIZE_CASES = [
+    # Abbreviations, initials, numbers.
+    "Dr. Smith met Mr. Jones at 10 a.m. on Jan. 5. They talked.",
+    "The U.S. economy grew. The U.K. economy did not.",
+    "Use a tool, e.g. a hammer, i.e. something heavy. Then stop.",
+    "Apples, pears, etc. are fruit. Carrots are not.",
+    "J. K. Rowling wrote it. J.R.R. Tolkien wrote another.",
+    "It costs $20.50, or 3.5 times 1,000 cents. That is 50% off.",
+    "The value is -3.25 and .5 and 1,234,567.89 in total.",
+    "He was born in 1990. He moved in 2005.",
+    "See section 3. It explains the rest.",
+    "Chapter 2. the beginning",
+    "She lives on Main St. in Springfield. It is quiet.",
+    "Prof. Brown and Sen. Gray arrived. Gen. Lee left.",
+    "The co-op's well-known mid-1990s policy was state-of-the-art.",
+    "I met him on Dec. 25th at 10:30 p.m. It was late.",
+    "The 1st, 2nd and 3rd places went to A., B. and C. respectively.",
+    # Ellipses, ?, !.
+    "Wait... what happened? I don't know!",
+    "Very bad acting!!! I promise. Really?! Yes.",
+    "Hmm. . . that is odd. Go on.",
+    "He said..and then left.",
+    "Is it true?Yes it is.",
+    "Stop! Go! Wait?",
+    # Quotes of every kind.
+    '"Hello," she said. "How are you?"',
+    "He said 'hello' and 'goodbye'.",
+    "``Quoted'' text and ''odd'' quotes.",
+    "“Smart quotes” and ‘single ones’ here.",
+    "«Guillemets» are used in French. „German” too.",
+    'She said, "Stop." Then she left.',
+    "He shouted 'Run!' and we ran.",
+    "The 'quick' fox's tail.",
+    "Rock 'n' roll is 'great'.",
+    # Contractions.
+    "I don't know. You can't go. I'm here, we'll see, they're gone, it's fine.",
+    "I'd've thought you'd know. She's got it. He won't.",
+    "I'm gonna do it, I wanna go, gimme that, lemme see, gotta run.",
+    "'Tis the season. 'Twas the night before.",
+    "Cannot, CANNOT and can't are different. D'ye see? More'n enough.",
+    "DON'T SHOUT. I'LL WAIT. THEY'RE HERE.",
+    "The students' books and James' car.",
+    "wanna\tgo and wanna",
+    # Brackets and dashes.
+    "The results (see Table 1) were clear [1]. Others {disagree}.",
+    "(The sentence is in parentheses.) The next one is not.",
+    "He left [after the talk.] She stayed.",
+    "Use <tags> and a > b or a < c.",
+    "It was -- as expected -- a success.",
+    "It was—as expected—a success – mostly ― fine.",
+    "A well-known, long-term, high-quality re-entry.",
+    "Email me at john@example.com or #hashtag & more; ok*",
+    # Whitespace and layout.
+    "",
+    "   ",
+    "Trailing whitespace.   ",
+    "Line one.\nLine two.\n\nNew paragraph here.",
+    "No final period",
+    "a single word",
+    ".",
+    "?!",
+    "Tabs\tand\ttabs.\tMore.",
+    "lowercase start. another sentence. and one more.",
+    # Unicode.
+    "Café naïve façade résumé. Ünïcödé wörds.",
+    "Temperature is 25°C. Area is 5 m² and ½ cup.",
+    "日本語のテキスト。English too.",
+    # Where Python's `re` and `str` differ from the Unicode regex classes: combining marks are
+    # not \w, U+001C is whitespace, a case-insensitive i also matches İ.
+    "cannot\u0301 and wanna\x1cgo. gİmme it. Hi. \x1c",
+    # URLs, times, dates.
+    "Visit https://www.example.com/path?q=1&r=2. It is free.",
+    "The meeting is at 10:30. Bring notes: pens, paper.",
+    "On March 3rd, 2021, at 9:45 a.m., it rained.",
+    "Ratio 3:2 and scores 1,2,3, then 4.",
+    # ScienceQA-style texts.
+    "Which of these states is farthest north?",
+    "Which animal's feet are also adapted for walking on snow?",
+    "What does the word 'migrate' mean?",
+    "(A) iron (B) wood (C) glass",
+    "Options: (A) iron, (B) wood, (C) glass.",
+    "Lecture: A force is a push or a pull. Solution: The magnet pulls the paper clip.",
+    "Lecture: Solids have a definite shape. Liquids do not. Solution: Look at each object. A rock is a solid. So the answer is (B).",
+    "Context: A magnet attracts iron (Fe).\nQuestion: Which object is magnetic?\nOptions: (A) a nail (B) a pencil",
+    "Solution: The answer is 2.5 kg. So, the answer is (A).",
+    "The answer is B.",
+    "Lecture: Mr. Hill's class measured 3 cm, 4.5 cm and 10 cm. Which is longest?",
+]
+
+
+def make_word_tokenize():
+    """tests/fixtures/word_tokenize.json: [{text, sentences, tokens}] from NLTK 3.10.4's
+    `sent_tokenize` (Punkt, pretrained English punkt_tab) and `word_tokenize`, which HF
+    evaluate's meteor tokenizes with: hand-written cases for every rule plus the text fields of
+    the first tiny CoE samples (data/tiny/coe)."""
+    import json
+
+    import nltk
+
+    assert nltk.__version__ == "3.10.4", nltk.__version__
+    texts = list(WORD_TOKENIZE_CASES)
+    tiny = []
+    for split in ("dev", "train"):
+        with open(ROOT / "data" / "tiny" / "coe" / f"{split}.json", encoding="utf-8") as f:
+            for sample in json.load(f):
+                for field in ("question", "hint", "lecture", "solution"):
+                    if sample[field] and sample[field] not in tiny:
+                        tiny.append(sample[field])
+    texts += tiny[:20]
+    entries = [
+        {"text": t, "sentences": nltk.tokenize.sent_tokenize(t), "tokens": nltk.word_tokenize(t)}
+        for t in texts
+    ]
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    with open(FIXTURES / "word_tokenize.json", "w", encoding="utf-8") as f:
+        json.dump(entries, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print(f"word_tokenize: {len(entries)} cases")
+
+
+METEOR_CASES = [
+    # (prediction, references): ScienceQA/CoE-style generations against their references.
+    ("Which color do you see in the picture?", ["Which color do you see in the picture?"]),
+    ("What colour can you see in the image?", ["Which color do you see in the picture?"]),
+    ("Solution: Look at the picture. The triangles are red. So the answer is red.",
+     ["Solution: Look at the picture. The triangles are red. So the answer is red."]),
+    ("Solution: The triangles in the picture are red, so red is the answer.",
+     ["Solution: Look at the picture. The triangles are red. So the answer is red."]),
+    ("Lecture: Colour is how an object appears in light. Red and blue are colours.",
+     ["Lecture: Color is how an object looks in the light. Red, blue, green and yellow are colors."]),
+    ("How many squares are in the picture?", ["How many triangles are in the picture?"]),
+    ("Count the squares one by one. There is one.", ["Solution: Count the squares one by one. There is one. So the answer is one."]),
+    ("The answer is green.", ["The answer is red.", "So the answer is green."]),
+    ("green", ["red", "green", "blue"]),
+    ("", ["Which color do you see in the picture?"]),
+    ("Which color do you see in the picture?", [""]),
+    ("", [""]),
+    ("yes", ["no"]),
+    ("The quick brown fox", ["A slow red hen"]),
+    # Synonyms (WordNet), stems and inflections.
+    ("The big car is fast.", ["The large automobile is quick."]),
+    ("A large automobile drives rapidly", ["The big car goes fast"]),
+    ("The dogs ran to the children.", ["A dog runs toward the child."]),
+    ("The geese were flying south.", ["A goose flies south."]),
+    ("Magnets attract each other.", ["A magnet attracted the other magnet."]),
+    ("The magnets will pull together.", ["The magnets attract.", "The magnets will pull apart."]),
+    ("It was colder in the morning.", ["It is cold in the morning.", "The morning was chilly."]),
+    ("Plants generously produce oxygen.", ["Plants produce oxygen generously.", "Generous plants are producing oxygen."]),
+    ("The studies studied studying students.", ["A student studies the study."]),
+    ("The mouse hid from the cats", ["Mice hide from a cat"]),
+    ("He is better at running than walking.", ["He runs well but walks badly."]),
+    ("The skies are dying", ["The sky is dead", "The sky dies"]),
+    ("relational conditional generalization", ["relate condition generalize"]),
+    # Word order and chunks.
+    ("red is the answer so", ["so the answer is red"]),
+    ("the picture in triangles red are the", ["the triangles in the picture are red"]),
+    ("answer the is red", ["the answer is red"]),
+    ("a b c d e f", ["f e d c b a"]),
+    ("a b c d e f", ["a b c x d e f"]),
+    # Repeated words: each reference word aligns once, with the latest one first.
+    ("the the the the the the", ["the cat is on the mat"]),
+    ("the cat the cat the cat", ["the cat sat on the mat with the cat"]),
+    ("red red red", ["red", "red red", "red red red red"]),
+    ("one one two two", ["two one two one"]),
+    # Punctuation, capitals, contractions, numbers, hyphens.
+    ("Which animal's feet are also adapted for walking on snow?",
+     ["Which animal’s feet are also adapted for walking on snow?"]),
+    ("WHICH ANIMAL'S FEET ARE ADAPTED FOR SNOW?", ["Which animal's feet are also adapted for walking on snow?"]),
+    ("It doesn't sink; it floats.", ["It does not sink, it floats!"]),
+    ("It costs $3.50 (about 3 dollars).", ["The price is 3.50 dollars."]),
+    ("A well-known 19th-century scientist", ["A famous scientist of the 19th century"]),
+    ("\"Hello,\" she said... 'Bye.'", ["She said hello and goodbye."]),
+    ("Café naïve façade résumé", ["cafe naive facade resume", "Café naïve façade résumé"]),
+    ("Select the fish below.\n(A) salmon\n(B) eagle", ["Select the fish below. (A) salmon (B) eagle"]),
+    # Several references: the best one counts.
+    ("What kind of rock is granite?", ["What type of rock is granite?", "What kind of rock is granite formed from?"]),
+    ("Which tissue makes up most of the bone?",
+     ["Which tissue makes up the bone?", "What is most of the bone made of?", "Bone tissue"]),
+    ("Lecture: A force is a push or a pull. Solution: The magnet pulls the paper clip.",
+     ["Lecture: A force is a push or a pull that one object applies to a second object. Solution: The magnet pulls the paper clip, so the force is a pull.",
+      "Solution: The magnet pulls the clip, so the force is a pull."]),
+    # NLTK's own doctest sentences.
+    ("It is a guide to action which ensures that the military always obeys the commands of the party",
+     ["It is a guide to action that ensures that the military will forever heed Party commands",
+      "It is the guiding principle which guarantees the military forces always being under the command of the Party",
+      "It is the practical guide for the army always to heed the directions of the party"]),
+    ("It is to insure the troops forever hearing the activity guidebook that party direct",
+     ["It is a guide to action that ensures that the military will forever heed Party commands",
+      "It is the guiding principle which guarantees the military forces always being under the command of the Party",
+      "It is the practical guide for the army always to heed the directions of the party"]),
+    ("non matching hypothesis", ["this is a cat"]),
+]
+
+
+METEOR_TRICKY_WORDS = [
+    # NLTK's irregular-form pool and the rules NLTK changed (ies/ied, y -> i, alli, fulli, logi).
+    "sky", "skies", "dying", "lying", "tying", "news", "innings", "inning", "outings", "cannings",
+    "howe", "proceed", "exceed", "succeed", "dies", "ties", "pies", "flies", "died", "tied",
+    "spied", "cried", "happy", "enjoy", "spy", "fly", "try", "by", "say", "generously",
+    "possibly", "radically", "fully", "hopefully", "analogy", "geology", "theology", "archaeology",
+    # Porter's examples, step by step.
+    "caresses", "ponies", "caress", "cats", "feed", "agreed", "plastered", "bled", "motoring",
+    "sing", "conflated", "troubled", "sized", "hopping", "tanned", "falling", "hissing", "fizzed",
+    "failing", "filing", "ceiling", "relational", "conditional", "rational", "valenci",
+    "hesitanci", "digitizer", "conformabli", "radicalli", "differentli", "vileli", "analogousli",
+    "vietnamization", "predication", "operator", "feudalism", "decisiveness", "hopefulness",
+    "callousness", "formaliti", "sensitiviti", "sensibiliti", "triplicate", "formative",
+    "formalize", "electriciti", "electrical", "hopeful", "goodness", "revival", "allowance",
+    "inference", "airliner", "gyroscopic", "adjustable", "defensible", "irritant", "replacement",
+    "adjustment", "dependent", "adoption", "homologou", "communism", "activate", "angulariti",
+    "homologous", "effective", "bowdlerize", "probate", "rate", "cease", "controll", "roll",
+    # y as a vowel or consonant, short words, doubled letters, oddities.
+    "yyyy", "syzygy", "toy", "boy", "yes", "y", "a", "is", "as", "us", "ed", "ing", "eed", "bed",
+    "need", "seed", "ies", "sses", "ss", "s", "at", "bl", "iz", "ll", "all", "tall", "ill",
+    "generalization", "oscillators", "crying", "dryer", "agreement", "sensational", "traditional",
+    "mississippi", "hyperbolically", "abilities", "ability", "conditionally", "youth",
+    # Capitals and non-ASCII: the stemmer lower-cases first.
+    "Running", "SKIES", "Dying", "Photosynthesis", "NASA", "Café", "naïve", "Ab", "ÉCOLES",
+]
+
+METEOR_SYNONYM_WORDS = [
+    # Inflected forms through morphy's exception lists and suffix rules.
+    "dogs", "ran", "running", "better", "best", "worse", "geese", "children", "mice", "oxen",
+    "feet", "teeth", "was", "were", "are", "is", "been", "went", "gone", "flies", "leaves",
+    "axes", "bases", "women", "boxes", "churches", "wishes", "happier", "bigger", "largest",
+    "abaci", "aardwolves", "studies", "studied", "hoping", "hopped", "saw", "seen", "fastest",
+    # Synonyms that METEOR cases use, capitals (looked up lower-cased), adjective satellites and
+    # syntactic markers ((a), (p), (ip)), multi-word lemmas, words WordNet lacks.
+    "big", "large", "car", "automobile", "quick", "fast", "rapid", "small", "little", "tiny",
+    "cold", "chilly", "hot", "warm", "gravity", "magnet", "magnets", "attract", "attracts",
+    "pull", "push", "force", "forces", "Paris", "France", "long", "galore", "elect", "ablaze",
+    "dog_house", "ice_cream", "the", "of", "and", "a", "an", "to", "in", "not", "very",
+    "happi", "studi", "gener", "xyzzy", "", "3", "u.s.", "'s", "n't", ".", "?", "-",
+]
+
+
+def make_meteor():
+    """tests/fixtures/meteor.json: {stems, synonyms, cases} from NLTK 3.10.4's METEOR pieces, as HF
+    evaluate's meteor uses them: `PorterStemmer().stem` (NLTK_EXTENSIONS) of ~2,000 words,
+    the sorted lemma names of `wordnet.synsets(word)` for ~300 words, and per case the
+    `nltk.word_tokenize` tokens and `meteor_score([ref tokens...], pred tokens)`.
+
+    WordNet is Debian's wordnet-base (WordNet 3.0, /usr/share/wordnet) copied into
+    .venv/nltk_data/corpora/wordnet with a `lexnames` file and an empty index.sense added, which
+    is all NLTK's reader needs; punkt_tab is in .venv/nltk_data too."""
+    import json
+
+    import nltk
+    from nltk.corpus import wordnet
+    from nltk.stem.porter import PorterStemmer
+    from nltk.translate.meteor_score import meteor_score
+
+    assert nltk.__version__ == "3.10.4", nltk.__version__
+    stemmer = PorterStemmer()
+
+    # Words of the tiny CoE data (its record files; tokenizer.json holds no text).
+    data_words = set()
+    for path in sorted((ROOT / "data" / "tiny" / "coe").glob("*.json")):
+        records = json.loads(path.read_text())
+        if not isinstance(records, list):
+            continue
+        for record in records:
+            for value in record.values():
+                for text in value if isinstance(value, list) else [value]:
+                    if isinstance(text, str):
+                        data_words.update(t.lower() for t in nltk.word_tokenize(text) if t.isalpha())
+    # Every 50th single-word lemma of each index file, in file order.
+    lemmas = []
+    for suffix in ("noun", "verb", "adj", "adv"):
+        with open(f"/usr/share/wordnet/index.{suffix}") as f:
+            words = [line.split()[0] for line in f if not line.startswith(" ")]
+        lemmas += [w for w in words if "_" not in w][::50]
+    stem_words = sorted(data_words) + lemmas + METEOR_TRICKY_WORDS
+    stems = {word: stemmer.stem(word) for word in dict.fromkeys(stem_words)}
+
+    synonym_words = METEOR_SYNONYM_WORDS + sorted(data_words) + lemmas[::12]
+    synonyms = {
+        word: sorted({lemma.name() for synset in wordnet.synsets(word) for lemma in synset.lemmas()})
+        for word in dict.fromkeys(synonym_words)
+    }
+
+    cases = []
+    for prediction, references in METEOR_CASES:
+        prediction_tokens = nltk.word_tokenize(prediction)
+        reference_tokens = [nltk.word_tokenize(r) for r in references]
+        cases.append(
+            {
+                "prediction": prediction,
+                "references": references,
+                "prediction_tokens": prediction_tokens,
+                "reference_tokens": reference_tokens,
+                "meteor": meteor_score(reference_tokens, prediction_tokens),
+            }
+        )
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    with open(FIXTURES / "meteor.json", "w", encoding="utf-8") as f:
+        json.dump({"stems": stems, "synonyms": synonyms, "cases": cases}, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print(f"meteor: {len(stems)} stems, {len(synonyms)} synonym sets, {len(cases)} cases")
+
+
 def generate_all():
     MODELS.mkdir(parents=True, exist_ok=True)
     make_t5_v1_0()
@@ -1202,6 +1503,8 @@ def generate_all():
     make_adamw()
     make_em_f1()
     make_text_metrics()
+    make_word_tokenize()
+    make_meteor()
     make_clip_vision()
     make_resampler()
     make_bert()

@@ -37,10 +37,11 @@ What it makes (all under data/tiny/, deterministic: fixed seeds, no clock, no ha
     images/*.png           32×32 drawings (written with zlib alone): one to four squares, circles
                            or triangles of one color, in distinct quadrants of a white square.
     train.json, dev.json   ScienceQA-style items (300 + 30): {id, image, question, choices, answer,
-                           distractors, hint, lecture, solution, subject, grade, context_type};
-                           questions ask the color (natural science), the count (social science)
-                           or the shape (language science); 40% carry a text hint (context_type
-                           image+text). The rationale is lecture + solution, as CoE's.
+                           distractors, hint, lecture, solution, subject, grade, context_type,
+                           category}; questions ask the color (natural science), the count (social
+                           science) or the shape (language science), which `category` names; 40%
+                           carry a text hint (context_type image+text). The rationale is lecture +
+                           solution, as CoE's.
     tokenizer.json         BPE, vocab exactly 512: <|endoftext|> 0 (pad), <|im_start|> 1,
                            <|im_end|> 2, <img> 3, </img> 4, <imgpad> 5; "\n" one token (ChatML).
 
@@ -618,6 +619,8 @@ def coe_item(rng, n, kind):
         "subject": subject,
         "grade": grade,
         "context_type": "image+text" if hint else "image",
+        # The question type, as MLLM-DataEngine's classes: error rates are reported by it.
+        "category": kind,
     }, draw(rng, shape, color, count)
 
 

@@ -407,6 +407,115 @@ fn the_task_mixture_draws_tasks_in_their_proportions() {
 }
 
 #[test]
+fn scienceqa_prompts_carry_the_scene_what_is_given_and_the_exemplar() {
+    use runner::data::scienceqa::{conversation, Item, Task};
+    let item = |id: &str, q: &str, a: &str| -> Item {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "image": format!("{id}.png"), "question": q, "answer": a,
+            "choices": ["red", "blue", a], "distractors": ["red", "blue"], "hint": "",
+            "lecture": "Lecture: colors.", "solution": "Solution: it is."
+        }))
+        .unwrap()
+    };
+    let target = item("t", "What color is it?", "green");
+    let exemplar = item("e", "Which color?", "yellow");
+    let answer = conversation(Task::Answer, &target, Some(&exemplar));
+    assert_eq!(
+        answer[0].value,
+        "Picture: <img>t.png</img>\nQuestion: What color is it?\nOptions: (A) red (B) blue (C) green\n\
+         Refer to the following example, answer with the option's letter and text from the given choices.\n\
+         Example:\nPicture: <img>e.png</img>\nQuestion: Which color?\nOptions: (A) red (B) blue (C) yellow\nAnswer: (C) yellow"
+    );
+    assert_eq!(answer[1].value, "(C) green");
+    let question = conversation(Task::Question, &target, None);
+    assert_eq!(
+        question[0].value,
+        "Picture: <img>t.png</img>\nAnswer: green\ngenerate a question based on the above picture, context and the corresponding answer."
+    );
+    assert_eq!(question[1].value, "What color is it?");
+    assert_eq!(
+        conversation(Task::Distractor, &target, None)[1].value,
+        "(1) red\n(2) blue"
+    );
+    assert_eq!(
+        conversation(Task::Rationale, &target, None)[1].value,
+        "Lecture: colors. Solution: it is."
+    );
+}
+
+#[test]
+fn error_rates_are_one_minus_accuracy_per_category_rounded_as_the_data_engine_writes_them() {
+    use runner::data::categories::error_rates;
+    let outcome = |c: &str, right: bool| (c.to_string(), right);
+    let rates = error_rates(&[
+        outcome("color", true),
+        outcome("color", false),
+        outcome("color", false),
+        outcome("count", true),
+        outcome("shape", false),
+    ]);
+    // color: 2 wrong of 3 = 0.6667 → 0.667; count: 0 of 1; shape: 1 of 1.
+    let want: Vec<(String, f64)> = vec![
+        ("color".into(), 0.667),
+        ("count".into(), 0.0),
+        ("shape".into(), 1.0),
+    ];
+    assert_eq!(rates.into_iter().collect::<Vec<_>>(), want);
+}
+
+#[test]
+fn category_weights_group_items_and_draw_categories_in_proportion() {
+    use runner::data::categories::{read_weights, weighted_groups};
+    use runner::data::mixture::Mixture;
+    use runner::plan::kinds::coe::Mixing;
+    let items: Vec<runner::data::scienceqa::Item> = serde_json::from_value(serde_json::json!([
+        {"id": "a", "question": "q", "answer": "x", "category": "color"},
+        {"id": "b", "question": "q", "answer": "x", "category": "shape"},
+        {"id": "c", "question": "q", "answer": "x", "category": "color"},
+        {"id": "d", "question": "q", "answer": "x", "category": "count"},
+    ]))
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("error_rates.json");
+    // count is not named: it weighs 1, as the DataEngine's sampler defaults it.
+    std::fs::write(&path, r#"{"color": 0.6, "shape": 0.2, "gone": 1.0}"#).unwrap();
+    let weights = read_weights(path.to_str().unwrap()).unwrap();
+    let groups = weighted_groups(&items, "category", &weights, "items.json").unwrap();
+    assert_eq!(
+        groups,
+        vec![(0.6, vec![0, 2]), (1.0, vec![3]), (0.2, vec![1])],
+        "sorted by name: color, count, shape"
+    );
+    let w: Vec<f64> = groups.iter().map(|(w, _)| *w).collect();
+    let mut sampler = Mixture::new(&w, Mixing::Proportional, 1.0, 11);
+    let mut counts = [0usize; 3];
+    let n = 36_000;
+    for _ in 0..n {
+        counts[sampler.next_task()] += 1;
+    }
+    for (g, want) in [(0, 0.6 / 1.8), (1, 1.0 / 1.8), (2, 0.2 / 1.8)] {
+        let share = counts[g] as f64 / n as f64;
+        assert!((share - want).abs() < 0.01, "group {g}: {share} vs {want}");
+    }
+    // Bad input: the error names the file and the key.
+    std::fs::write(&path, r#"{"color": -1}"#).unwrap();
+    let err = read_weights(path.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("error_rates.json") && err.contains("`color`"),
+        "{err}"
+    );
+    let unlabelled: Vec<runner::data::scienceqa::Item> =
+        serde_json::from_value(serde_json::json!([{"id": "z", "question": "q", "answer": "x"}]))
+            .unwrap();
+    let err = weighted_groups(&unlabelled, "category", &weights, "items.json")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("items.json: item z: no `category`"), "{err}");
+}
+
+#[test]
 fn images_load_as_clip_normalised_pixels() {
     use runner::data::images::{load, MEAN, STD};
     // coe-0000.png: two yellow (230, 200, 30) triangles on white, 32 × 32.

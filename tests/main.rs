@@ -6,6 +6,7 @@ mod data;
 mod estimates;
 mod evaluation;
 mod iag;
+mod meteor;
 mod metrics;
 mod models;
 mod optimizer;
@@ -15,6 +16,7 @@ mod schedules;
 mod sweeps;
 mod tensorboard;
 mod training;
+mod word_tokenize;
 mod yaml;
 
 /// Fails the test with the command's output unless it exited successfully.

@@ -159,7 +159,43 @@ fn runner_score_averages_per_sample_scores_overall_and_by_subgroup() {
         table.contains("| subject=social science | 2 | 69.25 | 83.33 |"),
         "{table}"
     );
-    let o = score(&["--metrics", "meteor"]);
+    // METEOR as HF evaluate's (NLTK 3.10.4, word_tokenize): 0.754986, 0.998542, 0.999314.
+    let o = score(&["--metrics", "meteor,bleu4", "--by", "subject"]);
+    crate::assert_success(&o);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("| group | n | meteor | bleu4 |"), "{table}");
+    assert!(table.contains("| all | 3 | 91.76 | 74.94 |"), "{table}");
+    assert!(
+        table.contains("| subject=social science | 2 | 87.68 | 69.25 |"),
+        "{table}"
+    );
+    let o = score(&["--metrics", "bleurt"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("hint: use --metrics bleu4,rouge_l"));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("runner score knows bleu4, rouge_l and meteor")
+    );
+}
+
+#[test]
+fn meteor_of_raw_text_equals_hf_evaluates_on_the_fixture_cases() {
+    use runner::eval::text_metrics::TextScorer;
+    use runner::plan::kinds::coe::TextMetric;
+    let text = std::fs::read_to_string("tests/fixtures/meteor.json").unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let scorer = TextScorer::new(&[TextMetric::Meteor]).unwrap();
+    for case in fixture["cases"].as_array().unwrap() {
+        let prediction = case["prediction"].as_str().unwrap();
+        let references: Vec<String> = case["references"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect();
+        let got = scorer.score(prediction, &references).unwrap()[0];
+        let want = case["meteor"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() < 1e-12,
+            "{prediction:?}: {got} vs {want}"
+        );
+    }
 }

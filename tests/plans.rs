@@ -112,7 +112,7 @@ fn hash_is_stable_across_runs() {
     // defaults change, which is exactly when existing runs no longer match their plan.
     assert_eq!(
         hash_of(BLOCK),
-        "0d89b9bd6a007d1b318e387a07f6be1c3f4335e7d4d850610d452cdc4c471144"
+        "5db141fbc0cd3f82ce1d377ec31838a3865a398d2722ae02e9d67eccb786ee96"
     );
 }
 

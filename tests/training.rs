@@ -345,17 +345,71 @@ fn a_run_built_on_another_teacher_is_not_resumed() {
 #[test]
 fn the_tiny_coe_recipe_trains_a_vision_language_model_and_scores_each_task() {
     let tmp = tempfile::tempdir().unwrap();
-    crate::run_briefly("recipes/tiny/coe_multitask.yaml", 3, &[], tmp.path());
-    let metrics = std::fs::read_to_string(tmp.path().join("metrics.csv")).unwrap();
+    let first = tmp.path().join("first");
+    crate::run_briefly(
+        "recipes/tiny/coe_multitask.yaml",
+        3,
+        &["logging.every_steps=1"],
+        &first,
+    );
+    let metrics = std::fs::read_to_string(first.join("metrics.csv")).unwrap();
     for name in [
         "loss",
         "question_bleu4",
         "rationale_rouge_l",
         "distractor_bleu4",
+        "answer_accuracy",
+        "answer_accuracy/subject=natural_science",
     ] {
+        // At the end and, as the untrained baseline (evaluation.at_start), at step 0.
         assert!(metrics.contains(&format!("3,eval,{name},")), "{name}");
+        assert!(
+            metrics.contains(&format!("\n0,eval,{name},")),
+            "{name} at step 0"
+        );
     }
-    assert!(tmp.path().join("model/model.safetensors").is_file());
+    // Each task's own training loss curve, beside the step's loss (12 examples drawn: the
+    // seeded mixture draws every task at least once).
+    for task in ["question", "rationale", "distractor", "answer"] {
+        assert!(
+            metrics.contains(&format!(",train,{task}_loss,")),
+            "{task}_loss"
+        );
+    }
+    assert!(first.join("model/model.safetensors").is_file());
+    // The DataEngine loop: the evaluation's error rates weight the next run's categories.
+    let rates: std::collections::BTreeMap<String, f64> =
+        serde_json::from_str(&std::fs::read_to_string(first.join("error_rates.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        rates.keys().collect::<Vec<_>>(),
+        ["color", "count", "shape"]
+    );
+    assert!(rates.values().all(|r| (0.0..=1.0).contains(r)));
+    let weights = format!(
+        "data.category_weights={}",
+        first.join("error_rates.json").display()
+    );
+    let second = tmp.path().join("second");
+    crate::run_briefly("recipes/tiny/coe_multitask.yaml", 2, &[&weights], &second);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(second.join("summary.json")).unwrap())
+            .unwrap();
+    assert!(
+        summary["inputs"]["category_weights"].is_string(),
+        "the weights are recorded as an input: {summary}"
+    );
+    let report = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("report")
+        .arg(&first)
+        .output()
+        .unwrap();
+    crate::assert_success(&report);
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        text.contains("beside the untrained model (step 0)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -389,7 +443,7 @@ fn generate_writes_each_tasks_predictions_and_resumes_without_duplicates() {
             .lines()
             .count()
     };
-    for task in ["question", "rationale", "distractor"] {
+    for task in ["question", "rationale", "distractor", "answer"] {
         assert_eq!(lines(&format!("{task}.jsonl")), 3);
         assert_eq!(lines(&format!("{task}.references.jsonl")), 3);
     }
@@ -402,7 +456,7 @@ fn generate_writes_each_tasks_predictions_and_resumes_without_duplicates() {
         again.contains("1 items generated") && again.contains("2 already done"),
         "{again}"
     );
-    for task in ["question", "rationale", "distractor"] {
+    for task in ["question", "rationale", "distractor", "answer"] {
         assert_eq!(lines(&format!("{task}.jsonl")), 3, "{task}: no duplicates");
         assert_eq!(
             lines(&format!("{task}.references.jsonl")),

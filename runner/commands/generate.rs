@@ -98,13 +98,17 @@ fn generate(options: &Options) -> Result<String> {
                 .map(|t| task.reply(*t, item))
                 .collect::<Result<_>>()?,
             false => {
-                let chain = task.chain(item)?;
+                // Answering is not a link of the chain: it answers the item's own question.
+                let [question, rationale, distractors] = task.chain(item)?;
                 tasks
                     .iter()
-                    .map(|t| {
-                        chain[scienceqa::TASKS.iter().position(|x| x == t).unwrap_or(0)].clone()
+                    .map(|t| match t {
+                        CoeTask::Question => Ok(question.clone()),
+                        CoeTask::Rationale => Ok(rationale.clone()),
+                        CoeTask::Distractor => Ok(distractors.clone()),
+                        CoeTask::Answer => task.reply(*t, item),
                     })
-                    .collect()
+                    .collect::<Result<_>>()?
             }
         };
         for (k, t) in tasks.iter().enumerate() {

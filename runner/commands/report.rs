@@ -124,11 +124,13 @@ fn runs_table(dirs: &[PathBuf]) -> Result<String> {
     Ok(s)
 }
 
-/// The last evaluation of `metrics.csv`: its step and its metrics in file order.
+/// The last evaluation of `metrics.csv`: its step and its metrics in file order; and the
+/// untrained model's, when the run evaluated at step 0 (`evaluation.at_start`).
 #[derive(Debug, Default, PartialEq)]
 pub struct LastEval {
     pub step: u64,
     pub metrics: Vec<(String, f64)>,
+    pub baseline: Vec<(String, f64)>,
 }
 
 /// Reads `metrics.csv` (`step,split,metric,value`): the `eval` rows at the largest step, and
@@ -136,18 +138,22 @@ pub struct LastEval {
 pub fn read_metrics(path: &Path) -> Result<(Option<LastEval>, Option<f64>)> {
     let mut last: Option<LastEval> = None;
     let mut train_loss = None;
+    let mut baseline = Vec::new();
     for e in metrics_csv::read(path)? {
         match e.split.as_str() {
             "train" if e.metric == "loss" => train_loss = Some(e.value),
             "eval" => {
+                if e.step == 0 {
+                    baseline.push((e.metric.clone(), e.value));
+                }
                 let at = last.get_or_insert_with(|| LastEval {
                     step: e.step,
-                    metrics: Vec::new(),
+                    ..LastEval::default()
                 });
                 if e.step > at.step {
                     *at = LastEval {
                         step: e.step,
-                        metrics: Vec::new(),
+                        ..LastEval::default()
                     };
                 }
                 if e.step == at.step {
@@ -157,6 +163,9 @@ pub fn read_metrics(path: &Path) -> Result<(Option<LastEval>, Option<f64>)> {
             }
             _ => {}
         }
+    }
+    if let Some(last) = last.as_mut().filter(|l| l.step > 0) {
+        last.baseline = baseline;
     }
     Ok((last, train_loss))
 }
@@ -226,10 +235,27 @@ fn report(dir: &Path) -> Result<String> {
     writeln!(w, "final train loss  {train_loss}")?;
     match &last_eval {
         Some(e) => {
-            writeln!(w, "last eval         step {}", e.step)?;
             let width = e.metrics.iter().map(|(m, _)| m.len()).max().unwrap_or(0);
+            match e.baseline.is_empty() {
+                true => writeln!(w, "last eval         step {}", e.step)?,
+                false => {
+                    writeln!(
+                        w,
+                        "last eval         step {}, beside the untrained model (step 0)",
+                        e.step
+                    )?;
+                    let last = format!("step {}", e.step);
+                    writeln!(w, "  {:<width$}  {last:>10}  {:>10}", "", "step 0")?;
+                }
+            }
             for (m, v) in &e.metrics {
-                writeln!(w, "  {m:<width$}  {}", number(*v))?;
+                let base = e.baseline.iter().find(|(b, _)| b == m);
+                match base {
+                    Some((_, b)) => {
+                        writeln!(w, "  {m:<width$}  {:>10}  {:>10}", number(*v), number(*b))?
+                    }
+                    None => writeln!(w, "  {m:<width$}  {}", number(*v))?,
+                }
             }
         }
         None if metrics_path.is_file() => writeln!(w, "last eval         none in metrics.csv")?,

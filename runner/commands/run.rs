@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use tch::Device;
 
 use crate::methods;
@@ -72,7 +72,20 @@ fn train(
         }
         Recipe::CoeMultitask(r) => {
             let task = methods::coe::build(r, device)?;
-            trainer::train(plan, &task, options, &[])?
+            // The weights are an input like a teacher: a run trained with other weights is
+            // not resumed with these.
+            let inputs = match &r.data.category_weights {
+                Some(path) => {
+                    let bytes = std::fs::read(path)
+                        .with_context(|| format!("data.category_weights: reading {path}"))?;
+                    vec![(
+                        "category_weights".to_string(),
+                        blake3::hash(&bytes).to_hex().to_string(),
+                    )]
+                }
+                None => Vec::new(),
+            };
+            trainer::train(plan, &task, options, &inputs)?
         }
     };
     let dir: PathBuf = summary.dir.clone();

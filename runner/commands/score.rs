@@ -1,4 +1,4 @@
-//! `runner score --predictions P --references R [--metrics bleu4,rouge_l] [--by FIELD,…]`:
+//! `runner score --predictions P --references R [--metrics bleu4,rouge_l,meteor] [--by FIELD,…]`:
 //! scores generations on their own, as CoE's `scoring.py` does: each metric per sample, then
 //! the mean (×100), overall and for each value of the `--by` fields (subject, grade, context
 //! type: fields of the reference records).
@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::data::records;
-use crate::eval::{bleu, rouge};
+use crate::eval::text_metrics::TextScorer;
+use crate::plan::kinds::coe::TextMetric;
 
 pub struct Options {
     pub predictions: PathBuf,
@@ -20,37 +21,13 @@ pub struct Options {
     pub by: Vec<String>,
 }
 
-/// The metrics `runner score` computes, by the names it accepts.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Metric {
-    Bleu4,
-    RougeL,
-}
-
-impl Metric {
-    fn parse(name: &str) -> Result<Metric> {
-        match name.to_lowercase().replace('-', "_").as_str() {
-            "bleu4" | "bleu" => Ok(Metric::Bleu4),
-            "rouge_l" | "rougel" => Ok(Metric::RougeL),
-            "meteor" => bail!(
-                "--metrics meteor: METEOR (NLTK's, with WordNet synonyms) is not implemented yet\n  hint: use --metrics bleu4,rouge_l"
-            ),
-            other => bail!("--metrics: unknown metric `{other}`\n  hint: runner score knows bleu4 and rouge_l"),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Metric::Bleu4 => "bleu4",
-            Metric::RougeL => "rouge_l",
-        }
-    }
-
-    fn of(self, prediction: &str, references: &[String]) -> f64 {
-        match self {
-            Metric::Bleu4 => bleu::sentence_bleu4(prediction, references),
-            Metric::RougeL => rouge::rouge_l_multi(references, prediction),
-        }
+/// A metric by the names `--metrics` accepts.
+fn parse_metric(name: &str) -> Result<TextMetric> {
+    match name.to_lowercase().replace('-', "_").as_str() {
+        "bleu4" | "bleu" => Ok(TextMetric::Bleu4),
+        "rouge_l" | "rougel" => Ok(TextMetric::RougeL),
+        "meteor" => Ok(TextMetric::Meteor),
+        other => bail!("--metrics: unknown metric `{other}`\n  hint: runner score knows bleu4, rouge_l and meteor"),
     }
 }
 
@@ -117,11 +94,12 @@ fn read(path: &Path, keys: &[&str]) -> Result<Vec<Entry>> {
 }
 
 fn score(options: &Options) -> Result<String> {
-    let metrics: Vec<Metric> = options
+    let metrics: Vec<TextMetric> = options
         .metrics
         .iter()
-        .map(|m| Metric::parse(m))
+        .map(|m| parse_metric(m))
         .collect::<Result<_>>()?;
+    let scorer = TextScorer::new(&metrics)?;
     let predictions = read(&options.predictions, &["prediction", "text", "output"])?;
     let references = read(
         &options.references,
@@ -163,10 +141,7 @@ fn score(options: &Options) -> Result<String> {
     // Per sample, then means per group.
     let mut groups: BTreeMap<(String, String), Vec<Vec<f64>>> = BTreeMap::new();
     for (p, r) in &pairs {
-        let values: Vec<f64> = metrics
-            .iter()
-            .map(|m| m.of(&p.texts[0], &r.texts))
-            .collect();
+        let values = scorer.score(&p.texts[0], &r.texts)?;
         groups
             .entry(("all".into(), String::new()))
             .or_default()
@@ -204,7 +179,7 @@ fn score(options: &Options) -> Result<String> {
     }
     let _ = write!(
         s,
-        "\nper-sample means ×100; BLEU-4 as HF evaluate's bleu (13a, no smoothing), ROUGE-L as rouge-score's rougeL F"
+        "\nper-sample means ×100; BLEU-4 as HF evaluate's bleu (13a, no smoothing), ROUGE-L as rouge-score's rougeL F, METEOR as HF evaluate's meteor (NLTK's, on word_tokenize)"
     );
     Ok(s)
 }

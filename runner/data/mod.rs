@@ -1,6 +1,7 @@
 //! Data: tokenizers, example formats, batching and the order examples are seen in.
 
 pub mod batch;
+pub mod categories;
 pub mod chatml;
 pub mod exemplars;
 pub mod images;

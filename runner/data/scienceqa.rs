@@ -4,7 +4,9 @@
 //!
 //! - question generation (QG): given the answer → the question;
 //! - rationale generation (RG): given question and answer → `lecture + solution`;
-//! - distractor generation (DG): given question and answer → `(1) d1\n(2) d2…`.
+//! - distractor generation (DG): given question and answer → `(1) d1\n(2) d2…`;
+//! - answering (A, ScienceQA's own task, which the data-engine loop's error rates measure):
+//!   given the question and its options → `(B) choice`.
 
 use std::path::Path;
 
@@ -24,6 +26,9 @@ pub struct Item {
     pub answer: String,
     #[serde(default)]
     pub distractors: Vec<String>,
+    /// The multiple-choice options, the answer among them (for the answering task).
+    #[serde(default)]
+    pub choices: Vec<String>,
     /// The context (ScienceQA's hint); empty for none.
     #[serde(default)]
     pub hint: String,
@@ -39,20 +44,26 @@ pub struct Item {
 pub fn read(path: &Path) -> Result<Vec<Item>> {
     records::read_as(
         path,
-        "{id, image, question, answer, distractors, hint, lecture, solution}",
+        "{id, image, question, answer, choices, distractors, hint, lecture, solution}",
         "each item needs string keys id, question and answer",
     )
 }
 
-/// The three CoE tasks, in the plan's order.
+/// The three CoE tasks and answering, in the plan's order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Task {
     Question,
     Rationale,
     Distractor,
+    Answer,
 }
 
-pub const TASKS: [Task; 3] = [Task::Question, Task::Rationale, Task::Distractor];
+pub const TASKS: [Task; 4] = [
+    Task::Question,
+    Task::Rationale,
+    Task::Distractor,
+    Task::Answer,
+];
 
 impl Task {
     pub fn name(self) -> &'static str {
@@ -60,6 +71,7 @@ impl Task {
             Task::Question => "question",
             Task::Rationale => "rationale",
             Task::Distractor => "distractor",
+            Task::Answer => "answer",
         }
     }
 
@@ -68,6 +80,7 @@ impl Task {
             Task::Question => "generate a question based on the above picture, context and the corresponding answer.",
             Task::Rationale => "generate a rationale based on the above picture, context, question and answer.",
             Task::Distractor => "generate at least 1 plausible yet incorrect answers which should be similar and grammatically consistent with the correct answer and seperate them with numbers like (1) (2) (3).",
+            Task::Answer => "answer with the option's letter and text from the given choices.",
         }
     }
 
@@ -79,8 +92,33 @@ impl Task {
                 .trim()
                 .to_string(),
             Task::Distractor => numbered(&item.distractors),
+            Task::Answer => choice(item, item.answer_index().unwrap_or(0)),
         }
     }
+}
+
+impl Item {
+    /// Where the answer is among the choices; None when it is not one of them.
+    pub fn answer_index(&self) -> Option<usize> {
+        self.choices.iter().position(|c| *c == self.answer)
+    }
+}
+
+/// Choice `i` as the answering task writes it: `(C) yellow`.
+pub fn choice(item: &Item, i: usize) -> String {
+    let letter = char::from(b'A' + (i % 26) as u8);
+    format!(
+        "({letter}) {}",
+        item.choices.get(i).map_or("", String::as_str)
+    )
+}
+
+/// `(A) red (B) blue (C) yellow`.
+fn options(item: &Item) -> String {
+    (0..item.choices.len())
+        .map(|i| choice(item, i))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `(1) a\n(2) b`.
@@ -105,8 +143,8 @@ fn scene(item: &Item) -> String {
     s
 }
 
-/// What a task is given: the answer (QG), or the question and answer (RG, DG). `question`
-/// replaces the item's own in the chain, where it was generated.
+/// What a task is given: the answer (QG), the question and answer (RG, DG), or the question
+/// and its options (A). `question` replaces the item's own in the chain, where it was generated.
 fn given(task: Task, item: &Item, question: &str, rationale: Option<&str>) -> String {
     match task {
         Task::Question => format!("Answer: {}\n", item.answer),
@@ -118,6 +156,7 @@ fn given(task: Task, item: &Item, question: &str, rationale: Option<&str>) -> St
             ),
             None => format!("Question: {question}\nAnswer: {}\n", item.answer),
         },
+        Task::Answer => format!("Question: {question}\nOptions: {}\n", options(item)),
     }
 }
 
@@ -139,6 +178,12 @@ fn example(task: Task, exemplar: &Item) -> String {
             exemplar.question,
             exemplar.answer,
             Task::Distractor.target(exemplar)
+        ),
+        Task::Answer => format!(
+            "Question: {}\nOptions: {}\nAnswer: {}",
+            exemplar.question,
+            options(exemplar),
+            Task::Answer.target(exemplar)
         ),
     };
     format!("\nExample:\n{}{shown}", scene(exemplar))

@@ -1,16 +1,19 @@
 //! `coe_multitask` (Chain-of-Exemplar, ACL 2024): a vision-language model trained on question,
 //! rationale and distractor generation from ScienceQA-style items, each prompt carrying the
 //! best retrieved exemplar; evaluated by generating each task (and CoE's chain: question, then
-//! rationale from it, then distractors from both) and scoring with BLEU-4 and ROUGE-L.
+//! rationale from it, then distractors from both) and scoring with BLEU-4, ROUGE-L and METEOR.
+//! Optionally also multiple-choice answering, whose per-category error rates drive the
+//! MLLM-DataEngine loop: `error_rates.json` from one run weights the categories of the next.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::batch::{collate, Batch, Example};
+use crate::data::categories;
 use crate::data::chatml::{self, Specials, Turn};
 use crate::data::exemplars::{retrieve, Sparse, Tfidf};
 use crate::data::images;
@@ -19,14 +22,14 @@ use crate::data::mixture::Mixture;
 use crate::data::order::epoch_order;
 use crate::data::scienceqa::{self, Item, Task as CoeTask, TASKS};
 use crate::data::tokenizer::Tokenizer;
-use crate::eval::{bleu, rouge};
+use crate::eval::text_metrics::TextScorer;
 use crate::models::bert::Bert;
 use crate::models::connector::{sincos_2d, Connector};
 use crate::models::generate::{self, GenerateOptions, Strategy};
 use crate::models::hf_folder::{write_safetensors, HfConfig};
 use crate::models::llama::{DecoderOptions, Llama};
 use crate::models::lora::{self, LoraSpec};
-use crate::models::loss::{causal_lm_loss, IGNORE};
+use crate::models::loss::{causal_lm_example_losses, causal_lm_loss, IGNORE};
 use crate::models::vit::{self, Vit};
 use crate::models::vlm::Vlm;
 use crate::models::{hf_model, Compute, ParamStore, Tape};
@@ -38,10 +41,11 @@ use crate::plan::recipe::CoeRecipe;
 use crate::plan::training::Adapter;
 use crate::train::task::{Evaluation, Task};
 
-/// One tokenized training or validation conversation.
+/// One tokenized training or validation conversation, of the plan's task `task`.
 struct Conversation {
     example: Example,
     images: Vec<String>,
+    task: usize,
 }
 
 pub struct CoeMultitask {
@@ -56,6 +60,14 @@ pub struct CoeMultitask {
     /// Validation items, each with its exemplar (an index into `train`).
     validation: Vec<(Item, Option<usize>)>,
     validation_conversations: usize,
+    /// The answering task's option conversations (`(A) …`, `(B) …` per validation item, in
+    /// item order) and how many options each item has.
+    make_options: MakeBatch,
+    options_per_item: Vec<usize>,
+    category_field: String,
+    scorer: TextScorer,
+    /// Per task, the summed token losses and tokens of the current step's micro-batches.
+    step_losses: Mutex<Vec<(f64, i64)>>,
     train: Arc<Vec<Item>>,
     /// Retrieval over the training items, for items met later (`runner generate`).
     embedder: Embedder,
@@ -67,7 +79,6 @@ pub struct CoeMultitask {
     image_tokens: usize,
     max_length: usize,
     max_new_tokens: i64,
-    metrics: Vec<TextMetric>,
     /// Item fields the text metrics are also broken down by.
     subgroups: Vec<String>,
     best: TextMetric,
@@ -239,9 +250,6 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
     if m.path.is_some() {
         bail!("model.path: loading a whole Qwen-VL-Chat folder is not implemented yet\n  hint: build the model from its parts (model.vision, model.connector, model.decoder)");
     }
-    if recipe.evaluation.metrics.contains(&TextMetric::Meteor) {
-        bail!("evaluation.metrics: METEOR is not implemented yet\n  hint: use [bleu4, rouge_l]");
-    }
     let compute = Compute::of(recipe.training.precision);
     let seed = recipe.seed as i64;
     let tokenizer_path = m.tokenizer.as_deref().ok_or_else(|| {
@@ -364,22 +372,33 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
     };
 
     let t = &recipe.method.tasks;
-    let weights = [t.question, t.rationale, t.distractor];
+    let weights = [t.question, t.rationale, t.distractor, t.answer];
     let tasks: Vec<CoeTask> = TASKS
         .iter()
         .zip(weights)
         .filter(|(_, w)| *w > 0.0)
         .map(|(t, _)| *t)
         .collect();
+    if tasks.contains(&CoeTask::Answer) {
+        for (items, file) in [(&train_items, &d.train), (&validation_items, &d.validation)] {
+            if let Some(item) = items.iter().find(|i| i.answer_index().is_none()) {
+                bail!(
+                    "{file}: item {}: its answer {:?} is not one of its choices {:?}, which the answering task needs\n  hint: give each item `choices` that include the answer, or set method.tasks.answer: 0",
+                    item.id,
+                    item.answer,
+                    item.choices
+                );
+            }
+        }
+    }
     let image_tokens = m.connector.tokens_per_image(arch) as usize;
     let max_length = d.max_length as usize;
-    let encode = |task: CoeTask, item: &Item, exemplar: Option<&Item>| -> Result<Conversation> {
-        let turns = scienceqa::conversation(task, item, exemplar);
+    let encode_turns = |turns: &[Turn], item: &Item, task: usize| -> Result<Conversation> {
         let e = chatml::encode(
             &tokenizer,
             &specials,
             &d.system_prompt,
-            &turns,
+            turns,
             image_tokens,
             max_length,
         )
@@ -387,16 +406,20 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
         Ok(Conversation {
             example: e.example,
             images: e.images,
+            task,
         })
+    };
+    let encode = |k: usize, item: &Item, exemplar: Option<&Item>| -> Result<Conversation> {
+        encode_turns(&scienceqa::conversation(tasks[k], item, exemplar), item, k)
     };
     // The mixture decides which task each training example comes from (each task's items in
     // a seeded order, cycling), as many examples as the tasks have items together.
     let mut per_task: Vec<Vec<Conversation>> = Vec::new();
-    for task in &tasks {
+    for k in 0..tasks.len() {
         let mut list = Vec::new();
         for (i, item) in train_items.iter().enumerate() {
             list.push(encode(
-                *task,
+                k,
                 item,
                 train_exemplars[i].map(|j| &train_items[j]),
             )?);
@@ -408,35 +431,79 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
         .map(|t| weights[TASKS.iter().position(|x| x == t).unwrap_or(0)])
         .collect();
     let mut mixture = Mixture::new(&task_weights, t.mixing, t.temperature, recipe.seed);
-    let orders: Vec<Vec<usize>> = per_task
-        .iter()
-        .enumerate()
-        .map(|(k, l)| epoch_order(l.len(), recipe.seed, k as u64))
+    // Within a task, items come category by category when the plan weights categories (the
+    // DataEngine loop), else all from one group; each group's items in a seeded order, cycling.
+    let groups = match &d.category_weights {
+        Some(path) => categories::weighted_groups(
+            &train_items,
+            &d.category_field,
+            &categories::read_weights(path)?,
+            &d.train,
+        )?,
+        None => vec![(1.0, (0..train_items.len()).collect())],
+    };
+    let group_weights: Vec<f64> = groups.iter().map(|(w, _)| *w).collect();
+    let mut categories = Mixture::new(
+        &group_weights,
+        crate::plan::kinds::coe::Mixing::Proportional,
+        1.0,
+        recipe.seed ^ 0xCA7E_6021,
+    );
+    let orders: Vec<Vec<Vec<usize>>> = (0..tasks.len())
+        .map(|k| {
+            groups
+                .iter()
+                .enumerate()
+                .map(|(g, (_, members))| {
+                    let stream = (k + g * tasks.len()) as u64;
+                    let order = epoch_order(members.len(), recipe.seed, stream);
+                    order.into_iter().map(|i| members[i]).collect()
+                })
+                .collect()
+        })
         .collect();
-    let mut next = vec![0usize; tasks.len()];
+    let mut next = vec![vec![0usize; groups.len()]; tasks.len()];
     let total: usize = per_task.iter().map(Vec::len).sum();
     let mut train = Vec::with_capacity(total);
     for _ in 0..total {
         let k = mixture.next_task();
-        let order = &orders[k];
-        let c = &per_task[k][order[next[k] % order.len()]];
-        next[k] += 1;
+        let g = match groups.len() {
+            1 => 0,
+            _ => categories.next_task(),
+        };
+        let order = &orders[k][g];
+        let c = &per_task[k][order[next[k][g] % order.len()]];
+        next[k][g] += 1;
         train.push(Conversation {
             example: Example {
                 ids: c.example.ids.clone(),
                 labels: c.example.labels.clone(),
             },
             images: c.images.clone(),
+            task: k,
         });
     }
     let mut validation_conversations = Vec::new();
-    for task in &tasks {
+    for k in 0..tasks.len() {
         for (i, item) in validation_items.iter().enumerate() {
             validation_conversations.push(encode(
-                *task,
+                k,
                 item,
                 validation_exemplars[i].map(|j| &train_items[j]),
             )?);
+        }
+    }
+    // Answering is scored by the option the model finds likeliest: one conversation per option.
+    let (mut options, mut options_per_item) = (Vec::new(), Vec::new());
+    if let Some(k) = tasks.iter().position(|t| *t == CoeTask::Answer) {
+        for (i, item) in validation_items.iter().enumerate() {
+            let exemplar = validation_exemplars[i].map(|j| &train_items[j]);
+            let mut turns = scienceqa::conversation(CoeTask::Answer, item, exemplar);
+            for c in 0..item.choices.len() {
+                turns[1].value = scienceqa::choice(item, c);
+                options.push(encode_turns(&turns, item, k)?);
+            }
+            options_per_item.push(item.choices.len());
         }
     }
     let n_validation = validation_conversations.len();
@@ -461,6 +528,8 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
                 "pixels",
                 Tensor::from_slice(&pixels).view([count, 3, size, size]),
             ));
+            let task: Vec<i64> = members.iter().map(|c| c.task as i64).collect();
+            batch.extra.push(("task", Tensor::from_slice(&task)));
             batch
         })
     };
@@ -482,6 +551,11 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
         specials,
         loader,
         make: make_of(validation_conversations),
+        make_options: make_of(options),
+        options_per_item,
+        category_field: d.category_field.clone(),
+        scorer: TextScorer::new(&ev.metrics)?,
+        step_losses: Mutex::new(vec![(0.0, 0); tasks.len()]),
         validation: validation_items
             .into_iter()
             .zip(validation_exemplars)
@@ -497,7 +571,6 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
         image_tokens,
         max_length,
         max_new_tokens: ev.max_new_tokens as i64,
-        metrics: ev.metrics.clone(),
         subgroups: ev.subgroups.clone(),
         best: ev.best_metric,
         chain: ev.chain,
@@ -619,7 +692,92 @@ impl CoeMultitask {
             .iter()
             .position(|&t| t == self.specials.im_end)
             .unwrap_or(out.len());
-        Ok(self.tokenizer.decode(&out[..end], true)?.trim().to_string())
+        // An image tag in a reply would be read as an image where the chain feeds it on.
+        let text = self.tokenizer.decode(&out[..end], true)?;
+        Ok(text
+            .replace("<img>", "")
+            .replace("</img>", "")
+            .trim()
+            .to_string())
+    }
+
+    /// The metric-name suffixes an item's scores count under: `""` (all items) and
+    /// `/field=value` for each subgroup field it has.
+    fn subgroup_keys(&self, item: &Item) -> Vec<String> {
+        let mut keys = vec![String::new()];
+        for field in &self.subgroups {
+            if let Some(value) = categories::category(item, field) {
+                // Names go into metrics.csv and TensorBoard tags: no commas or spaces.
+                keys.push(format!("/{field}={}", value.replace([',', ' '], "_")));
+            }
+        }
+        keys
+    }
+
+    /// Answering accuracy (×100; overall and per category) with each item's answer taken as
+    /// its lowest-loss option (mean over the option's tokens), as the DataEngine's evaluation
+    /// picks it; and `round(1 − accuracy, 3)` per category.
+    fn answer_accuracy(&self) -> (Vec<(String, f64)>, std::collections::BTreeMap<String, f64>) {
+        let n: usize = self.options_per_item.iter().sum();
+        let mut losses = Vec::with_capacity(n);
+        tch::no_grad(|| {
+            let all: Vec<usize> = (0..n).collect();
+            for chunk in all.chunks(8) {
+                let batch = (self.make_options)(chunk).to_device(self.device);
+                let logits = self
+                    .vlm
+                    .forward(
+                        &batch.input_ids,
+                        Some(&batch.attention_mask),
+                        self.pixels(&batch).as_ref(),
+                        &Tape::plain(),
+                        false,
+                    )
+                    .expect("image placeholders match the images");
+                let (sums, counts) = causal_lm_example_losses(&logits, &batch.labels);
+                let mean = (sums / counts.clamp_min(1)).to_device(Device::Cpu);
+                losses.extend(Vec::<f64>::try_from(mean.to_kind(Kind::Double)).unwrap_or_default());
+            }
+        });
+        let mut outcomes = Vec::new();
+        let mut start = 0;
+        for ((item, _), &count) in self.validation.iter().zip(&self.options_per_item) {
+            let picked = losses[start..start + count]
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i);
+            start += count;
+            let category =
+                categories::category(item, &self.category_field).unwrap_or_else(|| "(none)".into());
+            outcomes.push((item, category, picked == item.answer_index()));
+        }
+        let mut metrics = Vec::new();
+        let mut groups: Vec<(String, usize, usize)> = Vec::new();
+        for (item, _, right) in &outcomes {
+            for key in self.subgroup_keys(item) {
+                match groups.iter_mut().find(|(k, _, _)| *k == key) {
+                    Some(g) => {
+                        g.1 += usize::from(*right);
+                        g.2 += 1;
+                    }
+                    None => groups.push((key, usize::from(*right), 1)),
+                }
+            }
+        }
+        for (key, right, total) in groups {
+            metrics.push((
+                format!("answer_accuracy{key}"),
+                100.0 * right as f64 / total as f64,
+            ));
+        }
+        let rates = categories::error_rates(
+            &outcomes
+                .into_iter()
+                .map(|(_, c, right)| (c, right))
+                .collect::<Vec<_>>(),
+        );
+        (metrics, rates)
     }
 
     /// Token-weighted validation loss of each task's conversations (they come task by task),
@@ -695,57 +853,78 @@ impl Task for CoeMultitask {
                 true,
             )
             .expect("image placeholders match the images");
-        causal_lm_loss(&logits, &batch.labels)
+        let (sums, counts) = causal_lm_example_losses(&logits, &batch.labels);
+        // Each task's share of the step, for its own loss curve.
+        let values =
+            Vec::<f64>::try_from(sums.detach().to_device(Device::Cpu).to_kind(Kind::Double))
+                .unwrap_or_default();
+        let tokens = Vec::<i64>::try_from(counts.to_device(Device::Cpu)).unwrap_or_default();
+        let tasks =
+            Vec::<i64>::try_from(batch.extra("task").to_device(Device::Cpu)).unwrap_or_default();
+        let mut step = self.step_losses.lock().unwrap_or_else(|e| e.into_inner());
+        for ((v, n), k) in values.iter().zip(&tokens).zip(&tasks) {
+            step[*k as usize].0 += v;
+            step[*k as usize].1 += n;
+        }
+        sums.sum(Kind::Float) / counts.sum(Kind::Int64).clamp_min(1)
     }
 
-    /// Validation loss (overall and per task), each task's BLEU-4 and ROUGE-L (×100) over
-    /// greedy generations, and CoE's chain on the first validation item.
+    /// Each task's token-weighted loss over the step's micro-batches (tasks the step did not
+    /// draw are left out of it).
+    fn step_metrics(&self) -> Vec<(String, f64)> {
+        let mut step = self.step_losses.lock().unwrap_or_else(|e| e.into_inner());
+        let metrics = self
+            .tasks
+            .iter()
+            .zip(step.iter())
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(t, (sum, n))| (format!("{}_loss", t.name()), sum / *n as f64))
+            .collect();
+        step.iter_mut().for_each(|s| *s = (0.0, 0));
+        metrics
+    }
+
+    /// Validation loss (overall and per task); each generation task's text metrics (×100) over
+    /// greedy generations, overall and by subgroup; the answering task's accuracy by its
+    /// likeliest option, with `error_rates.json` per category; CoE's chain on the first item.
     fn evaluate(&self) -> Result<Evaluation> {
         let (task_losses, loss) = self.validation_losses();
         let mut metrics = vec![("loss".to_string(), loss)];
         for (task, l) in self.tasks.iter().zip(task_losses) {
             metrics.push((format!("{}_loss", task.name()), l));
         }
-        for &task in &self.tasks {
-            // (metric name suffix, per-sample [bleu, rouge]) for all items and each subgroup.
-            let mut groups: Vec<(String, Vec<[f64; 2]>)> = vec![(String::new(), Vec::new())];
+        for &task in self.tasks.iter().filter(|t| **t != CoeTask::Answer) {
+            // (metric name suffix, per-sample scores) for all items and each subgroup.
+            let mut groups: Vec<(String, Vec<Vec<f64>>)> = vec![(String::new(), Vec::new())];
             for (item, exemplar) in &self.validation {
                 let exemplar = exemplar.map(|j| &self.train[j]);
                 let generated = self.generate(task, item, exemplar, None, None)?;
-                let reference = [task.target(item)];
-                let scores = [
-                    bleu::sentence_bleu4(&generated, &reference),
-                    rouge::rouge_l_multi(&reference, &generated),
-                ];
-                groups[0].1.push(scores);
-                for field in &self.subgroups {
-                    let Some(value) = item.fields.get(field) else {
-                        continue;
-                    };
-                    let value = value
-                        .as_str()
-                        .map_or_else(|| value.to_string(), str::to_string);
-                    // Names go into metrics.csv and TensorBoard tags: no commas or spaces.
-                    let key = format!("/{field}={}", value.replace([',', ' '], "_"));
+                let scores = self.scorer.score(&generated, &[task.target(item)])?;
+                for key in self.subgroup_keys(item) {
                     match groups.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, rows)) => rows.push(scores),
-                        None => groups.push((key, vec![scores])),
+                        Some((_, rows)) => rows.push(scores.clone()),
+                        None => groups.push((key, vec![scores.clone()])),
                     }
                 }
             }
             for (suffix, rows) in &groups {
-                let mean = |i: usize| {
-                    100.0 * rows.iter().map(|r| r[i]).sum::<f64>() / rows.len().max(1) as f64
-                };
-                for metric in &self.metrics {
-                    let (name, i) = match metric {
-                        TextMetric::Bleu4 => ("bleu4", 0),
-                        TextMetric::RougeL => ("rouge_l", 1),
-                        TextMetric::Meteor | TextMetric::Loss => continue,
-                    };
-                    metrics.push((format!("{}_{name}{suffix}", task.name()), mean(i)));
+                for (i, metric) in self.scorer.metrics().iter().enumerate() {
+                    let mean = rows.iter().map(|r| r[i]).sum::<f64>() / rows.len().max(1) as f64;
+                    metrics.push((
+                        format!("{}_{}{suffix}", task.name(), metric.name()),
+                        100.0 * mean,
+                    ));
                 }
             }
+        }
+        let mut files = Vec::new();
+        if self.tasks.contains(&CoeTask::Answer) {
+            let (accuracy, rates) = self.answer_accuracy();
+            metrics.extend(accuracy);
+            files.push((
+                "error_rates.json".to_string(),
+                serde_json::to_string_pretty(&rates)? + "\n",
+            ));
         }
         let mut samples = Vec::new();
         if let (true, Some((item, _))) = (self.chain, self.validation.first()) {
@@ -758,14 +937,19 @@ impl Task for CoeMultitask {
                 ),
             ));
         }
-        Ok(Evaluation { metrics, samples })
+        Ok(Evaluation {
+            metrics,
+            samples,
+            files,
+        })
     }
 
     fn best_metric(&self) -> (&'static str, bool) {
         match self.best {
             TextMetric::Bleu4 => ("question_bleu4", true),
             TextMetric::RougeL => ("question_rouge_l", true),
-            TextMetric::Meteor | TextMetric::Loss => ("loss", false),
+            TextMetric::Meteor => ("question_meteor", true),
+            TextMetric::Loss => ("loss", false),
         }
     }
 

@@ -580,6 +580,7 @@ impl Task for IagTask {
                 ("teacher_loss".into(), tloss / n.max(1) as f64),
             ],
             samples: vec![("answers".into(), sample)],
+            files: Vec::new(),
         })
     }
 

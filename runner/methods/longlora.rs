@@ -359,7 +359,11 @@ impl Task for LongloraTask {
             let mean = accuracies.iter().sum::<f64>() / accuracies.len().max(1) as f64;
             metrics.push(("passkey_accuracy".into(), mean));
         }
-        Ok(Evaluation { metrics, samples })
+        Ok(Evaluation {
+            metrics,
+            samples,
+            ..Evaluation::default()
+        })
     }
 
     fn best_metric(&self) -> (&'static str, bool) {

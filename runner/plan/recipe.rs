@@ -130,6 +130,15 @@ impl Recipe {
         }
     }
 
+    /// Whether the untrained model is evaluated at step 0.
+    pub fn evaluation_at_start(&self) -> bool {
+        match self {
+            Recipe::IagDistill(r) => r.evaluation.at_start,
+            Recipe::LongloraSft(r) => r.evaluation.at_start,
+            Recipe::CoeMultitask(r) => r.evaluation.at_start,
+        }
+    }
+
     pub fn training(&self) -> &Training {
         match self {
             Recipe::IagDistill(r) => &r.training,

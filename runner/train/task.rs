@@ -18,6 +18,8 @@ pub struct Evaluation {
     pub metrics: Vec<(String, f64)>,
     /// Tag → text (generations, for a look at what the model does).
     pub samples: Vec<(String, String)>,
+    /// File name → contents, written into the run directory (replacing the last evaluation's).
+    pub files: Vec<(String, String)>,
 }
 
 pub trait Task {
@@ -30,6 +32,11 @@ pub trait Task {
     /// Mean loss of one micro-batch (on the task's device), through `tape`, at optimizer step
     /// `step` (losses may anneal).
     fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>, step: u64) -> Tensor;
+    /// Training metrics of the step whose micro-batches `loss` has seen since the last call
+    /// (a multitask kind's loss per task), logged beside the step's loss.
+    fn step_metrics(&self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
     /// Evaluates on the validation data.
     fn evaluate(&self) -> Result<Evaluation>;
     /// The metric that picks the best checkpoint, and whether larger is better.

@@ -15,7 +15,7 @@ use super::log::MetricsLog;
 use super::optimizer::{clip_grad_norm, zero_grad, AdamW};
 use super::run_dir::{RunDir, RunState};
 use super::schedule::LrSchedule;
-use super::task::{self, Task};
+use super::task::{self, Evaluation, Task};
 use crate::models::hf_folder::write_atomic;
 use crate::models::{Checkpointing, Tape};
 use crate::plan::inventory::Group;
@@ -108,6 +108,9 @@ pub fn train(
         true => Checkpointing::Recompute,
         false => Checkpointing::Off,
     };
+    if resumed_from.is_none() && recipe.evaluation_at_start() {
+        evaluate(task, &mut log, &run.path, 0)?;
+    }
     let batches = task.loader().stream(state.position);
     let mut last_checkpoint: Option<PathBuf> = run.checkpoints()?.pop().map(|(_, p)| p);
     let started = Instant::now();
@@ -144,6 +147,7 @@ pub fn train(
         if state.step == 0 {
             check_gradients(&params)?;
         }
+        let step_metrics = task.step_metrics();
         let grad_norm = clip_grad_norm(&params, t.max_grad_norm);
         optimizer.step(&params, lr);
         zero_grad(&params);
@@ -152,19 +156,17 @@ pub fn train(
         state.loss = Some(loss_sum);
         let step_time = step_start.elapsed().as_secs_f64();
         if state.step % logging.every_steps == 0 || state.step == total {
-            log.record(
-                state.step,
-                "train",
-                &[
-                    ("loss".into(), loss_sum),
-                    ("lr".into(), lr),
-                    ("grad_norm".into(), grad_norm),
-                    ("tokens_per_s".into(), tokens as f64 / step_time),
-                    ("samples_per_s".into(), samples as f64 / step_time),
-                    ("step_time_s".into(), step_time),
-                    ("epoch".into(), state.position.epoch as f64),
-                ],
-            )?;
+            let mut metrics = vec![
+                ("loss".into(), loss_sum),
+                ("lr".into(), lr),
+                ("grad_norm".into(), grad_norm),
+                ("tokens_per_s".into(), tokens as f64 / step_time),
+                ("samples_per_s".into(), samples as f64 / step_time),
+                ("step_time_s".into(), step_time),
+                ("epoch".into(), state.position.epoch as f64),
+            ];
+            metrics.extend(step_metrics);
+            log.record(state.step, "train", &metrics)?;
         }
         log.progress(&format!(
             "step {}/{total}  loss {loss_sum:.4}  lr {lr:.2e}  {:.0} tok/s",
@@ -174,11 +176,7 @@ pub fn train(
         let last = state.step == total;
         let (mut stop, mut improved) = (false, false);
         if eval_every.is_some_and(|n| state.step % n == 0) || last {
-            let evaluation = task.evaluate()?;
-            log.record(state.step, "eval", &evaluation.metrics)?;
-            for (tag, text) in &evaluation.samples {
-                log.text(state.step, &format!("eval/{tag}"), text)?;
-            }
+            let evaluation = evaluate(task, &mut log, &run.path, state.step)?;
             if let Some(&(_, value)) = evaluation.metrics.iter().find(|(n, _)| n == best_name) {
                 let better = state.best.is_none_or(|(best, _)| {
                     let delta = t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
@@ -232,6 +230,19 @@ pub fn train(
     };
     write_summary(plan, task, &summary, &state, index, inputs)?;
     Ok(summary)
+}
+
+/// Evaluates at `step` and logs the metrics, the samples and the evaluation's files.
+fn evaluate(task: &dyn Task, log: &mut MetricsLog, dir: &Path, step: u64) -> Result<Evaluation> {
+    let evaluation = task.evaluate()?;
+    log.record(step, "eval", &evaluation.metrics)?;
+    for (tag, text) in &evaluation.samples {
+        log.text(step, &format!("eval/{tag}"), text)?;
+    }
+    for (name, contents) in &evaluation.files {
+        write_atomic(&dir.join(name), contents.as_bytes())?;
+    }
+    Ok(evaluation)
 }
 
 /// Optimizer steps: `max_steps`, or the steps that consume `epochs` passes of `batches`

@@ -64,6 +64,19 @@ pub struct Data {
     #[serde(default = "max_length")]
     #[schemars(range(min = 1))]
     pub max_length: u64,
+    /// The item field that names an item's category: the answering task's error rates are
+    /// reported by it, and `category_weights` weight it.
+    #[serde(default = "category")]
+    pub category_field: String,
+    /// A JSON map `{category: weight}` (an earlier run's `error_rates.json`, as the
+    /// MLLM-DataEngine loop uses it): training items are drawn category by category with
+    /// these weights (a category missing from the map weighs 1); null draws items uniformly.
+    #[serde(default)]
+    pub category_weights: Option<String>,
+}
+
+fn category() -> String {
+    "category".into()
 }
 
 fn system() -> String {
@@ -97,6 +110,9 @@ pub struct Evaluation {
     /// The metric that picks the best checkpoint (on the question task).
     #[serde(default = "best")]
     pub best_metric: TextMetric,
+    /// Also evaluate the untrained model before the first step (step 0), as the baseline.
+    #[serde(default)]
+    pub at_start: bool,
 }
 
 impl Default for Evaluation {
@@ -109,6 +125,7 @@ impl Default for Evaluation {
             subgroups: subgroups(),
             chain: true,
             best_metric: best(),
+            at_start: false,
         }
     }
 }
@@ -200,13 +217,16 @@ pub enum Signal {
 }
 
 /// Task weights in the training mixture; 0 leaves a task out (CoE's released data has no
-/// rationale items).
+/// rationale items; answering is not CoE's, but the data-engine loop measures it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tasks {
     pub question: f64,
     pub rationale: f64,
     pub distractor: f64,
+    /// Multiple-choice answering (`(B) choice`), scored by the lowest-loss option.
+    #[serde(default)]
+    pub answer: f64,
     #[serde(default)]
     pub mixing: Mixing,
     /// Sampling temperature for `mixing: temperature` (p ∝ weight^(1/T)).

@@ -131,6 +131,9 @@ pub struct Evaluation {
     /// The metric that picks the best checkpoint.
     #[serde(default)]
     pub best_metric: Metric,
+    /// Also evaluate the untrained model before the first step (step 0), as the baseline.
+    #[serde(default)]
+    pub at_start: bool,
 }
 
 impl Default for Evaluation {
@@ -141,6 +144,7 @@ impl Default for Evaluation {
             batch_size: eval_batch(),
             max_new_tokens: fifty(),
             best_metric: Metric::default(),
+            at_start: false,
         }
     }
 }

@@ -152,6 +152,9 @@ pub struct Evaluation {
     /// The metric that picks the best checkpoint.
     #[serde(default)]
     pub best_metric: Metric,
+    /// Also evaluate the untrained model before the first step (step 0), as the baseline.
+    #[serde(default)]
+    pub at_start: bool,
 }
 
 /// LongLoRA's eval.py: windows of `context_lengths` tokens starting every `stride` tokens.
