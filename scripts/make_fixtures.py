@@ -568,6 +568,136 @@ def make_resampler():
     save_tensors(out_dir / "expected.safetensors", {"patches": patches, "output": mlp_out.detach()})
 
 
+class QwenVLTower(torch.nn.Module):
+    """Transcription of Qwen-VL's VisionTransformer up to its resampler (Qwen/Qwen-VL-Chat
+    visual.py): conv1 without bias, a 256-row position table resized (bicubic) to the patch
+    grid, ln_pre, resblocks of VisualAttentionBlock (q, k, v fused per head in attn.in_proj,
+    exact GELU), names as the checkpoint has them under `transformer.visual.`."""
+
+    def __init__(self, image_size, patch_size, width, layers, heads, mlp_ratio):
+        super().__init__()
+        self.heads = heads
+        self.conv1 = torch.nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.positional_embedding = torch.nn.Parameter(width**-0.5 * torch.randn(256, width))
+        self.ln_pre = torch.nn.LayerNorm(width, eps=1e-6)
+        mlp = int(width * mlp_ratio)
+        self.transformer = torch.nn.Module()
+        self.transformer.resblocks = torch.nn.ModuleList()
+        for _ in range(layers):
+            block = torch.nn.Module()
+            block.ln_1 = torch.nn.LayerNorm(width, eps=1e-6)
+            block.ln_2 = torch.nn.LayerNorm(width, eps=1e-6)
+            block.attn = torch.nn.Module()
+            block.attn.in_proj = torch.nn.Linear(width, 3 * width)
+            block.attn.out_proj = torch.nn.Linear(width, width)
+            block.mlp = torch.nn.Module()
+            block.mlp.c_fc = torch.nn.Linear(width, mlp)
+            block.mlp.c_proj = torch.nn.Linear(mlp, width)
+            self.transformer.resblocks.append(block)
+
+    def attention(self, attn, x):
+        # VisualAttention on [s, b, h]: per head [q | k | v], softmax(q/√d · kᵀ) · v.
+        sq, b, width = x.shape
+        hd = width // self.heads
+        mixed = attn.in_proj(x).view(sq, b, self.heads, 3 * hd)
+        q, k, v = mixed.split(hd, dim=-1)
+        q = q.reshape(sq, b * self.heads, hd).transpose(0, 1)
+        k = k.reshape(sq, b * self.heads, hd).transpose(0, 1)
+        v = v.reshape(sq, b * self.heads, hd).transpose(0, 1)
+        probs = torch.bmm(q / math.sqrt(hd), k.transpose(-2, -1)).softmax(dim=-1)
+        ctx = torch.bmm(probs, v).view(b, self.heads, sq, hd).permute(2, 0, 1, 3).reshape(sq, b, width)
+        return attn.out_proj(ctx)
+
+    def forward(self, pixels):
+        x = self.conv1(pixels)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        src, tgt = 16, int(math.sqrt(x.size(1)))
+        pos = self.positional_embedding
+        if src != tgt:
+            pos = torch.nn.functional.interpolate(
+                pos.float().reshape(1, src, src, -1).permute(0, 3, 1, 2),
+                size=(tgt, tgt), mode="bicubic", align_corners=False,
+            ).permute(0, 2, 3, 1).flatten(0, 2)
+        x = self.ln_pre(x + pos).permute(1, 0, 2)
+        for block in self.transformer.resblocks:
+            x = x + self.attention(block.attn, block.ln_1(x))
+            x = x + block.mlp.c_proj(torch.nn.functional.gelu(block.mlp.c_fc(block.ln_2(x))))
+        return x.permute(1, 0, 2)
+
+
+def make_qwen_vl():
+    """models/qwen-vl: a tiny Qwen-VL(-Chat) folder as Qwen publishes it: config.json
+    (model_type qwen, `visual`) and one model.safetensors with Qwen's names: the tower
+    (`transformer.visual.*`, QwenVLTower), the resampler + ln_post + proj
+    (`transformer.visual.attn_pool.*`, QwenVLResampler: 256 queries, output_dim 128, so one
+    head), and the Qwen-7B decoder (`transformer.h.N.attn.c_attn` = q | k | v rows, `mlp.w2` the
+    gate, `mlp.w1` the up projection). The decoder's reference is transformers' Qwen2 with MHA
+    and q/k/v biases (the same computation), fed the token embeddings with the image's 256
+    features in place of the placeholders between <img> and </img>, as Qwen-VL splices them."""
+    import json
+
+    torch.manual_seed(8000)
+    # The vocabulary is the tiny CoE tokenizer's (512; <img> 3, </img> 4, <imgpad> 5), so
+    # recipes/tiny/coe_qwen_vl.yaml trains this folder on the tiny CoE data.
+    width, hidden, vocab = 64, 128, 512
+    tower = QwenVLTower(image_size=56, patch_size=14, width=width, layers=2, heads=2, mlp_ratio=2.0)
+    resampler = QwenVLResampler(grid_size=16, embed_dim=hidden, num_heads=hidden // 128, kv_dim=width)
+    for module in (tower, resampler):
+        with torch.no_grad():
+            for name, param in module.named_parameters():
+                if name.endswith("bias") or "ln_" in name:
+                    param.copy_(param + torch.randn_like(param) * 0.1)
+    llm = qwen2_with_biases(
+        8100, vocab_size=vocab, hidden_size=hidden, intermediate_size=96, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=1024,
+    )
+    llm.eval()
+    sd = {f"transformer.visual.{n}": p for n, p in tower.named_parameters()}
+    for n, p in resampler.named_parameters():
+        top = n.startswith("ln_post") or n == "proj"
+        sd[f"transformer.visual.{n}" if top else f"transformer.visual.attn_pool.{n}"] = p
+    m = llm.model
+    sd["transformer.wte.weight"] = m.embed_tokens.weight
+    sd["transformer.ln_f.weight"] = m.norm.weight
+    sd["lm_head.weight"] = llm.lm_head.weight
+    for i, layer in enumerate(m.layers):
+        a, f, h = layer.self_attn, layer.mlp, f"transformer.h.{i}"
+        sd[f"{h}.ln_1.weight"] = layer.input_layernorm.weight
+        sd[f"{h}.ln_2.weight"] = layer.post_attention_layernorm.weight
+        sd[f"{h}.attn.c_attn.weight"] = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+        sd[f"{h}.attn.c_attn.bias"] = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
+        sd[f"{h}.attn.c_proj.weight"] = a.o_proj.weight
+        sd[f"{h}.mlp.w1.weight"] = f.up_proj.weight
+        sd[f"{h}.mlp.w2.weight"] = f.gate_proj.weight
+        sd[f"{h}.mlp.c_proj.weight"] = f.down_proj.weight
+    out_dir = fresh_dir(MODELS / "qwen-vl")
+    save_tensors(out_dir / "model.safetensors", {n: p.detach().clone() for n, p in sd.items()})
+    config = {
+        "model_type": "qwen", "architectures": ["QWenLMHeadModel"],
+        "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 2 * 96,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "kv_channels": hidden // 4,
+        "max_position_embeddings": 1024, "seq_length": 1024, "rotary_emb_base": 10000.0, "rotary_pct": 1.0,
+        "layer_norm_epsilon": 1e-6, "no_bias": True, "tie_word_embeddings": False,
+        "use_dynamic_ntk": True, "use_logn_attn": True,
+        "visual": {"heads": 2, "image_size": 56, "image_start_id": 3, "layers": 2, "mlp_ratio": 2.0,
+                   "output_dim": hidden, "patch_size": 14, "width": width},
+    }
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    # One image, 256 placeholders between <img> and </img>, text around it.
+    pixels = torch.randn(1, 3, 56, 56)
+    img, img_end, pad = 3, 4, 5
+    ids = torch.tensor([[9, 17, img] + [pad] * 256 + [img_end, 42, 7, 99]])
+    with torch.no_grad():
+        features = resampler(tower(pixels))
+        embeds = m.embed_tokens(ids).clone()
+        embeds[ids == pad] = features.reshape(-1, hidden)
+        logits = llm(inputs_embeds=embeds).logits
+    save_tensors(out_dir / "expected.safetensors", {
+        "pixel_values": pixels, "input_ids": ids, "image_features": features, "logits": logits,
+    })
+    print(f"qwen-vl: features {tuple(features.shape)}, logits {tuple(logits.shape)}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Sentence encoder
 # ---------------------------------------------------------------------------------------------
@@ -1507,6 +1637,7 @@ def generate_all():
     make_meteor()
     make_clip_vision()
     make_resampler()
+    make_qwen_vl()
     make_bert()
     check_runner_adapter()
 

@@ -6,10 +6,11 @@ use std::path::Path;
 use runner::config::emit;
 use runner::plan::resolve;
 
-const RECIPES: [&str; 7] = [
+const RECIPES: [&str; 8] = [
     "recipes/tiny/iag_distill.yaml",
     "recipes/tiny/longlora_sft.yaml",
     "recipes/tiny/coe_multitask.yaml",
+    "recipes/tiny/coe_qwen_vl.yaml",
     "recipes/paper/iag_imcqa_nq_t5_base.yaml",
     "recipes/paper/longlora_llama2_7b_8k_lora_plus.yaml",
     "recipes/paper/longlora_sciqag_vicuna_7b_16k.yaml",

@@ -413,6 +413,36 @@ fn the_tiny_coe_recipe_trains_a_vision_language_model_and_scores_each_task() {
 }
 
 #[test]
+fn a_whole_qwen_vl_folder_trains_lora_on_its_decoder_with_tower_and_resampler_frozen() {
+    let tmp = tempfile::tempdir().unwrap();
+    crate::run_briefly("recipes/tiny/coe_qwen_vl.yaml", 2, &[], tmp.path());
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("summary.json")).unwrap())
+            .unwrap();
+    let trainable = |model: &str, group: &str| -> u64 {
+        summary["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["model"] == model && p["group"] == group)
+            .map(|p| p["trainable"].as_u64().unwrap())
+            .sum()
+    };
+    // LoRA on c_attn, attn.c_proj, w1, w2 of 2 layers (rank 8, hidden 128, w1/w2 width 96):
+    // c_attn 8·(128 + 384), c_proj 8·(128 + 128), w1 and w2 8·(128 + 96) each, per layer.
+    let per_layer = 8 * (128 + 384) + 8 * (128 + 128) + 2 * 8 * (128 + 96);
+    assert_eq!(trainable("", "adapters"), 2 * per_layer);
+    assert_eq!(trainable("vision", "vision"), 0, "the ViT is frozen");
+    assert_eq!(
+        trainable("connector", "connector"),
+        0,
+        "PEFT leaves the resampler"
+    );
+    let metrics = std::fs::read_to_string(tmp.path().join("metrics.csv")).unwrap();
+    assert!(metrics.contains("2,eval,question_meteor,"), "{metrics}");
+}
+
+#[test]
 fn generate_writes_each_tasks_predictions_and_resumes_without_duplicates() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
@@ -471,10 +501,17 @@ fn coe_retrieval_uses_a_bert_sentence_encoder_and_caches_its_exemplars() {
     let started = SystemTime::now();
     let tmp = tempfile::tempdir().unwrap();
     let embedder = "method.retrieval.embedder=tests/fixtures/models/bert-encoder";
+    // A threshold of its own (0.5 plus a few nanoseconds' worth) gives this test a cache key no
+    // earlier run has written.
+    let nanos = started
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let threshold = format!("method.retrieval.threshold=0.5{nanos:09}");
     crate::run_briefly(
         "recipes/tiny/coe_multitask.yaml",
         2,
-        &[embedder],
+        &[embedder, &threshold],
         &tmp.path().join("a"),
     );
     let fresh = |since: SystemTime| -> Vec<std::path::PathBuf> {
@@ -494,7 +531,7 @@ fn coe_retrieval_uses_a_bert_sentence_encoder_and_caches_its_exemplars() {
     crate::run_briefly(
         "recipes/tiny/coe_multitask.yaml",
         2,
-        &[embedder],
+        &[embedder, &threshold],
         &tmp.path().join("b"),
     );
     assert!(fresh(second).iter().all(|p| !written.contains(p)));

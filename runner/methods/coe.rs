@@ -30,6 +30,7 @@ use crate::models::hf_folder::{write_safetensors, HfConfig};
 use crate::models::llama::{DecoderOptions, Llama};
 use crate::models::lora::{self, LoraSpec};
 use crate::models::loss::{causal_lm_example_losses, causal_lm_loss, IGNORE};
+use crate::models::qwen_vl;
 use crate::models::vit::{self, Vit};
 use crate::models::vlm::Vlm;
 use crate::models::{hf_model, Compute, ParamStore, Tape};
@@ -247,41 +248,67 @@ fn load_images(items: &[&Item], root: &Path, size: u32) -> Result<HashMap<String
 
 pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
     let m = &recipe.model;
-    if m.path.is_some() {
-        bail!("model.path: loading a whole Qwen-VL-Chat folder is not implemented yet\n  hint: build the model from its parts (model.vision, model.connector, model.decoder)");
-    }
     let compute = Compute::of(recipe.training.precision);
     let seed = recipe.seed as i64;
-    let tokenizer_path = m.tokenizer.as_deref().ok_or_else(|| {
-        anyhow!("model.tokenizer: a model built from parts needs a tokenizer.json")
+    let tokenizer_path = match (&m.tokenizer, &m.path) {
+        (Some(t), _) => PathBuf::from(t),
+        (None, Some(dir)) => Path::new(dir).join("tokenizer.json"),
+        (None, None) => bail!("model.tokenizer: a model built from parts needs a tokenizer.json"),
+    };
+    let tokenizer = Tokenizer::load(&tokenizer_path).with_context(|| {
+        "Qwen-VL-Chat ships its tokenizer as qwen.tiktoken: convert it once with `scripts/qwen_tokenizer.py FOLDER` (writes FOLDER/tokenizer.json), or set model.tokenizer"
     })?;
-    let tokenizer = Tokenizer::load(Path::new(tokenizer_path))?;
     let specials = Specials::of(&tokenizer)?;
 
-    // The parts: a CLIP tower (given or fresh), the connector, the decoder.
+    // The parts: from one Qwen-VL folder, or a CLIP tower (given or fresh), a fresh connector
+    // and a fresh decoder.
     let arch = &m.vision.arch;
-    let init = |params: &[inventory::Param], std: f64, seed: i64| {
-        ParamStore::init(params, |_| std, seed, device, compute.weights)
-    };
-    let vision_store = match &m.vision.path {
-        Some(p) => vit::load(Path::new(p), device, compute.weights)?.1,
-        None => init(&inventory::vision(arch), 0.02, seed + 1),
+    let (vision_store, connector_store, mut decoder_store) = match &m.path {
+        Some(dir) => {
+            if m.vision.path.is_some() {
+                bail!("model.vision.path: model.path already holds the vision tower\n  hint: set model.vision.path: null");
+            }
+            let parts = qwen_vl::Parts {
+                vision: arch.clone(),
+                connector: m.connector.clone(),
+                decoder: m.decoder.clone(),
+            };
+            qwen_vl::load(Path::new(dir), &parts, device, compute.weights)?
+        }
+        None => {
+            let init = |params: &[inventory::Param], std: f64, seed: i64| {
+                ParamStore::init(params, |_| std, seed, device, compute.weights)
+            };
+            let vision_store = match &m.vision.path {
+                Some(p) => vit::load(Path::new(p), device, compute.weights)?.1,
+                None => init(&inventory::vision(arch), 0.02, seed + 1),
+            };
+            let connector_params = inventory::connector(&m.connector, arch, &m.decoder);
+            let mut connector_store = init(&connector_params, 0.02, seed + 2);
+            if let ConnectorSpec::Resampler { num_queries, .. } = &m.connector {
+                let grid = (*num_queries as f64).sqrt().round() as i64;
+                let table = sincos_2d(m.decoder.hidden_size as i64, grid);
+                connector_store.insert("connector.pos_embed", table, inventory::Group::Connector);
+            }
+            let config = HfConfig::Decoder {
+                arch: m.decoder.clone(),
+                rope_factor: 1.0,
+            };
+            let decoder_store = hf_model::random(&config, seed, device, compute.weights);
+            (vision_store, connector_store, decoder_store)
+        }
     };
     // The class token's post-norm feeds CLIP's pooled output, which the model does not read.
     vision_store.set_trainable(|name, _| !m.vision.frozen && !name.contains("post_layernorm"));
-    let connector_params = inventory::connector(&m.connector, arch, &m.decoder);
-    let mut connector_store = init(&connector_params, 0.02, seed + 2);
-    if let ConnectorSpec::Resampler { num_queries, .. } = &m.connector {
-        let grid = (*num_queries as f64).sqrt().round() as i64;
-        let table = sincos_2d(m.decoder.hidden_size as i64, grid);
-        connector_store.insert("connector.pos_embed", table, inventory::Group::Connector);
-    }
-    connector_store.set_trainable(|name, _| name != "connector.pos_embed");
-    let config = HfConfig::Decoder {
-        arch: m.decoder.clone(),
-        rope_factor: 1.0,
-    };
-    let mut decoder_store = hf_model::random(&config, seed, device, compute.weights);
+    // Full fine-tuning trains the connector; with LoRA it stays frozen, as PEFT leaves Qwen-VL's
+    // resampler, unless training.adapter.also_train names it (`connector`).
+    let lora_spec = LoraSpec::of(&recipe.training.adapter);
+    connector_store.set_trainable(|name, _| {
+        name != "connector.pos_embed"
+            && lora_spec
+                .as_ref()
+                .is_none_or(|s| s.also_train.iter().any(|a| name.contains(a.as_str())))
+    });
     match (
         &recipe.training.adapter,
         LoraSpec::of(&recipe.training.adapter),

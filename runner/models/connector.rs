@@ -5,11 +5,12 @@
 //! keys the same table resized (bicubic) to the patch grid.
 
 use anyhow::Result;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::attention::{attend, Mask};
 use super::layers::{LayerNorm, Linear};
 use super::store::ParamStore;
+use super::vit::resized_positions;
 use crate::plan::arch::Connector as Spec;
 
 pub enum Connector {
@@ -105,18 +106,7 @@ impl Resampler {
         let (b, p, _) = patches.size3().expect("[B, patches, width]");
         let (n, h) = self.query.size2().expect("[queries, width]");
         let pos = self.pos_embed.to_kind(kind);
-        let (src, tgt) = ((n as f64).sqrt() as i64, (p as f64).sqrt() as i64);
-        let key_pos = match src == tgt {
-            true => pos.shallow_clone(),
-            false => pos
-                .to_kind(Kind::Float)
-                .view([1, src, src, h])
-                .permute([0, 3, 1, 2])
-                .upsample_bicubic2d([tgt, tgt], false, None, None)
-                .permute([0, 2, 3, 1])
-                .reshape([p, h])
-                .to_kind(kind),
-        };
+        let key_pos = resized_positions(&pos, p);
         let x = self.ln_kv.forward(&self.kv_proj.forward(patches, train));
         let q = (self.ln_q.forward(&self.query.to_kind(kind)) + &pos).expand([b, n, h], false);
         let k = &x + key_pos;

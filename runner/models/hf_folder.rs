@@ -54,7 +54,7 @@ pub fn read_json(path: &Path, hint: &str) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
-fn uint(v: &Value, key: &str) -> Result<u64> {
+pub(crate) fn uint(v: &Value, key: &str) -> Result<u64> {
     v[key].as_u64().ok_or_else(|| {
         anyhow!(
             "key `{key}`: expected a non-negative integer, found {}",
@@ -63,7 +63,7 @@ fn uint(v: &Value, key: &str) -> Result<u64> {
     })
 }
 
-fn float_or(v: &Value, key: &str, default: f64) -> Result<f64> {
+pub(crate) fn float_or(v: &Value, key: &str, default: f64) -> Result<f64> {
     match &v[key] {
         Value::Null => Ok(default),
         x => x
@@ -72,7 +72,7 @@ fn float_or(v: &Value, key: &str, default: f64) -> Result<f64> {
     }
 }
 
-fn bool_or(v: &Value, key: &str, default: bool) -> Result<bool> {
+pub(crate) fn bool_or(v: &Value, key: &str, default: bool) -> Result<bool> {
     match &v[key] {
         Value::Null => Ok(default),
         x => x

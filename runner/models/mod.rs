@@ -18,6 +18,7 @@ pub mod llama;
 pub mod lora;
 pub mod loss;
 pub mod precision;
+pub mod qwen_vl;
 pub mod rope;
 pub mod store;
 pub mod t5;

@@ -168,6 +168,18 @@ impl ParamStore {
         aliases: &[(String, String)],
         ignored: &[&str],
     ) -> Result<()> {
+        self.load_tensors(dir, &hf_folder::read_tensors(dir)?, aliases, ignored)
+    }
+
+    /// `load_hf` from tensors already read from `dir` (`(file, name, tensor)`), such as one
+    /// part's share of a checkpoint that holds several models.
+    pub fn load_tensors(
+        &mut self,
+        dir: &Path,
+        tensors: &[(std::path::PathBuf, String, Tensor)],
+        aliases: &[(String, String)],
+        ignored: &[&str],
+    ) -> Result<()> {
         let mut missing: Vec<String> = self
             .tensors
             .keys()
@@ -175,9 +187,8 @@ impl ParamStore {
             .cloned()
             .collect();
         let mut unexpected = Vec::new();
-        let tensors = hf_folder::read_tensors(dir)?;
         let present: Vec<&str> = tensors.iter().map(|(_, n, _)| n.as_str()).collect();
-        for (file, name, tensor) in &tensors {
+        for (file, name, tensor) in tensors {
             if ignored.contains(&name.as_str()) {
                 continue;
             }

@@ -21,11 +21,10 @@ pub struct Vlm {
 
 impl Vlm {
     /// Visual tokens `[images, n, d]` of `pixels` `[images, channels, size, size]`: the tower's
-    /// patch states (its class token dropped) through the connector.
+    /// patch states (a class token dropped) through the connector.
     pub fn visual(&self, pixels: &Tensor, train: bool) -> Tensor {
         let states = self.vision.forward(pixels, train);
-        let patches = states.narrow(1, 1, states.size()[1] - 1);
-        self.connector.forward(&patches, train)
+        self.connector.forward(&self.vision.patches(&states), train)
     }
 
     /// Input embeddings of `ids` with every placeholder replaced, in order, by a visual token.

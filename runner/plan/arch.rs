@@ -220,10 +220,12 @@ pub enum Family {
     Qwen,
 }
 
-/// A ViT image encoder (CLIP vision tower).
+/// A ViT image encoder: CLIP's vision tower, or Qwen-VL's (OpenCLIP's ViT-bigG layout).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VisionArch {
+    #[serde(default)]
+    pub family: VisionFamily,
     pub hidden_size: u64,
     pub intermediate_size: u64,
     pub num_hidden_layers: u64,
@@ -235,6 +237,18 @@ pub struct VisionArch {
     pub num_channels: u64,
     #[serde(default = "vit_eps")]
     pub layer_norm_eps: f64,
+}
+
+/// Which ViT: the computation and the checkpoint names differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VisionFamily {
+    /// transformers' `CLIPVisionModel`: a class token, learned positions, quick-GELU.
+    #[default]
+    Clip,
+    /// Qwen-VL's `visual.py`: no class token, a 16×16 table of learned positions resized
+    /// (bicubic) to the patch grid, q/k/v fused per head, exact GELU; its resampler follows.
+    QwenVl,
 }
 
 fn channels() -> u64 {

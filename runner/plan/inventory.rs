@@ -2,7 +2,7 @@
 //! the one place where module names are mapped. It counts parameters for `runner plan`,
 //! tells which names LoRA targets can match, and later maps checkpoint tensors.
 
-use super::arch::{Connector, DecoderArch, Family, FeedForward, T5Arch, VisionArch};
+use super::arch::{Connector, DecoderArch, Family, FeedForward, T5Arch, VisionArch, VisionFamily};
 
 /// One parameter tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -274,6 +274,9 @@ pub fn decoder(arch: &DecoderArch) -> Vec<Param> {
 
 /// A CLIP ViT vision tower (`vision_model.*` of HF `CLIPVisionModel`).
 pub fn vision(arch: &VisionArch) -> Vec<Param> {
+    if arch.family == VisionFamily::QwenVl {
+        return qwen_vl_vision(arch);
+    }
     let mut b = Builder(Vec::new());
     let (d, p) = (arch.hidden_size, arch.patch_size);
     let e = "vision_model.embeddings";
@@ -324,6 +327,47 @@ pub fn vision(arch: &VisionArch) -> Vec<Param> {
     norm(&mut b, "vision_model.post_layernorm".into());
     b.0
 }
+
+/// Qwen-VL's tower with its checkpoint names under `transformer.visual.` (which loading strips).
+fn qwen_vl_vision(arch: &VisionArch) -> Vec<Param> {
+    let mut b = Builder(Vec::new());
+    let (d, p) = (arch.hidden_size, arch.patch_size);
+    b.add(
+        "conv1.weight".into(),
+        &[d, arch.num_channels, p, p],
+        Group::Vision,
+    );
+    b.add(
+        "positional_embedding".into(),
+        &[QWEN_VL_POSITIONS, d],
+        Group::Vision,
+    );
+    let norm = |b: &mut Builder, name: String| {
+        b.add(format!("{name}.weight"), &[d], Group::Vision);
+        b.add(format!("{name}.bias"), &[d], Group::Vision);
+    };
+    norm(&mut b, "ln_pre".into());
+    for i in 0..arch.num_hidden_layers {
+        let block = format!("transformer.resblocks.{i}");
+        norm(&mut b, format!("{block}.ln_1"));
+        b.linear(
+            &format!("{block}.attn.in_proj"),
+            d,
+            3 * d,
+            true,
+            Group::Vision,
+        );
+        b.linear(&format!("{block}.attn.out_proj"), d, d, true, Group::Vision);
+        norm(&mut b, format!("{block}.ln_2"));
+        let ff = arch.intermediate_size;
+        b.linear(&format!("{block}.mlp.c_fc"), d, ff, true, Group::Vision);
+        b.linear(&format!("{block}.mlp.c_proj"), ff, d, true, Group::Vision);
+    }
+    b.0
+}
+
+/// Rows of Qwen-VL's learned position table (`visual.py` fixes it at a 16×16 grid).
+pub const QWEN_VL_POSITIONS: u64 = 256;
 
 /// The connector from vision width to decoder width.
 pub fn connector(connector: &Connector, vision: &VisionArch, decoder: &DecoderArch) -> Vec<Param> {

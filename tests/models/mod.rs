@@ -9,6 +9,7 @@ mod hyperlora;
 mod lora;
 mod parity;
 mod precision;
+mod qwen_vl;
 mod shifted_sparse;
 mod vlm;
 mod weights;

@@ -19,6 +19,7 @@ const PAD: i64 = 5;
 
 fn model() -> (Vlm, ParamStore, ParamStore) {
     let vision = VisionArch {
+        family: runner::plan::arch::VisionFamily::Clip,
         hidden_size: 32,
         intermediate_size: 64,
         num_hidden_layers: 2,
