@@ -129,6 +129,10 @@ enum Command {
         /// results folders.
         #[arg(required = true)]
         targets: Vec<PathBuf>,
+        /// Show only these evaluation metrics (comma-separated names; `prefix*` for all that
+        /// start so).
+        #[arg(long, value_delimiter = ',')]
+        metrics: Vec<String>,
     },
     /// A coe_multitask run's generations for items: CoE's chain, or each task (`--gold`).
     Generate {
@@ -289,7 +293,7 @@ fn main() -> ExitCode {
             stride,
             device,
         } => commands::perplexity::run(&model, &data, &lengths, stride, device, &mut out),
-        Command::Report { targets } => commands::report::run(&targets, &mut out),
+        Command::Report { targets, metrics } => commands::report::run(&targets, &metrics, &mut out),
         Command::Generate {
             model,
             data,

@@ -1554,6 +1554,38 @@ METEOR_SYNONYM_WORDS = [
 ]
 
 
+# WordNet 3.0's lexicographer files, in lexnames order (wndb(5WN)).
+WORDNET_LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
+    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
+    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
+    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
+    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
+    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
+).split()
+
+
+def nltk_wordnet():
+    """Makes .venv/nltk_data/corpora/wordnet from Debian's wordnet-base when it is missing: NLTK
+    reads the same WordNet 3.0 files, plus `lexnames` (which Debian does not ship) and an
+    index.sense (only lemma keys need it; empty here)."""
+    target = ROOT / ".venv" / "nltk_data" / "corpora" / "wordnet"
+    if (target / "lexnames").is_file():
+        return
+    source = Path("/usr/share/wordnet")
+    if not (source / "index.noun").is_file():
+        sys.exit("WordNet 3.0 is not in /usr/share/wordnet: apt-get install wordnet-base")
+    target.mkdir(parents=True, exist_ok=True)
+    for pos in ("noun", "verb", "adj", "adv"):
+        for name in (f"index.{pos}", f"data.{pos}", f"{pos}.exc"):
+            shutil.copyfile(source / name, target / name)
+    category = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
+    (target / "lexnames").write_text(
+        "".join(f"{i:02d}\t{n}\t{category[n.split('.')[0]]}\n" for i, n in enumerate(WORDNET_LEXNAMES))
+    )
+    (target / "index.sense").write_text("")
+
+
 def make_meteor():
     """tests/fixtures/meteor.json: {stems, synonyms, cases} from NLTK 3.10.4's METEOR pieces, as HF
     evaluate's meteor uses them: `PorterStemmer().stem` (NLTK_EXTENSIONS) of ~2,000 words,
@@ -1562,9 +1594,10 @@ def make_meteor():
 
     WordNet is Debian's wordnet-base (WordNet 3.0, /usr/share/wordnet) copied into
     .venv/nltk_data/corpora/wordnet with a `lexnames` file and an empty index.sense added, which
-    is all NLTK's reader needs; punkt_tab is in .venv/nltk_data too."""
+    is all NLTK's reader needs (`nltk_wordnet`); punkt_tab is in .venv/nltk_data (`./dev`)."""
     import json
 
+    nltk_wordnet()
     import nltk
     from nltk.corpus import wordnet
     from nltk.stem.porter import PorterStemmer

@@ -69,19 +69,24 @@ fn no_gold_answer_is_an_error_as_in_the_official_script() {
     exact_match("Paris", &[]);
 }
 
+/// A fixture case's prediction and references.
+fn texts_of(case: &serde_json::Value) -> (&str, Vec<String>) {
+    let references = case["references"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    (case["prediction"].as_str().unwrap(), references)
+}
+
 #[test]
 fn bleu4_and_rouge_l_match_evaluate_sacrebleu_and_rouge_score() {
     let text = std::fs::read_to_string("tests/fixtures/text_metrics.json").unwrap();
     let cases: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     assert!(cases.len() >= 15);
     for case in &cases {
-        let prediction = case["prediction"].as_str().unwrap();
-        let references: Vec<String> = case["references"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_str().unwrap().to_string())
-            .collect();
+        let (prediction, references) = texts_of(case);
         let bleu = runner::eval::bleu::sentence_bleu4(prediction, &references);
         let rouge = runner::eval::rouge::rouge_l_multi(&references, prediction);
         let (want_bleu, want_rouge) = (
@@ -184,13 +189,7 @@ fn meteor_of_raw_text_equals_hf_evaluates_on_the_fixture_cases() {
     let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
     let scorer = TextScorer::new(&[TextMetric::Meteor]).unwrap();
     for case in fixture["cases"].as_array().unwrap() {
-        let prediction = case["prediction"].as_str().unwrap();
-        let references: Vec<String> = case["references"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_str().unwrap().to_string())
-            .collect();
+        let (prediction, references) = texts_of(case);
         let got = scorer.score(prediction, &references).unwrap()[0];
         let want = case["meteor"].as_f64().unwrap();
         assert!(

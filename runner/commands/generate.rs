@@ -87,6 +87,8 @@ fn generate(options: &Options) -> Result<String> {
         references.push(append(&file(*t, ".references"))?);
     }
     let (mut generated, mut skipped) = (0, 0);
+    // The first few items' outputs, shown in the report.
+    let mut shown = String::new();
     for item in &items {
         if done.iter().all(|d| d.contains(&item.id)) {
             skipped += 1;
@@ -128,11 +130,17 @@ fn generate(options: &Options) -> Result<String> {
                 predictions[k].flush()?;
             }
         }
+        if generated < 3 {
+            shown += &format!("\n[{}] answer: {}\n", item.id, item.answer);
+            for (t, output) in tasks.iter().zip(&outputs) {
+                shown += &format!("  {:<10} → {}\n", t.name(), output.replace('\n', " "));
+            }
+        }
         generated += 1;
     }
     let first = tasks.first().map_or("question", |t| t.name());
     Ok(format!(
-        "{generated} items generated ({}), {skipped} already done, from {source}\nin {}: {}\nscore with: runner score --predictions {dir}/{first}.jsonl --references {dir}/{first}.references.jsonl --by subject,grade,context_type",
+        "{generated} items generated ({}), {skipped} already done, from {source}\n{shown}in {}: {}\nscore with: runner score --predictions {dir}/{first}.jsonl --references {dir}/{first}.references.jsonl --by subject,grade,context_type",
         if options.gold { "each task from the gold inputs" } else { "CoE's chain" },
         options.out.display(),
         tasks.iter().map(|t| format!("{}.jsonl", t.name())).collect::<Vec<_>>().join(", "),

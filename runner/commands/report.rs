@@ -18,14 +18,16 @@ use crate::sweep::results;
 /// One target that is a run directory or a recipe: that run's report beside the paper's
 /// values. A sweep (its file or results folder): its summary tables. Several targets: each
 /// sweep's tables, and one table comparing the runs.
-pub fn run(targets: &[PathBuf], out: &mut dyn Write) -> std::io::Result<i32> {
+/// `metrics` keeps the evaluation metrics shown to those named (`name`, or `prefix*`); empty
+/// shows all.
+pub fn run(targets: &[PathBuf], metrics: &[String], out: &mut dyn Write) -> std::io::Result<i32> {
     let is_sweep = |t: &Path| {
         t.join(results::RECORD).is_file()
             || (t.is_file() && matches!(document(t, &[]), Ok(Document::Sweep(_))))
     };
     if let [target] = targets {
         if !is_sweep(target) {
-            return single(target, out);
+            return single(target, metrics, out);
         }
     }
     let mut parts = Vec::new();
@@ -44,14 +46,14 @@ pub fn run(targets: &[PathBuf], out: &mut dyn Write) -> std::io::Result<i32> {
         }
     }
     if !runs.is_empty() {
-        parts.push(runs_table(&runs));
+        parts.push(runs_table(&runs, metrics));
     }
     let joined: Result<Vec<String>> = parts.into_iter().collect();
     super::finish(joined.map(|p| p.join("\n")), out)
 }
 
 /// The report of one run directory or recipe.
-fn single(target: &Path, out: &mut dyn Write) -> std::io::Result<i32> {
+fn single(target: &Path, metrics: &[String], out: &mut dyn Write) -> std::io::Result<i32> {
     let dir = match target.is_file() {
         true => match crate::plan::resolve::resolve(target, &[]) {
             Ok(plan) => crate::train::trainer::default_dir(&plan),
@@ -62,7 +64,16 @@ fn single(target: &Path, out: &mut dyn Write) -> std::io::Result<i32> {
         },
         false => target.to_path_buf(),
     };
-    super::finish(report(&dir), out)
+    super::finish(report(&dir, metrics), out)
+}
+
+/// Whether `metric` is among `wanted` (`name` or `prefix*`; all when `wanted` is empty).
+fn shown(metric: &str, wanted: &[String]) -> bool {
+    wanted.is_empty()
+        || wanted.iter().any(|w| match w.strip_suffix('*') {
+            Some(prefix) => metric.starts_with(prefix),
+            None => metric == w,
+        })
 }
 
 /// A sweep's summary, rendered from its record.
@@ -79,7 +90,7 @@ fn sweep_tables(target: &Path) -> Result<String> {
 }
 
 /// One row per run: its name, steps, last train loss and last evaluation.
-fn runs_table(dirs: &[PathBuf]) -> Result<String> {
+fn runs_table(dirs: &[PathBuf], wanted: &[String]) -> Result<String> {
     let mut rows = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for dir in dirs {
@@ -87,7 +98,12 @@ fn runs_table(dirs: &[PathBuf]) -> Result<String> {
         let plan = read_json(&dir.join("plan.json"), "is this a run directory?")?;
         let (last, train_loss) = read_metrics(&dir.join("metrics.csv")).unwrap_or((None, None));
         let metrics: BTreeMap<String, f64> = last
-            .map(|e| e.metrics.into_iter().collect())
+            .map(|e| {
+                e.metrics
+                    .into_iter()
+                    .filter(|(m, _)| shown(m, wanted))
+                    .collect()
+            })
             .unwrap_or_default();
         for m in metrics.keys() {
             if !names.contains(m) {
@@ -179,7 +195,7 @@ fn number(v: f64) -> String {
     }
 }
 
-fn report(dir: &Path) -> Result<String> {
+fn report(dir: &Path, wanted: &[String]) -> Result<String> {
     if !dir.is_dir() {
         bail!(
             "{}: no such run directory\n  hint: pass the directory `runner run` wrote \
@@ -248,7 +264,7 @@ fn report(dir: &Path) -> Result<String> {
                     writeln!(w, "  {:<width$}  {last:>10}  {:>10}", "", "step 0")?;
                 }
             }
-            for (m, v) in &e.metrics {
+            for (m, v) in e.metrics.iter().filter(|(m, _)| shown(m, wanted)) {
                 let base = e.baseline.iter().find(|(b, _)| b == m);
                 match base {
                     Some((_, b)) => {

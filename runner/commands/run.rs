@@ -71,20 +71,30 @@ fn train(
             trainer::train(plan, &task, options, &inputs)?
         }
         Recipe::CoeMultitask(r) => {
-            let task = methods::coe::build(r, device)?;
             // The weights are an input like a teacher: a run trained with other weights is
-            // not resumed with these.
-            let inputs = match &r.data.category_weights {
-                Some(path) => {
-                    let bytes = std::fs::read(path)
-                        .with_context(|| format!("data.category_weights: reading {path}"))?;
-                    vec![(
-                        "category_weights".to_string(),
-                        blake3::hash(&bytes).to_hex().to_string(),
-                    )]
-                }
-                None => Vec::new(),
-            };
+            // not resumed with these. A recipe in their place means its run's error rates
+            // (trained first when it has no finished run).
+            let mut r = r.clone();
+            let mut inputs = Vec::new();
+            if let Some(weights) = &r.data.category_weights {
+                let file = match weights.ends_with(".yaml") || weights.ends_with(".yml") {
+                    true => {
+                        let (dir, hash) = finished_run(weights, target, "data.category_weights")?;
+                        inputs.push(("category_weights_run".to_string(), hash));
+                        dir.join("error_rates.json")
+                    }
+                    false => PathBuf::from(weights),
+                };
+                let bytes = std::fs::read(&file).with_context(|| {
+                    format!("data.category_weights: reading {}\n  hint: a run writes error_rates.json when it trains the answering task (method.tasks.answer > 0)", file.display())
+                })?;
+                inputs.push((
+                    "category_weights".to_string(),
+                    blake3::hash(&bytes).to_hex().to_string(),
+                ));
+                r.data.category_weights = Some(file.display().to_string());
+            }
+            let task = methods::coe::build(&r, device)?;
             trainer::train(plan, &task, options, &inputs)?
         }
     };
@@ -107,18 +117,32 @@ fn train(
 /// The trained teacher of a teacher recipe: its finished run's `teacher/` folder and the
 /// teacher plan's hash, training the recipe first when it has no finished run of that plan.
 fn teacher_run(recipe: &str, target: Target) -> Result<(PathBuf, String)> {
+    let (dir, hash) = finished_run(recipe, target, "model.teacher.recipe")?;
+    let teacher = dir.join("teacher");
+    if !teacher.join("config.json").is_file() {
+        bail!(
+            "{}: the teacher recipe's run has no trained teacher\n  hint: a teacher recipe trains its teacher (model.teacher.train: true)",
+            dir.display()
+        );
+    }
+    Ok((teacher, hash))
+}
+
+/// The run directory and plan hash of another recipe (named by the key `key`), training it
+/// first when it has no finished run of that plan.
+fn finished_run(recipe: &str, target: Target, key: &str) -> Result<(PathBuf, String)> {
     let path = Path::new(recipe);
-    let teacher_plan = resolve(path, &[]).map_err(|errors| {
+    let plan = resolve(path, &[]).map_err(|errors| {
         anyhow::anyhow!(
-            "model.teacher.recipe {}: {} errors\n  hint: run `runner validate` on it",
+            "{key} {}: {} errors\n  hint: run `runner validate` on it",
             path.display(),
             errors.len()
         )
     })?;
-    let dir = trainer::default_dir(&teacher_plan);
+    let dir = trainer::default_dir(&plan);
     if !dir.join("summary.json").is_file() {
         eprintln!(
-            "training the teacher recipe {} first, into {}",
+            "training {key}'s recipe {} first, into {}",
             path.display(),
             dir.display()
         );
@@ -127,14 +151,7 @@ fn teacher_run(recipe: &str, target: Target) -> Result<(PathBuf, String)> {
             force: false,
             stop_after: None,
         };
-        train(&teacher_plan, target, &options)?;
+        train(&plan, target, &options)?;
     }
-    let teacher = dir.join("teacher");
-    if !teacher.join("config.json").is_file() {
-        bail!(
-            "{}: the teacher recipe's run has no trained teacher\n  hint: a teacher recipe trains its teacher (model.teacher.train: true)",
-            dir.display()
-        );
-    }
-    Ok((teacher, teacher_plan.hash))
+    Ok((dir, plan.hash))
 }

@@ -29,7 +29,7 @@ use crate::models::generate::{self, GenerateOptions, Strategy};
 use crate::models::hf_folder::{write_safetensors, HfConfig};
 use crate::models::llama::{DecoderOptions, Llama};
 use crate::models::lora::{self, LoraSpec};
-use crate::models::loss::{causal_lm_example_losses, causal_lm_loss, IGNORE};
+use crate::models::loss::causal_lm_example_losses;
 use crate::models::qwen_vl;
 use crate::models::vit::{self, Vit};
 use crate::models::vlm::Vlm;
@@ -88,6 +88,12 @@ pub struct CoeMultitask {
     image_root: PathBuf,
     image_size: i64,
     device: Device,
+}
+
+/// A metric name's suffix for the items whose `field` is `value`: `/field=value`, without the
+/// commas and spaces that metrics.csv and TensorBoard tags cannot hold.
+fn group_suffix(field: &str, value: &str) -> String {
+    format!("/{field}={}", value.replace([',', ' '], "_"))
 }
 
 /// The texts of an item that retrieval compares.
@@ -734,8 +740,7 @@ impl CoeMultitask {
         let mut keys = vec![String::new()];
         for field in &self.subgroups {
             if let Some(value) = categories::category(item, field) {
-                // Names go into metrics.csv and TensorBoard tags: no commas or spaces.
-                keys.push(format!("/{field}={}", value.replace([',', ' '], "_")));
+                keys.push(group_suffix(field, &value));
             }
         }
         keys
@@ -746,25 +751,11 @@ impl CoeMultitask {
     /// picks it; and `round(1 − accuracy, 3)` per category.
     fn answer_accuracy(&self) -> (Vec<(String, f64)>, std::collections::BTreeMap<String, f64>) {
         let n: usize = self.options_per_item.iter().sum();
+        let all: Vec<usize> = (0..n).collect();
         let mut losses = Vec::with_capacity(n);
-        tch::no_grad(|| {
-            let all: Vec<usize> = (0..n).collect();
-            for chunk in all.chunks(8) {
-                let batch = (self.make_options)(chunk).to_device(self.device);
-                let logits = self
-                    .vlm
-                    .forward(
-                        &batch.input_ids,
-                        Some(&batch.attention_mask),
-                        self.pixels(&batch).as_ref(),
-                        &Tape::plain(),
-                        false,
-                    )
-                    .expect("image placeholders match the images");
-                let (sums, counts) = causal_lm_example_losses(&logits, &batch.labels);
-                let mean = (sums / counts.clamp_min(1)).to_device(Device::Cpu);
-                losses.extend(Vec::<f64>::try_from(mean.to_kind(Kind::Double)).unwrap_or_default());
-            }
+        self.example_losses(&self.make_options, &all, |sums, counts| {
+            let mean = (sums / counts.clamp_min(1)).to_kind(Kind::Double);
+            losses.extend(Vec::<f64>::try_from(mean).unwrap_or_default());
         });
         let mut outcomes = Vec::new();
         let mut start = 0;
@@ -781,8 +772,13 @@ impl CoeMultitask {
         }
         let mut metrics = Vec::new();
         let mut groups: Vec<(String, usize, usize)> = Vec::new();
-        for (item, _, right) in &outcomes {
-            for key in self.subgroup_keys(item) {
+        for (item, category, right) in &outcomes {
+            // By subgroup, and by the category the error rates are kept by.
+            let mut keys = self.subgroup_keys(item);
+            if !self.subgroups.contains(&self.category_field) {
+                keys.push(group_suffix(&self.category_field, category));
+            }
+            for key in keys {
                 match groups.iter_mut().find(|(k, _, _)| *k == key) {
                     Some(g) => {
                         g.1 += usize::from(*right);
@@ -824,9 +820,24 @@ impl CoeMultitask {
     /// Summed token losses and the token count over the given validation conversations.
     fn loss_over(&self, indices: &[usize]) -> (f64, i64) {
         let (mut total, mut tokens) = (0.0, 0i64);
+        self.example_losses(&self.make, indices, |sums, counts| {
+            total += sums.sum(Kind::Double).double_value(&[]);
+            tokens += counts.sum(Kind::Int64).int64_value(&[]);
+        });
+        (total, tokens)
+    }
+
+    /// Each example's summed token losses and token count (on the CPU), eight conversations of
+    /// `make`'s list at a time, without gradients.
+    fn example_losses(
+        &self,
+        make: &MakeBatch,
+        indices: &[usize],
+        mut each: impl FnMut(Tensor, Tensor),
+    ) {
         tch::no_grad(|| {
             for chunk in indices.chunks(8) {
-                let batch = (self.make)(chunk).to_device(self.device);
+                let batch = make(chunk).to_device(self.device);
                 let logits = self
                     .vlm
                     .forward(
@@ -837,18 +848,10 @@ impl CoeMultitask {
                         false,
                     )
                     .expect("image placeholders match the images");
-                let t = logits.size()[1];
-                let n = batch
-                    .labels
-                    .narrow(1, 1, t - 1)
-                    .ne(IGNORE)
-                    .sum(Kind::Int64)
-                    .int64_value(&[]);
-                total += causal_lm_loss(&logits, &batch.labels).double_value(&[]) * n as f64;
-                tokens += n;
+                let (sums, counts) = causal_lm_example_losses(&logits, &batch.labels);
+                each(sums.to_device(Device::Cpu), counts.to_device(Device::Cpu));
             }
         });
-        (total, tokens)
     }
 }
 
