@@ -7,15 +7,17 @@ qwen.tiktoken (a tiktoken BPE table) with its special tokens defined in tokeniza
 the `tokenizers` crate.
 
 The conversion is transformers' TikTokenConverter with Qwen's pre-tokenizer pattern (single
-digits); before writing, it checks that the result encodes sample texts exactly as tiktoken
-itself does with the same table, pattern and special tokens.
+digits), after NFC normalisation as tokenization_qwen.py's tokenize() does; before writing, it
+checks that the result encodes sample texts exactly as tiktoken itself does (on the NFC text)
+with the same table, pattern and special tokens.
 
-  .venv/bin/pip install tiktoken transformers        # once
+  .venv/bin/pip install tiktoken 'transformers>=5'   # once (5's TikTokenConverter signature)
   .venv/bin/python scripts/qwen_tokenizer.py pretrained_models/Qwen-VL-Chat
 """
 
 import argparse
 import sys
+import unicodedata
 from pathlib import Path
 
 # tokenization_qwen.py's PAT_STR.
@@ -30,6 +32,7 @@ SAMPLES = [
     "Lecture: Color is how an object looks in the light.\nSolution: 12345 apples, don't they?",
     "<|im_start|>user\nPicture: <img>x.png</img>\n你好，世界！<|im_end|>\n",
     "  spaces\t\ttabs\r\n\r\nand   more   ",
+    "cafe\u0301 (a decomposed é)",
 ]
 
 
@@ -43,17 +46,19 @@ def main():
 
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
+    from tokenizers import normalizers
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     ranks = load_tiktoken_bpe(str(table))
     specials = {token: len(ranks) + i for i, token in enumerate(SPECIALS)}
     converted = TikTokenConverter(vocab_file=str(table), pattern=PATTERN, extra_special_tokens=SPECIALS).converted()
+    converted.normalizer = normalizers.NFC()
     reference = tiktoken.Encoding("qwen", pat_str=PATTERN, mergeable_ranks=ranks, special_tokens=specials)
     for token, id_ in specials.items():
         if converted.token_to_id(token) != id_:
             sys.exit(f"{token}: id {converted.token_to_id(token)}, tokenization_qwen.py gives {id_}")
     for text in SAMPLES:
-        want = reference.encode(text, allowed_special="all")
+        want = reference.encode(unicodedata.normalize("NFC", text), allowed_special="all")
         got = converted.encode(text, add_special_tokens=False).ids
         if got != want:
             sys.exit(f"the conversion encodes {text!r} as {got}, tiktoken as {want}")

@@ -311,6 +311,34 @@ fn a_multimodal_conversation_has_qwen_vls_tokens_and_labels() {
     assert_eq!(shown, expected);
     assert_eq!(e.images, ["shapes/7.png"]);
 
+    // Scoring a reply alone (the answering task's options): only its own five tokens stay
+    // labelled; a reply cut by the limit is reported.
+    let reply = tokenizer
+        .encode("What color is the square?", false)
+        .unwrap();
+    let mut alone = e.example.clone();
+    assert!(runner::data::chatml::label_last_reply_only(
+        &mut alone, &reply, &s
+    ));
+    let labelled: Vec<usize> = (0..alone.labels.len())
+        .filter(|&i| alone.labels[i] != -100)
+        .collect();
+    let n = alone.ids.len();
+    assert_eq!(labelled, (n - 7..n - 2).collect::<Vec<_>>());
+    let mut short = encode(
+        &tokenizer,
+        &s,
+        "You are a helpful assistant.",
+        &turns,
+        3,
+        n - 1,
+    )
+    .unwrap()
+    .example;
+    assert!(!runner::data::chatml::label_last_reply_only(
+        &mut short, &reply, &s
+    ));
+
     // A limit inside the image drops the image whole.
     let cut = encode(
         &tokenizer,
@@ -444,6 +472,37 @@ fn scienceqa_prompts_carry_the_scene_what_is_given_and_the_exemplar() {
 }
 
 #[test]
+fn the_training_sequence_follows_task_and_category_weights() {
+    use runner::data::mixture::{training_sequence, Mixture};
+    use runner::plan::kinds::coe::Mixing;
+    // Items 0..6: categories a = {0, 1, 2}, b = {3, 4}, c = {5}; only c weighs anything.
+    let groups = vec![(0.0, vec![0, 1, 2]), (0.0, vec![3, 4]), (1.0, vec![5])];
+    let mut tasks = Mixture::new(&[1.0, 1.0], Mixing::Proportional, 1.0, 3);
+    let drawn = training_sequence(&mut tasks, &groups, 200, 3);
+    assert!(drawn.iter().all(|&(_, item)| item == 5), "only category c");
+    let first = drawn.iter().filter(|(task, _)| *task == 0).count();
+    assert!(
+        (80..=120).contains(&first),
+        "two equal tasks: {first} of 200"
+    );
+    // Weights 1 : 3 between a and b.
+    let groups = vec![(1.0, vec![0, 1, 2]), (3.0, vec![3, 4])];
+    let mut tasks = Mixture::new(&[1.0], Mixing::Proportional, 1.0, 3);
+    let drawn = training_sequence(&mut tasks, &groups, 8000, 3);
+    let in_b = drawn.iter().filter(|(_, item)| *item >= 3).count() as f64 / 8000.0;
+    assert!((in_b - 0.75).abs() < 0.02, "{in_b}");
+    // One group of every item: each task sees its items in a seeded order, all of them per cycle.
+    let all = vec![(1.0, (0..6).collect::<Vec<usize>>())];
+    let mut tasks = Mixture::new(&[1.0], Mixing::Proportional, 1.0, 9);
+    let drawn = training_sequence(&mut tasks, &all, 6, 9);
+    let mut items: Vec<usize> = drawn.iter().map(|&(_, i)| i).collect();
+    items.sort();
+    assert_eq!(items, (0..6).collect::<Vec<_>>());
+    let mut again = Mixture::new(&[1.0], Mixing::Proportional, 1.0, 9);
+    assert_eq!(training_sequence(&mut again, &all, 6, 9), drawn, "seeded");
+}
+
+#[test]
 fn error_rates_are_one_minus_accuracy_per_category_rounded_as_the_data_engine_writes_them() {
     use runner::data::categories::error_rates;
     let outcome = |c: &str, right: bool| (c.to_string(), right);
@@ -461,6 +520,10 @@ fn error_rates_are_one_minus_accuracy_per_category_rounded_as_the_data_engine_wr
         ("shape".into(), 1.0),
     ];
     assert_eq!(rates.into_iter().collect::<Vec<_>>(), want);
+    // 1 wrong of 16 = 0.0625 exactly: Python's round(0.0625, 3) is 0.062 (ties to even).
+    let mut sixteen = vec![outcome("size", true); 15];
+    sixteen.push(outcome("size", false));
+    assert_eq!(error_rates(&sixteen)["size"], 0.062);
 }
 
 #[test]

@@ -413,6 +413,72 @@ fn the_tiny_coe_recipe_trains_a_vision_language_model_and_scores_each_task() {
 }
 
 #[test]
+fn a_dataengine_round_names_the_earlier_rounds_recipe_and_its_run_generates() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The first round: the tiny recipe, briefly, into this test's folder.
+    let first = tmp.path().join("round1.yaml");
+    std::fs::write(
+        &first,
+        format!(
+            "extends: {}/recipes/tiny/coe_multitask.yaml\nname: round-one\n\
+             training: {{max_steps: 2, schedule: {{warmup_steps: 1}}}}\n\
+             evaluation: {{every_steps: 2, max_new_tokens: 3, at_start: false}}\n\
+             output: {{dir: \"{}/runs/{{name}}\"}}\n",
+            env!("CARGO_MANIFEST_DIR"),
+            tmp.path().display()
+        ),
+    )
+    .unwrap();
+    let second = tmp.path().join("round2");
+    let weights = format!("data.category_weights={}", first.display());
+    crate::run_briefly("recipes/tiny/coe_multitask.yaml", 2, &[&weights], &second);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(second.join("summary.json")).unwrap())
+            .unwrap();
+    let inputs = &summary["inputs"];
+    assert!(
+        inputs["category_weights_run"].is_string() && inputs["category_weights"].is_string(),
+        "{summary}"
+    );
+    let rounds: Vec<_> = std::fs::read_dir(tmp.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(rounds.len(), 1, "the first round was trained first");
+    assert!(rounds[0].path().join("error_rates.json").is_file());
+    // Generation rebuilds the weighted model from the run's plan.
+    let items: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string("data/tiny/coe/dev.json").unwrap()).unwrap();
+    let data = tmp.path().join("items.json");
+    std::fs::write(&data, serde_json::to_string(&items[..1]).unwrap()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("generate")
+        .arg(&second)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(tmp.path().join("generated"))
+        .args(["--gold", "--device", "cpu"])
+        .output()
+        .unwrap();
+    crate::assert_success(&o);
+    // A recipe that writes no error rates is refused before anything trains.
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["run", "recipes/tiny/coe_multitask.yaml"])
+        .arg("data.category_weights=recipes/tiny/longlora_sft.yaml")
+        .args(["--device", "cpu", "--out"])
+        .arg(tmp.path().join("refused"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !o.status.success()
+            && text.contains("not a coe_multitask recipe that trains the answering task"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_whole_qwen_vl_folder_trains_lora_on_its_decoder_with_tower_and_resampler_frozen() {
     let tmp = tempfile::tempdir().unwrap();
     crate::run_briefly("recipes/tiny/coe_qwen_vl.yaml", 2, &[], tmp.path());
@@ -498,41 +564,34 @@ fn generate_writes_each_tasks_predictions_and_resumes_without_duplicates() {
 
 #[test]
 fn coe_retrieval_uses_a_bert_sentence_encoder_and_caches_its_exemplars() {
-    let started = SystemTime::now();
     let tmp = tempfile::tempdir().unwrap();
-    let embedder = "method.retrieval.embedder=tests/fixtures/models/bert-encoder";
-    // A threshold of its own (0.5 plus a few nanoseconds' worth) gives this test a cache key no
-    // earlier run has written.
-    let nanos = started
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let threshold = format!("method.retrieval.threshold=0.5{nanos:09}");
-    crate::run_briefly(
-        "recipes/tiny/coe_multitask.yaml",
-        2,
-        &[embedder, &threshold],
-        &tmp.path().join("a"),
-    );
-    let fresh = |since: SystemTime| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir("results/cache")
+    let cache = tmp.path().join("cache");
+    let run = |out: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(["run", "recipes/tiny/coe_multitask.yaml"])
+            .arg("method.retrieval.embedder=tests/fixtures/models/bert-encoder")
+            .args(["training.max_steps=2", "training.schedule.warmup_steps=1"])
+            .args(["evaluation.every_steps=2", "evaluation.max_new_tokens=3"])
+            .args(["--device", "cpu", "--out"])
+            .arg(tmp.path().join(out))
+            .env("RUNNER_CACHE_DIR", &cache)
+            .output()
+            .unwrap();
+        crate::assert_success(&o);
+    };
+    let files = || -> Vec<(std::path::PathBuf, SystemTime)> {
+        std::fs::read_dir(&cache)
             .unwrap()
             .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.to_string_lossy().contains("exemplars-"))
-            .filter(|p| p.metadata().unwrap().modified().unwrap() >= since)
+            .map(|e| (e.path(), e.metadata().unwrap().modified().unwrap()))
             .collect()
     };
-    let written = fresh(started);
-    assert!(!written.is_empty(), "the retrieval stage wrote its cache");
-    // A second run with the same inputs reads the cache instead of writing one.
-    let second = SystemTime::now();
+    run("a");
+    let written = files();
+    assert_eq!(written.len(), 1, "the retrieval stage wrote its cache");
+    assert!(written[0].0.to_string_lossy().contains("exemplars-"));
+    // A second run with the same inputs reads the cache instead of writing it again.
     std::thread::sleep(Duration::from_millis(20));
-    crate::run_briefly(
-        "recipes/tiny/coe_multitask.yaml",
-        2,
-        &[embedder, &threshold],
-        &tmp.path().join("b"),
-    );
-    assert!(fresh(second).iter().all(|p| !written.contains(p)));
+    run("b");
+    assert_eq!(files(), written);
 }

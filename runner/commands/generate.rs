@@ -63,12 +63,24 @@ fn generate(options: &Options) -> Result<String> {
     let Recipe::CoeMultitask(recipe) = &recipe else {
         bail!("runner generate runs coe_multitask models");
     };
-    let task = coe::build(recipe, options.device.device()?)?;
+    let (recipe, _) = super::run::with_category_weights(recipe, None)?;
+    let task = coe::build(&recipe, options.device.device()?)?;
     let source = super::trained::restore(&task, &options.model, checkpoint.as_deref())?;
     let items = scienceqa::read(&options.data)?;
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;
     let tasks: Vec<CoeTask> = task.tasks().to_vec();
+    if tasks.contains(&CoeTask::Answer) {
+        if let Some(item) = items.iter().find(|i| i.answer_index().is_none()) {
+            bail!(
+                "{}: item {}: its answer {:?} is not one of its choices {:?}, which the run's answering task needs\n  hint: give each item `choices` that include the answer",
+                options.data.display(),
+                item.id,
+                item.answer,
+                item.choices
+            );
+        }
+    }
     let file = |t: CoeTask, what: &str| options.out.join(format!("{}{what}.jsonl", t.name()));
     // Per task, the items its file already has (a kill can leave the tasks of one item
     // unevenly written: only the missing ones are written again).

@@ -251,7 +251,13 @@ fn report(dir: &Path, wanted: &[String]) -> Result<String> {
     writeln!(w, "final train loss  {train_loss}")?;
     match &last_eval {
         Some(e) => {
-            let width = e.metrics.iter().map(|(m, _)| m.len()).max().unwrap_or(0);
+            let width = e
+                .metrics
+                .iter()
+                .filter(|(m, _)| shown(m, wanted))
+                .map(|(m, _)| m.len())
+                .max()
+                .unwrap_or(0);
             match e.baseline.is_empty() {
                 true => writeln!(w, "last eval         step {}", e.step)?,
                 false => {

@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use tch::Device;
 
 use crate::methods;
+use crate::plan::recipe::CoeRecipe;
 use crate::plan::recipe::Recipe;
-use crate::plan::resolve::resolve;
+use crate::plan::resolve::{resolve, Plan};
 use crate::train::trainer::{self, RunOptions};
 
 /// Where to train.
@@ -71,29 +72,7 @@ fn train(
             trainer::train(plan, &task, options, &inputs)?
         }
         Recipe::CoeMultitask(r) => {
-            // The weights are an input like a teacher: a run trained with other weights is
-            // not resumed with these. A recipe in their place means its run's error rates
-            // (trained first when it has no finished run).
-            let mut r = r.clone();
-            let mut inputs = Vec::new();
-            if let Some(weights) = &r.data.category_weights {
-                let file = match weights.ends_with(".yaml") || weights.ends_with(".yml") {
-                    true => {
-                        let (dir, hash) = finished_run(weights, target, "data.category_weights")?;
-                        inputs.push(("category_weights_run".to_string(), hash));
-                        dir.join("error_rates.json")
-                    }
-                    false => PathBuf::from(weights),
-                };
-                let bytes = std::fs::read(&file).with_context(|| {
-                    format!("data.category_weights: reading {}\n  hint: a run writes error_rates.json when it trains the answering task (method.tasks.answer > 0)", file.display())
-                })?;
-                inputs.push((
-                    "category_weights".to_string(),
-                    blake3::hash(&bytes).to_hex().to_string(),
-                ));
-                r.data.category_weights = Some(file.display().to_string());
-            }
+            let (r, inputs) = with_category_weights(r, Some(target))?;
             let task = methods::coe::build(&r, device)?;
             trainer::train(plan, &task, options, &inputs)?
         }
@@ -114,10 +93,54 @@ fn train(
     Ok(report)
 }
 
+/// `r` with its `data.category_weights` made a file: a recipe there means its finished run's
+/// `error_rates.json` (trained first when `train` gives a device, else it must exist). The
+/// weights are an input like a teacher, recorded by hash (and the weighting run by plan hash),
+/// so a run trained with other weights is not resumed with these.
+pub fn with_category_weights(
+    r: &CoeRecipe,
+    train: Option<Target>,
+) -> Result<(CoeRecipe, Vec<(String, String)>)> {
+    let mut r = r.clone();
+    let mut inputs = Vec::new();
+    let Some(weights) = r.data.category_weights.clone() else {
+        return Ok((r, inputs));
+    };
+    let file = match weights.ends_with(".yaml") || weights.ends_with(".yml") {
+        true => {
+            let key = "data.category_weights";
+            let plan = resolve_input(&weights, key)?;
+            match &plan.recipe {
+                Recipe::CoeMultitask(other) if other.method.tasks.answer > 0.0 => {}
+                _ => bail!(
+                    "{key}: {weights} is not a coe_multitask recipe that trains the answering task, so its run writes no error_rates.json\n  hint: name a recipe with method.tasks.answer > 0, or an error_rates.json file"
+                ),
+            }
+            if plan.recipe.name() == r.name {
+                bail!("{key}: {weights} is this recipe itself\n  hint: name the earlier round's recipe");
+            }
+            let (dir, hash) = finished_run(&plan, train, key, &weights)?;
+            inputs.push(("category_weights_run".to_string(), hash));
+            dir.join("error_rates.json")
+        }
+        false => PathBuf::from(&weights),
+    };
+    let bytes = std::fs::read(&file).with_context(|| {
+        format!("data.category_weights: reading {}\n  hint: a run writes error_rates.json when it trains the answering task (method.tasks.answer > 0)", file.display())
+    })?;
+    inputs.push((
+        "category_weights".to_string(),
+        blake3::hash(&bytes).to_hex().to_string(),
+    ));
+    r.data.category_weights = Some(file.display().to_string());
+    Ok((r, inputs))
+}
+
 /// The trained teacher of a teacher recipe: its finished run's `teacher/` folder and the
 /// teacher plan's hash, training the recipe first when it has no finished run of that plan.
 fn teacher_run(recipe: &str, target: Target) -> Result<(PathBuf, String)> {
-    let (dir, hash) = finished_run(recipe, target, "model.teacher.recipe")?;
+    let key = "model.teacher.recipe";
+    let (dir, hash) = finished_run(&resolve_input(recipe, key)?, Some(target), key, recipe)?;
     let teacher = dir.join("teacher");
     if !teacher.join("config.json").is_file() {
         bail!(
@@ -128,22 +151,32 @@ fn teacher_run(recipe: &str, target: Target) -> Result<(PathBuf, String)> {
     Ok((teacher, hash))
 }
 
-/// The run directory and plan hash of another recipe (named by the key `key`), training it
-/// first when it has no finished run of that plan.
-fn finished_run(recipe: &str, target: Target, key: &str) -> Result<(PathBuf, String)> {
-    let path = Path::new(recipe);
-    let plan = resolve(path, &[]).map_err(|errors| {
+/// The plan of a recipe another recipe names under `key`.
+fn resolve_input(recipe: &str, key: &str) -> Result<Plan> {
+    resolve(Path::new(recipe), &[]).map_err(|errors| {
+        let first = errors.first().map_or(String::new(), |e| format!(", first:\n{e}"));
         anyhow::anyhow!(
-            "{key} {}: {} errors\n  hint: run `runner validate` on it",
-            path.display(),
+            "{key} {recipe}: {} error(s) in that recipe{first}\n  hint: `runner validate {recipe}` lists them all",
             errors.len()
         )
-    })?;
-    let dir = trainer::default_dir(&plan);
+    })
+}
+
+/// The run directory and plan hash of `plan` (a recipe named by `key`), training it first
+/// when it has no finished run and `train` gives a device.
+fn finished_run(
+    plan: &Plan,
+    train: Option<Target>,
+    key: &str,
+    recipe: &str,
+) -> Result<(PathBuf, String)> {
+    let dir = trainer::default_dir(plan);
     if !dir.join("summary.json").is_file() {
+        let Some(target) = train else {
+            bail!("{key}: {recipe} has no finished run in {}\n  hint: train it first: runner run {recipe}", dir.display());
+        };
         eprintln!(
-            "training {key}'s recipe {} first, into {}",
-            path.display(),
+            "training {key}'s recipe {recipe} first, into {}",
             dir.display()
         );
         let options = RunOptions {
@@ -151,7 +184,7 @@ fn finished_run(recipe: &str, target: Target, key: &str) -> Result<(PathBuf, Str
             force: false,
             stop_after: None,
         };
-        train(&plan, target, &options)?;
+        self::train(plan, target, &options)?;
     }
-    Ok((dir, plan.hash))
+    Ok((dir, plan.hash.clone()))
 }

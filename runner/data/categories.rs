@@ -1,8 +1,9 @@
 //! The MLLM-DataEngine loop's two halves, over item categories (an item field such as
 //! `category`): an evaluation's error rate per category (`1 − accuracy`, rounded to three
 //! places as `vqa_blip2.py` writes `weight.json`), and a later run's training items grouped by
-//! category with those rates as sampling weights (a category the weights do not name weighs 1,
-//! as in `Step2-query_construct.py`).
+//! category with those rates as sampling weights. A category the weights do not name weighs 1:
+//! the DataEngine's default weight, here extended to categories a file leaves out (its
+//! `Step2-query_construct.py` would fail on them).
 
 use std::collections::BTreeMap;
 
@@ -32,8 +33,10 @@ pub fn error_rates(outcomes: &[(String, bool)]) -> BTreeMap<String, f64> {
     counts
         .into_iter()
         .map(|(k, (wrong, total))| {
-            let rate = wrong as f64 / total as f64;
-            (k, (rate * 1000.0).round() / 1000.0)
+            // Python's round(x, 3): the nearest of the decimal value, ties to even, which
+            // formatting computes the same way.
+            let rate = format!("{:.3}", wrong as f64 / total as f64);
+            (k, rate.parse().unwrap_or(f64::NAN))
         })
         .collect()
 }
@@ -41,7 +44,7 @@ pub fn error_rates(outcomes: &[(String, bool)]) -> BTreeMap<String, f64> {
 /// A weights file: a JSON object `{category: weight ≥ 0}`.
 pub fn read_weights(path: &str) -> Result<BTreeMap<String, f64>> {
     let text = std::fs::read_to_string(path).with_context(|| {
-        format!("data.category_weights: reading {path}\n  hint: point it at an earlier run's error_rates.json")
+        format!("data.category_weights: reading {path}\n  hint: point it at an earlier run's error_rates.json, or at that run's recipe")
     })?;
     let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
         .with_context(|| {

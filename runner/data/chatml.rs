@@ -147,3 +147,22 @@ pub fn encode(
         images,
     })
 }
+
+/// Keeps only the last reply's own tokens (`reply`, without `<|im_end|>` and the newline) as
+/// labels, for scoring that reply alone (the answering task's options, as MLLM-DataEngine
+/// scores them); false when truncation cut the reply.
+pub fn label_last_reply_only(example: &mut Example, reply: &[i64], s: &Specials) -> bool {
+    let n = example.ids.len();
+    let end = n.saturating_sub(2);
+    let whole = n >= reply.len() + 2
+        && example.ids[end..] == [s.im_end, s.newline]
+        && example.ids[end - reply.len()..end] == *reply;
+    if whole {
+        for (i, label) in example.labels.iter_mut().enumerate() {
+            if i < end - reply.len() || i >= end {
+                *label = IGNORE;
+            }
+        }
+    }
+    whole
+}

@@ -3,7 +3,7 @@
 //! (`p ∝ w^(1/T)`: T > 1 flattens towards uniform, T < 1 sharpens), with the plan's seed, so
 //! the sequence of tasks is the same on every machine and after a resume.
 
-use super::order::SplitMix64;
+use super::order::{epoch_order, SplitMix64};
 use crate::plan::kinds::coe::Mixing;
 
 pub struct Mixture {
@@ -50,4 +50,47 @@ impl Mixture {
             .position(|&c| u < c)
             .unwrap_or(self.cumulative.len() - 1)
     }
+}
+
+/// The training examples, `(task, item)` for each of `total`: the task drawn by `tasks`, then
+/// (when there are several weighted item groups, the DataEngine's categories) a group drawn by
+/// its weight, then the next item of that task and group in a seeded order, cycling. One group
+/// of all items gives each task its items in a seeded order.
+pub fn training_sequence(
+    tasks: &mut Mixture,
+    groups: &[(f64, Vec<usize>)],
+    total: usize,
+    seed: u64,
+) -> Vec<(usize, usize)> {
+    let n_tasks = tasks.cumulative.len();
+    let weights: Vec<f64> = groups.iter().map(|(w, _)| *w).collect();
+    let mut categories = Mixture::new(&weights, Mixing::Proportional, 1.0, seed ^ 0xCA7E_6021);
+    // Task k's order within group g: its own stream of the plan's seed.
+    let orders: Vec<Vec<Vec<usize>>> = (0..n_tasks)
+        .map(|k| {
+            groups
+                .iter()
+                .enumerate()
+                .map(|(g, (_, members))| {
+                    let stream = (k + g * n_tasks) as u64;
+                    let order = epoch_order(members.len(), seed, stream);
+                    order.into_iter().map(|i| members[i]).collect()
+                })
+                .collect()
+        })
+        .collect();
+    let mut next = vec![vec![0usize; groups.len()]; n_tasks];
+    (0..total)
+        .map(|_| {
+            let k = tasks.next_task();
+            let g = match groups.len() {
+                1 => 0,
+                _ => categories.next_task(),
+            };
+            let order = &orders[k][g];
+            let item = order[next[k][g] % order.len()];
+            next[k][g] += 1;
+            (k, item)
+        })
+        .collect()
 }

@@ -21,7 +21,17 @@ fn roots() -> Vec<PathBuf> {
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
         roots.push(PathBuf::from(venv).join("nltk_data"));
     }
+    // The project's virtualenv (`./dev` puts Punkt there): from the working directory, and
+    // from the binary's place (target/debug/runner in the project).
     roots.push(PathBuf::from(".venv/nltk_data"));
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(
+            exe.ancestors()
+                .skip(1)
+                .take(3)
+                .map(|d| d.join(".venv/nltk_data")),
+        );
+    }
     for prefix in [
         "/usr/share",
         "/usr/local/share",

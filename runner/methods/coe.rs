@@ -18,8 +18,7 @@ use crate::data::chatml::{self, Specials, Turn};
 use crate::data::exemplars::{retrieve, Sparse, Tfidf};
 use crate::data::images;
 use crate::data::loader::{Loader, MakeBatch};
-use crate::data::mixture::Mixture;
-use crate::data::order::epoch_order;
+use crate::data::mixture::{training_sequence, Mixture};
 use crate::data::scienceqa::{self, Item, Task as CoeTask, TASKS};
 use crate::data::tokenizer::Tokenizer;
 use crate::eval::text_metrics::TextScorer;
@@ -88,6 +87,33 @@ pub struct CoeMultitask {
     image_root: PathBuf,
     image_size: i64,
     device: Device,
+}
+
+/// Per-sample scores collected under metric-name suffixes (`""` for all items, `/field=value`
+/// for a subgroup), in the order the suffixes first appear.
+#[derive(Default)]
+struct Groups(Vec<(String, Vec<Vec<f64>>)>);
+
+impl Groups {
+    fn add(&mut self, keys: Vec<String>, row: Vec<f64>) {
+        for key in keys {
+            match self.0.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, rows)) => rows.push(row.clone()),
+                None => self.0.push((key, vec![row.clone()])),
+            }
+        }
+    }
+
+    /// Each suffix with the mean of each column of its rows.
+    fn means(&self) -> impl Iterator<Item = (&str, Vec<f64>)> + '_ {
+        self.0.iter().map(|(key, rows)| {
+            let columns = rows.first().map_or(0, Vec::len);
+            let means = (0..columns)
+                .map(|i| rows.iter().map(|r| r[i]).sum::<f64>() / rows.len() as f64)
+                .collect();
+            (key.as_str(), means)
+        })
+    }
 }
 
 /// A metric name's suffix for the items whose `field` is `value`: `/field=value`, without the
@@ -167,7 +193,8 @@ impl Embedder {
     }
 }
 
-/// The retrieval stage's cache, `results/cache/exemplars-<hash>.json`, keyed by everything the
+/// The retrieval stage's cache, `results/cache/exemplars-<hash>.json` (or under
+/// `RUNNER_CACHE_DIR`), keyed by everything the
 /// exemplars depend on: the embedder (TF-IDF, or the encoder folder's files), the retrieval
 /// settings and the items' signal texts.
 struct ExemplarCache {
@@ -217,8 +244,12 @@ fn exemplar_cache(
     });
     hasher.update(key.to_string().as_bytes());
     let hash = hasher.finalize().to_hex();
+    // RUNNER_CACHE_DIR moves the cache (a cluster's shared disk, a test's own folder).
+    let dir = std::env::var_os("RUNNER_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("results/cache"));
     Ok(ExemplarCache {
-        path: Path::new("results/cache").join(format!("exemplars-{}.json", &hash[..16])),
+        path: dir.join(format!("exemplars-{}.json", &hash[..16])),
     })
 }
 
@@ -254,6 +285,8 @@ fn load_images(items: &[&Item], root: &Path, size: u32) -> Result<HashMap<String
 
 pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
     let m = &recipe.model;
+    // First what fails fastest: METEOR's data (WordNet, Punkt) before any weights load.
+    let scorer = TextScorer::new(&recipe.evaluation.metrics)?;
     let compute = Compute::of(recipe.training.precision);
     let seed = recipe.seed as i64;
     let tokenizer_path = match (&m.tokenizer, &m.path) {
@@ -261,9 +294,10 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
         (None, Some(dir)) => Path::new(dir).join("tokenizer.json"),
         (None, None) => bail!("model.tokenizer: a model built from parts needs a tokenizer.json"),
     };
-    let tokenizer = Tokenizer::load(&tokenizer_path).with_context(|| {
-        "Qwen-VL-Chat ships its tokenizer as qwen.tiktoken: convert it once with `scripts/qwen_tokenizer.py FOLDER` (writes FOLDER/tokenizer.json), or set model.tokenizer"
-    })?;
+    let tokenizer = match (&m.tokenizer, Tokenizer::load(&tokenizer_path)) {
+        (None, Err(e)) => Err(e).context("Qwen-VL-Chat ships its tokenizer as qwen.tiktoken: convert it once with `scripts/qwen_tokenizer.py FOLDER` (writes FOLDER/tokenizer.json), or set model.tokenizer")?,
+        (_, loaded) => loaded?,
+    };
     let specials = Specials::of(&tokenizer)?;
 
     // The parts: from one Qwen-VL folder, or a CLIP tower (given or fresh), a fresh connector
@@ -315,13 +349,10 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
                 .as_ref()
                 .is_none_or(|s| s.also_train.iter().any(|a| name.contains(a.as_str())))
     });
-    match (
-        &recipe.training.adapter,
-        LoraSpec::of(&recipe.training.adapter),
-    ) {
+    match (&recipe.training.adapter, &lora_spec) {
         (Adapter::Full, _) => decoder_store.set_trainable(|_, _| true),
         (_, Some(spec)) => {
-            lora::attach(&mut decoder_store, &spec, seed)?;
+            lora::attach(&mut decoder_store, spec, seed)?;
         }
         (_, None) => {
             bail!("training.adapter: hyperlora is IAG's; coe_multitask trains lora or full")
@@ -475,47 +506,21 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
         )?,
         None => vec![(1.0, (0..train_items.len()).collect())],
     };
-    let group_weights: Vec<f64> = groups.iter().map(|(w, _)| *w).collect();
-    let mut categories = Mixture::new(
-        &group_weights,
-        crate::plan::kinds::coe::Mixing::Proportional,
-        1.0,
-        recipe.seed ^ 0xCA7E_6021,
-    );
-    let orders: Vec<Vec<Vec<usize>>> = (0..tasks.len())
-        .map(|k| {
-            groups
-                .iter()
-                .enumerate()
-                .map(|(g, (_, members))| {
-                    let stream = (k + g * tasks.len()) as u64;
-                    let order = epoch_order(members.len(), recipe.seed, stream);
-                    order.into_iter().map(|i| members[i]).collect()
-                })
-                .collect()
+    let total: usize = per_task.iter().map(Vec::len).sum();
+    let train: Vec<Conversation> = training_sequence(&mut mixture, &groups, total, recipe.seed)
+        .into_iter()
+        .map(|(k, i)| {
+            let c = &per_task[k][i];
+            Conversation {
+                example: Example {
+                    ids: c.example.ids.clone(),
+                    labels: c.example.labels.clone(),
+                },
+                images: c.images.clone(),
+                task: k,
+            }
         })
         .collect();
-    let mut next = vec![vec![0usize; groups.len()]; tasks.len()];
-    let total: usize = per_task.iter().map(Vec::len).sum();
-    let mut train = Vec::with_capacity(total);
-    for _ in 0..total {
-        let k = mixture.next_task();
-        let g = match groups.len() {
-            1 => 0,
-            _ => categories.next_task(),
-        };
-        let order = &orders[k][g];
-        let c = &per_task[k][order[next[k][g] % order.len()]];
-        next[k][g] += 1;
-        train.push(Conversation {
-            example: Example {
-                ids: c.example.ids.clone(),
-                labels: c.example.labels.clone(),
-            },
-            images: c.images.clone(),
-            task: k,
-        });
-    }
     let mut validation_conversations = Vec::new();
     for k in 0..tasks.len() {
         for (i, item) in validation_items.iter().enumerate() {
@@ -534,7 +539,17 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
             let mut turns = scienceqa::conversation(CoeTask::Answer, item, exemplar);
             for c in 0..item.choices.len() {
                 turns[1].value = scienceqa::choice(item, c);
-                options.push(encode_turns(&turns, item, k)?);
+                let mut option = encode_turns(&turns, item, k)?;
+                let reply = tokenizer.encode(&turns[1].value, false)?;
+                if !chatml::label_last_reply_only(&mut option.example, &reply, &specials) {
+                    bail!(
+                        "{}: item {}: the answering prompt with its options is longer than data.max_length ({max_length} tokens), so option {} is cut\n  hint: raise data.max_length",
+                        d.validation,
+                        item.id,
+                        turns[1].value
+                    );
+                }
+                options.push(option);
             }
             options_per_item.push(item.choices.len());
         }
@@ -587,7 +602,7 @@ pub fn build(recipe: &CoeRecipe, device: Device) -> Result<CoeMultitask> {
         make_options: make_of(options),
         options_per_item,
         category_field: d.category_field.clone(),
-        scorer: TextScorer::new(&ev.metrics)?,
+        scorer,
         step_losses: Mutex::new(vec![(0.0, 0); tasks.len()]),
         validation: validation_items
             .into_iter()
@@ -755,7 +770,7 @@ impl CoeMultitask {
         let mut losses = Vec::with_capacity(n);
         self.example_losses(&self.make_options, &all, |sums, counts| {
             let mean = (sums / counts.clamp_min(1)).to_kind(Kind::Double);
-            losses.extend(Vec::<f64>::try_from(mean).unwrap_or_default());
+            losses.extend(Vec::<f64>::try_from(mean).expect("a CPU vector"));
         });
         let mut outcomes = Vec::new();
         let mut start = 0;
@@ -770,30 +785,19 @@ impl CoeMultitask {
                 categories::category(item, &self.category_field).unwrap_or_else(|| "(none)".into());
             outcomes.push((item, category, picked == item.answer_index()));
         }
-        let mut metrics = Vec::new();
-        let mut groups: Vec<(String, usize, usize)> = Vec::new();
+        let mut groups = Groups::default();
         for (item, category, right) in &outcomes {
             // By subgroup, and by the category the error rates are kept by.
             let mut keys = self.subgroup_keys(item);
             if !self.subgroups.contains(&self.category_field) {
                 keys.push(group_suffix(&self.category_field, category));
             }
-            for key in keys {
-                match groups.iter_mut().find(|(k, _, _)| *k == key) {
-                    Some(g) => {
-                        g.1 += usize::from(*right);
-                        g.2 += 1;
-                    }
-                    None => groups.push((key, usize::from(*right), 1)),
-                }
-            }
+            groups.add(keys, vec![f64::from(u8::from(*right))]);
         }
-        for (key, right, total) in groups {
-            metrics.push((
-                format!("answer_accuracy{key}"),
-                100.0 * right as f64 / total as f64,
-            ));
-        }
+        let metrics = groups
+            .means()
+            .map(|(key, mean)| (format!("answer_accuracy{key}"), 100.0 * mean[0]))
+            .collect();
         let rates = categories::error_rates(
             &outcomes
                 .into_iter()
@@ -885,12 +889,11 @@ impl Task for CoeMultitask {
             .expect("image placeholders match the images");
         let (sums, counts) = causal_lm_example_losses(&logits, &batch.labels);
         // Each task's share of the step, for its own loss curve.
-        let values =
-            Vec::<f64>::try_from(sums.detach().to_device(Device::Cpu).to_kind(Kind::Double))
-                .unwrap_or_default();
-        let tokens = Vec::<i64>::try_from(counts.to_device(Device::Cpu)).unwrap_or_default();
+        let cpu = |t: &Tensor, kind: Kind| t.detach().to_device(Device::Cpu).to_kind(kind);
+        let values = Vec::<f64>::try_from(cpu(&sums, Kind::Double)).expect("a CPU vector");
+        let tokens = Vec::<i64>::try_from(cpu(&counts, Kind::Int64)).expect("a CPU vector");
         let tasks =
-            Vec::<i64>::try_from(batch.extra("task").to_device(Device::Cpu)).unwrap_or_default();
+            Vec::<i64>::try_from(cpu(batch.extra("task"), Kind::Int64)).expect("a CPU vector");
         let mut step = self.step_losses.lock().unwrap_or_else(|e| e.into_inner());
         for ((v, n), k) in values.iter().zip(&tokens).zip(&tasks) {
             step[*k as usize].0 += v;
@@ -924,22 +927,15 @@ impl Task for CoeMultitask {
             metrics.push((format!("{}_loss", task.name()), l));
         }
         for &task in self.tasks.iter().filter(|t| **t != CoeTask::Answer) {
-            // (metric name suffix, per-sample scores) for all items and each subgroup.
-            let mut groups: Vec<(String, Vec<Vec<f64>>)> = vec![(String::new(), Vec::new())];
+            let mut groups = Groups::default();
             for (item, exemplar) in &self.validation {
                 let exemplar = exemplar.map(|j| &self.train[j]);
                 let generated = self.generate(task, item, exemplar, None, None)?;
                 let scores = self.scorer.score(&generated, &[task.target(item)])?;
-                for key in self.subgroup_keys(item) {
-                    match groups.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, rows)) => rows.push(scores.clone()),
-                        None => groups.push((key, vec![scores.clone()])),
-                    }
-                }
+                groups.add(self.subgroup_keys(item), scores);
             }
-            for (suffix, rows) in &groups {
-                for (i, metric) in self.scorer.metrics().iter().enumerate() {
-                    let mean = rows.iter().map(|r| r[i]).sum::<f64>() / rows.len().max(1) as f64;
+            for (suffix, means) in groups.means() {
+                for (metric, mean) in self.scorer.metrics().iter().zip(means) {
                     metrics.push((
                         format!("{}_{}{suffix}", task.name(), metric.name()),
                         100.0 * mean,

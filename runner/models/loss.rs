@@ -22,7 +22,7 @@ pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
 }
 
 /// A causal LM's loss per example: the summed token losses `[B]` and the counted tokens `[B]`
-/// (their ratio summed over the batch is `causal_lm_loss`), for per-task and per-option losses.
+/// (Σ sums / Σ counts is `causal_lm_loss`), for per-task and per-option losses.
 pub fn causal_lm_example_losses(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
     let (b, t) = (logits.size()[0], logits.size()[1]);
     let v = logits.size()[2];

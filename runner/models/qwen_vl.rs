@@ -85,11 +85,27 @@ pub fn parts_of(dir: &Path) -> Result<Parts> {
         num_channels: 3,
         layer_norm_eps: 1e-6,
     };
+    if output_dim % 128 != 0 {
+        bail!("{}: key `visual.output_dim` ({output_dim}): Qwen-VL's resampler has output_dim / 128 heads, so it must be a multiple of 128", path.display());
+    }
     if output_dim != hidden {
         bail!("{}: key `visual.output_dim` ({output_dim}) must equal hidden_size ({hidden}): the resampler's tokens are the decoder's inputs", path.display());
     }
+    // visual.py's default; Qwen-VL's config does not set it.
+    let num_queries = match &visual["n_queries"] {
+        Value::Null => 256,
+        v => v
+            .as_u64()
+            .filter(|n| (*n as f64).sqrt().fract() == 0.0)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: key `visual.n_queries`: expected a square number of queries, found {v}",
+                    path.display()
+                )
+            })?,
+    };
     let connector = Connector::Resampler {
-        num_queries: visual["n_queries"].as_u64().unwrap_or(256),
+        num_queries,
         // visual.py: `num_heads=output_dim // 128`.
         num_heads: output_dim / 128,
     };

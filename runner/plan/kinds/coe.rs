@@ -69,8 +69,10 @@ pub struct Data {
     #[serde(default = "category")]
     pub category_field: String,
     /// A JSON map `{category: weight}` (an earlier run's `error_rates.json`, as the
-    /// MLLM-DataEngine loop uses it): training items are drawn category by category with
-    /// these weights (a category missing from the map weighs 1); null draws items uniformly.
+    /// MLLM-DataEngine loop uses it), or a recipe (`.yaml`: its finished run's
+    /// `error_rates.json`, trained first when missing): training items are drawn category by
+    /// category with these weights (a category missing from the map weighs 1); null draws
+    /// items uniformly.
     #[serde(default)]
     pub category_weights: Option<String>,
 }
