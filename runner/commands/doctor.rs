@@ -1,4 +1,5 @@
-//! `runner doctor`: what this machine offers the runner: libtorch, CUDA, devices, bf16, threads.
+//! `runner doctor`: what this machine offers the runner: libtorch, CUDA, devices, bf16, threads,
+//! and where METEOR's data (WordNet, Punkt) is.
 
 use std::fs;
 use std::io::Write;
@@ -63,6 +64,28 @@ pub fn run(out: &mut dyn Write) -> std::io::Result<i32> {
         let status = works.map_or_else(|e| format!("fails: {e}"), |()| "supported".to_string());
         writeln!(out, "{:<16}{status}", format!("bf16 on {device:?}"))?;
     }
+    // METEOR's data; a missing piece only matters to recipes that score METEOR.
+    let found = |dir: anyhow::Result<PathBuf>| {
+        dir.map_or_else(
+            |e| {
+                format!(
+                    "not found (METEOR needs it): {}",
+                    e.to_string().replace('\n', " ")
+                )
+            },
+            |d| d.display().to_string(),
+        )
+    };
+    writeln!(
+        out,
+        "wordnet         {}",
+        found(crate::eval::nltk_data::wordnet_dir())
+    )?;
+    writeln!(
+        out,
+        "punkt_tab       {}",
+        found(crate::eval::nltk_data::punkt_dir())
+    )?;
     Ok(if healthy { OK } else { INVALID })
 }
 
