@@ -168,3 +168,40 @@ fn bench_times_a_training_step_of_every_kind() {
         );
     }
 }
+
+#[test]
+fn coe_plans_refuse_a_best_metric_no_task_computes() {
+    let recipe = "recipes/tiny/coe_multitask.yaml";
+    let out = runner(&["plan", recipe, "method.tasks.question=0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("picked on question_bleu4, but the question task is not trained")
+            && text.contains("hint: set evaluation.best_metric: loss"),
+        "{text}"
+    );
+    let out = runner(&[
+        "plan",
+        recipe,
+        "evaluation.best_metric=meteor",
+        "evaluation.metrics=[bleu4]",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("picked on meteor, which evaluation.metrics does not compute"),
+        "{text}"
+    );
+    // Answering alone is a valid mixture.
+    let out = runner(&[
+        "plan",
+        recipe,
+        "method.tasks={question: 0, rationale: 0, distractor: 0, answer: 1}",
+        "evaluation.best_metric=loss",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

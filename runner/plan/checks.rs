@@ -4,6 +4,7 @@
 use super::arch::{head_problem, ArchProblem, DecoderArch, T5Arch, VisionArch};
 use super::estimate::{self, Part};
 use super::inventory;
+use super::kinds::coe::TextMetric;
 use super::recipe::Recipe;
 use super::resolve::Plan;
 use super::training::{Adapter, ScheduleKind, Training};
@@ -149,20 +150,35 @@ pub fn check(plan: &Plan) -> Vec<Diagnostic> {
                 c.fail(&["data.max_length", "model.connector"], format!("one image takes {image_tokens} tokens, leaving no room for text in data.max_length {}", r.data.max_length), "raise data.max_length, or use a resampler with fewer queries");
             }
             let t = &r.method.tasks;
-            if [t.question, t.rationale, t.distractor]
-                .iter()
-                .any(|w| *w < 0.0)
-                || t.question + t.rationale + t.distractor <= 0.0
-            {
+            let weights = [t.question, t.rationale, t.distractor, t.answer];
+            if weights.iter().any(|w| *w < 0.0) || weights.iter().sum::<f64>() <= 0.0 {
                 c.fail(
                     &[
                         "method.tasks.question",
                         "method.tasks.rationale",
                         "method.tasks.distractor",
+                        "method.tasks.answer",
                     ],
                     "task weights must be non-negative and not all zero",
                     "give each task a weight of 0 or more, at least one above 0",
                 );
+            }
+            // The best checkpoint is picked on the question task's text metric.
+            let best = r.evaluation.best_metric;
+            if best != TextMetric::Loss {
+                if t.question <= 0.0 {
+                    c.fail(
+                        &["evaluation.best_metric", "method.tasks.question"],
+                        format!("the best checkpoint is picked on question_{}, but the question task is not trained", best.name()),
+                        "set evaluation.best_metric: loss, or train the question task",
+                    );
+                } else if !r.evaluation.metrics.contains(&best) {
+                    c.fail(
+                        &["evaluation.best_metric", "evaluation.metrics"],
+                        format!("the best checkpoint is picked on {}, which evaluation.metrics does not compute", best.name()),
+                        "add it to evaluation.metrics, or pick one of them",
+                    );
+                }
             }
             let ret = &r.method.retrieval;
             if ret.in_prompt > ret.top_k {
