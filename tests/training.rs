@@ -476,6 +476,33 @@ fn a_dataengine_round_names_the_earlier_rounds_recipe_and_its_run_generates() {
             && text.contains("not a coe_multitask recipe that trains the answering task"),
         "{text}"
     );
+    // Two rounds that weight each other are refused, not recursed into.
+    for (me, other) in [("a", "b"), ("b", "a")] {
+        std::fs::write(
+            tmp.path().join(format!("cycle_{me}.yaml")),
+            format!(
+                "extends: {}/recipes/tiny/coe_multitask.yaml\nname: cycle-{me}\n\
+                 data: {{category_weights: {}/cycle_{other}.yaml}}\n\
+                 output: {{dir: \"{}/runs/{{name}}\"}}\n",
+                env!("CARGO_MANIFEST_DIR"),
+                tmp.path().display(),
+                tmp.path().display()
+            ),
+        )
+        .unwrap();
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("run")
+        .arg(tmp.path().join("cycle_a.yaml"))
+        .args(["--device", "cpu"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !o.status.success()
+            && text.contains("is needed by the run it needs: cycle-a -> cycle-b -> cycle-a"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -63,7 +63,7 @@ fn generate(options: &Options) -> Result<String> {
     let Recipe::CoeMultitask(recipe) = &recipe else {
         bail!("runner generate runs coe_multitask models");
     };
-    let (recipe, _) = super::run::with_category_weights(recipe, None)?;
+    let (recipe, _) = super::run::with_category_weights(recipe, super::run::InputRuns::Existing)?;
     let task = coe::build(&recipe, options.device.device()?)?;
     let source = super::trained::restore(&task, &options.model, checkpoint.as_deref())?;
     let items = scienceqa::read(&options.data)?;

@@ -46,15 +46,30 @@ pub fn run(
         Ok(plan) => plan,
         Err(code) => return Ok(code),
     };
-    super::finish(train(&plan, target, options), out)
+    super::finish(train(&plan, target, options, &[]), out)
 }
 
-fn train(
-    plan: &crate::plan::resolve::Plan,
-    target: Target,
-    options: &RunOptions,
-) -> Result<String> {
+/// Where a run's input recipes (a teacher, an earlier DataEngine round) get their finished runs.
+#[derive(Clone, Copy)]
+pub enum InputRuns<'a> {
+    /// A missing one is trained first on `target`. `waiting` names the recipes already being
+    /// trained for one another, outermost first, so that a cycle is refused, not recursed.
+    Train {
+        target: Target,
+        waiting: &'a [String],
+    },
+    /// Each must have a finished run already.
+    Existing,
+}
+
+/// Trains `plan`, whose run the recipes in `waiting` (outermost first) need as an input.
+fn train(plan: &Plan, target: Target, options: &RunOptions, waiting: &[String]) -> Result<String> {
     let device = target.device()?;
+    let waiting = [waiting, &[plan.recipe.name().to_string()]].concat();
+    let inputs = InputRuns::Train {
+        target,
+        waiting: &waiting,
+    };
     let summary = match &plan.recipe {
         Recipe::LongloraSft(r) => {
             let task = methods::longlora::build(r, device)?;
@@ -63,7 +78,7 @@ fn train(
         Recipe::IagDistill(r) => {
             let (teacher, inputs) = match &r.model.teacher.recipe {
                 Some(path) => {
-                    let (dir, hash) = teacher_run(path, target)?;
+                    let (dir, hash) = teacher_run(path, inputs)?;
                     (Some(dir), vec![("teacher".to_string(), hash)])
                 }
                 None => (None, Vec::new()),
@@ -72,7 +87,7 @@ fn train(
             trainer::train(plan, &task, options, &inputs)?
         }
         Recipe::CoeMultitask(r) => {
-            let (r, inputs) = with_category_weights(r, Some(target))?;
+            let (r, inputs) = with_category_weights(r, inputs)?;
             let task = methods::coe::build(&r, device)?;
             trainer::train(plan, &task, options, &inputs)?
         }
@@ -94,12 +109,11 @@ fn train(
 }
 
 /// `r` with its `data.category_weights` made a file: a recipe there means its finished run's
-/// `error_rates.json` (trained first when `train` gives a device, else it must exist). The
-/// weights are an input like a teacher, recorded by hash (and the weighting run by plan hash),
-/// so a run trained with other weights is not resumed with these.
+/// `error_rates.json`. The weights are an input like a teacher, recorded by hash (and the
+/// weighting run by plan hash), so a run trained with other weights is not resumed with these.
 pub fn with_category_weights(
     r: &CoeRecipe,
-    train: Option<Target>,
+    runs: InputRuns,
 ) -> Result<(CoeRecipe, Vec<(String, String)>)> {
     let mut r = r.clone();
     let mut inputs = Vec::new();
@@ -119,7 +133,7 @@ pub fn with_category_weights(
             if plan.recipe.name() == r.name {
                 bail!("{key}: {weights} is this recipe itself\n  hint: name the earlier round's recipe");
             }
-            let (dir, hash) = finished_run(&plan, train, key, &weights)?;
+            let (dir, hash) = finished_run(&plan, runs, key, &weights)?;
             inputs.push(("category_weights_run".to_string(), hash));
             dir.join("error_rates.json")
         }
@@ -138,9 +152,9 @@ pub fn with_category_weights(
 
 /// The trained teacher of a teacher recipe: its finished run's `teacher/` folder and the
 /// teacher plan's hash, training the recipe first when it has no finished run of that plan.
-fn teacher_run(recipe: &str, target: Target) -> Result<(PathBuf, String)> {
+fn teacher_run(recipe: &str, runs: InputRuns) -> Result<(PathBuf, String)> {
     let key = "model.teacher.recipe";
-    let (dir, hash) = finished_run(&resolve_input(recipe, key)?, Some(target), key, recipe)?;
+    let (dir, hash) = finished_run(&resolve_input(recipe, key)?, runs, key, recipe)?;
     let teacher = dir.join("teacher");
     if !teacher.join("config.json").is_file() {
         bail!(
@@ -163,18 +177,25 @@ fn resolve_input(recipe: &str, key: &str) -> Result<Plan> {
 }
 
 /// The run directory and plan hash of `plan` (a recipe named by `key`), training it first
-/// when it has no finished run and `train` gives a device.
+/// when it has no finished run and `runs` allows.
 fn finished_run(
     plan: &Plan,
-    train: Option<Target>,
+    runs: InputRuns,
     key: &str,
     recipe: &str,
 ) -> Result<(PathBuf, String)> {
     let dir = trainer::default_dir(plan);
     if !dir.join("summary.json").is_file() {
-        let Some(target) = train else {
+        let InputRuns::Train { target, waiting } = runs else {
             bail!("{key}: {recipe} has no finished run in {}\n  hint: train it first: runner run {recipe}", dir.display());
         };
+        let name = plan.recipe.name();
+        if waiting.iter().any(|w| w == name) {
+            bail!(
+                "{key}: {recipe} is needed by the run it needs: {} -> {name}\n  hint: break the cycle; an input recipe must not name, directly or through others, the recipe it serves",
+                waiting.join(" -> ")
+            );
+        }
         eprintln!(
             "training {key}'s recipe {recipe} first, into {}",
             dir.display()
@@ -184,7 +205,7 @@ fn finished_run(
             force: false,
             stop_after: None,
         };
-        self::train(plan, target, &options)?;
+        self::train(plan, target, &options, waiting)?;
     }
     Ok((dir, plan.hash.clone()))
 }

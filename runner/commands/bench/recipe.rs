@@ -86,7 +86,10 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
             (Box::new(task), batch, None)
         }
         Recipe::CoeMultitask(recipe) => {
-            let (recipe, _) = crate::commands::run::with_category_weights(recipe, None)?;
+            let (recipe, _) = crate::commands::run::with_category_weights(
+                recipe,
+                crate::commands::run::InputRuns::Existing,
+            )?;
             let task = coe::build(&recipe, device)?;
             let batch = first_batch(&task);
             (Box::new(task), batch, None)
