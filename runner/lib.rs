@@ -4,13 +4,15 @@
 //! recipe kinds, semantic checks, hash, estimates) → execution. `commands` holds one function
 //! per subcommand; `main.rs` only parses arguments.
 
+pub mod artifacts;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod document;
 pub mod eval;
+pub mod files;
 pub mod methods;
 pub mod models;
 pub mod plan;
-pub mod report;
 pub mod sweep;
 pub mod train;

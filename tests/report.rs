@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use runner::report::papers::{self, Comparison, IagRow, LongLoraRow, Match, Papers};
+use runner::commands::report::papers::{self, Comparison, IagRow, LongLoraRow, Match, Papers};
 use serde_json::{json, Value};
 
 fn runner(args: &[&str]) -> Output {

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use runner::report::tensorboard::{crc32c, masked_crc32c, EventWriter, HParamValue};
+use runner::artifacts::tensorboard::{crc32c, masked_crc32c, EventWriter, HParamValue};
 use serde_json::Value;
 
 #[test]

@@ -229,7 +229,7 @@ fn a_diverging_run_stops_naming_the_step_and_the_last_checkpoint() {
 
 #[test]
 fn step_zero_names_every_trainable_parameter_without_a_usable_gradient() {
-    use runner::models::lora::{self, LoraSpec};
+    use runner::models::adapters::lora::{self, LoraSpec};
     use runner::models::{hf_model, Tape};
     use runner::plan::inventory::Group;
     use tch::{Device, Kind, Tensor};

@@ -1,10 +1,24 @@
 //! `runner explain RECIPE [KEY=VALUE…]`: each resolved value and where it came from.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::OK;
 use crate::plan::explain::explain;
+
+/// `runner explain RECIPE [KEY=VALUE…]`.
+#[derive(clap::Args)]
+pub struct Args {
+    recipe: PathBuf,
+    /// Overrides, KEY.PATH=VALUE.
+    overrides: Vec<String>,
+}
+
+impl Args {
+    pub fn run(&self, out: &mut dyn Write) -> std::io::Result<i32> {
+        run(&self.recipe, &self.overrides, out)
+    }
+}
 
 pub fn run(recipe: &Path, overrides: &[String], out: &mut dyn Write) -> std::io::Result<i32> {
     let plan = match super::resolve_or_report(recipe, overrides, out)? {

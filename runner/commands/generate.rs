@@ -18,12 +18,21 @@ use crate::data::scienceqa::{self, Task as CoeTask};
 use crate::methods::coe;
 use crate::plan::recipe::Recipe;
 
+/// `runner generate MODEL --data ITEMS --out DIR [--gold]`.
+#[derive(clap::Args)]
 pub struct Options {
+    /// A run directory (its latest checkpoint) or a recipe (untrained).
     pub model: PathBuf,
+    /// ScienceQA-style items (JSON or JSONL).
+    #[arg(long)]
     pub data: PathBuf,
+    /// Folder for <task>.jsonl and <task>.references.jsonl.
+    #[arg(long)]
     pub out: PathBuf,
-    /// Each task from the item's own question (else CoE's chain).
+    /// Each task from the item's own question instead of the chain.
+    #[arg(long)]
     pub gold: bool,
+    #[arg(long, value_enum, default_value = "auto")]
     pub device: Target,
 }
 

@@ -3,13 +3,31 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
+use crate::models::adapters::lora;
 use crate::models::hf_folder::{self, CONFIG};
-use crate::models::{hf_model, lora};
+use crate::models::hf_model;
+
+/// `runner merge BASE ADAPTER OUT`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The base model's HF folder (config.json + safetensors).
+    base: PathBuf,
+    /// The adapter folder (adapter_config.json + adapter_model.safetensors).
+    adapter: PathBuf,
+    /// Where to write the merged HF folder.
+    out: PathBuf,
+}
+
+impl Args {
+    pub fn run(&self, out: &mut dyn Write) -> std::io::Result<i32> {
+        run(&self.base, &self.adapter, &self.out, out)
+    }
+}
 
 /// Files of the base folder the merged folder keeps as they are (config.json is kept too).
 const CARRIED: [&str; 6] = [
@@ -51,7 +69,8 @@ fn merge(base: &Path, adapter: &Path, out_dir: &Path) -> Result<String> {
         .into_iter()
         .map(|(n, t)| (n, t.to_kind(kind)))
         .collect();
-    let config = hf_folder::read_json(&base.join(CONFIG), "the base must be an HF model folder")?;
+    let config =
+        crate::files::read_json(&base.join(CONFIG), "the base must be an HF model folder")?;
     hf_folder::write_folder(out_dir, &config, &tensors, hf_model::MAX_SHARD_BYTES)?;
     for name in CARRIED {
         let from = base.join(name);

@@ -66,7 +66,7 @@ pub fn resolve_or_report(
     recipe: &std::path::Path,
     overrides: &[String],
     out: &mut dyn Write,
-) -> std::io::Result<Result<crate::plan::resolve::Plan, i32>> {
+) -> std::io::Result<Result<crate::plan::Plan, i32>> {
     if !recipe.is_file() {
         writeln!(out, "error: recipe {} does not exist", recipe.display())?;
         return Ok(Err(USAGE));

@@ -3,13 +3,44 @@
 //! model (its latest checkpoint) or, given a recipe, of the model its plan starts from.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
 use super::run::Target;
 use crate::methods::longlora;
 use crate::plan::recipe::Recipe;
+
+/// `runner perplexity MODEL --data FILE --lengths L,…`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A run directory (its latest checkpoint) or a recipe.
+    model: PathBuf,
+    /// Texts: .txt lines, or JSON/JSONL strings or {text} objects.
+    #[arg(long)]
+    data: PathBuf,
+    /// Context lengths, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    lengths: Vec<usize>,
+    /// Tokens between window starts (LongLoRA: 256).
+    #[arg(long, default_value_t = 256)]
+    stride: usize,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Target,
+}
+
+impl Args {
+    pub fn run(&self, out: &mut dyn Write) -> std::io::Result<i32> {
+        run(
+            &self.model,
+            &self.data,
+            &self.lengths,
+            self.stride,
+            self.device,
+            out,
+        )
+    }
+}
 
 pub fn run(
     model: &Path,

@@ -2,13 +2,29 @@
 //! hash, and what it costs: parameters, tokens per step, memory per device.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
 use super::{Format, OK};
 use crate::config::emit;
 use crate::plan::estimate::{estimate, Estimate};
+
+/// `runner plan RECIPE [KEY=VALUE…]`.
+#[derive(clap::Args)]
+pub struct Args {
+    recipe: PathBuf,
+    /// Overrides, KEY.PATH=VALUE.
+    overrides: Vec<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+impl Args {
+    pub fn run(&self, out: &mut dyn Write) -> std::io::Result<i32> {
+        run(&self.recipe, &self.overrides, self.format, out)
+    }
+}
 
 pub fn run(
     recipe: &Path,

@@ -10,8 +10,38 @@ use tch::Device;
 use crate::methods;
 use crate::plan::recipe::CoeRecipe;
 use crate::plan::recipe::Recipe;
-use crate::plan::resolve::{resolve, Plan};
+use crate::plan::{resolve, Plan};
 use crate::train::trainer::{self, RunOptions};
+
+/// `runner run RECIPE [KEY=VALUE…]`.
+#[derive(clap::Args)]
+pub struct Args {
+    recipe: PathBuf,
+    /// Overrides, KEY.PATH=VALUE.
+    overrides: Vec<String>,
+    /// The run directory (default: output.dir, name and plan hash).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue a run directory that holds another plan.
+    #[arg(long)]
+    force: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Target,
+    /// Stop after this many optimizer steps as if interrupted (for resume tests).
+    #[arg(long, hide = true)]
+    stop_after: Option<u64>,
+}
+
+impl Args {
+    pub fn run(&self, out: &mut dyn Write) -> std::io::Result<i32> {
+        let options = RunOptions {
+            out: self.out.clone(),
+            force: self.force,
+            stop_after: self.stop_after,
+        };
+        run(&self.recipe, &self.overrides, self.device, &options, out)
+    }
+}
 
 /// Where to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

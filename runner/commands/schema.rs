@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use super::OK;
-use crate::plan::schema::schema;
+use crate::document::schema;
 
 pub fn run(out: &mut dyn Write) -> std::io::Result<i32> {
     writeln!(

@@ -14,10 +14,20 @@ use crate::data::records;
 use crate::eval::text_metrics::TextScorer;
 use crate::plan::kinds::coe::TextMetric;
 
+/// `runner score --predictions P --references R`.
+#[derive(clap::Args)]
 pub struct Options {
+    /// Generations: .txt lines, or JSON/JSONL strings or {id?, prediction}.
+    #[arg(long)]
     pub predictions: PathBuf,
+    /// References: .txt lines, or JSON/JSONL strings or {id?, reference(s), subgroup fields…}.
+    #[arg(long)]
     pub references: PathBuf,
+    /// Metrics, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "bleu4,rouge_l,meteor")]
     pub metrics: Vec<String>,
+    /// Reference fields to break the scores down by (such as subject,grade,context_type).
+    #[arg(long, value_delimiter = ',')]
     pub by: Vec<String>,
 }
 

@@ -3,13 +3,40 @@
 //! training, as qa-expert's length script did.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
 use crate::data::tokenizer::Tokenizer;
 use crate::data::{instruction, packing};
 use crate::plan::kinds::longlora::Template;
+
+/// `runner stats DATA --tokenizer T`.
+#[derive(clap::Args)]
+pub struct Args {
+    data: PathBuf,
+    /// An HF tokenizer.json.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// The prompt template instruction data is formatted with.
+    #[arg(long, value_enum, default_value = "llama2-chat")]
+    template: Template,
+    /// Also count the examples longer than this.
+    #[arg(long)]
+    max_length: Option<usize>,
+}
+
+impl Args {
+    pub fn run(&self, out: &mut dyn Write) -> std::io::Result<i32> {
+        run(
+            &self.data,
+            &self.tokenizer,
+            self.template,
+            self.max_length,
+            out,
+        )
+    }
+}
 
 pub fn run(
     data: &Path,

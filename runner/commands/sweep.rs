@@ -10,8 +10,9 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::run::Target;
-use crate::plan::resolve::{document, Document};
-use crate::sweep::results::{self, Record, Status};
+use crate::document::{document, Document};
+use crate::sweep::record::{self, Record, Status};
+use crate::sweep::results;
 use crate::sweep::spec::SweepSpec;
 use crate::sweep::trials::{as_overrides, expand, Trial};
 use crate::sweep::{local, slurm};
@@ -22,16 +23,26 @@ pub enum Launcher {
     Slurm,
 }
 
+/// `runner sweep SWEEP`.
+#[derive(clap::Args)]
 pub struct Options {
-    /// Trials at once (default: the sweep's `max_parallel`).
+    /// The sweep file.
+    pub sweep: PathBuf,
+    /// Trials at once (default: the sweep's max_parallel).
+    #[arg(long)]
     pub jobs: Option<usize>,
+    #[arg(long, value_enum, default_value = "local")]
     pub launcher: Launcher,
     /// The results folder (default: results/sweeps/<name>).
+    #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Only print progress.
+    /// Show each trial's state (and the Slurm queue), run nothing.
+    #[arg(long)]
     pub status: bool,
+    #[arg(long, value_enum, default_value = "auto")]
     pub device: Target,
     /// Slurm resources given on the command line, over the sweep file's.
+    #[command(flatten)]
     pub slurm: slurm::Flags,
 }
 
@@ -43,7 +54,8 @@ struct Planned {
     run_dir: PathBuf,
 }
 
-pub fn run(path: &Path, options: &Options, out: &mut dyn Write) -> std::io::Result<i32> {
+pub fn run(options: &Options, out: &mut dyn Write) -> std::io::Result<i32> {
+    let path = options.sweep.as_path();
     let spec = match document(path, &[]) {
         Ok(Document::Sweep(spec)) => *spec,
         Ok(_) => {
@@ -130,7 +142,7 @@ fn record(i: usize, p: &Planned, status: Status) -> Record {
 fn sweep(path: &Path, spec: &SweepSpec, options: &Options, out: &mut dyn Write) -> Result<String> {
     let dir = results_dir(spec, options);
     let planned = plan(path, spec, &dir)?;
-    let earlier = results::load(&dir)?;
+    let earlier = record::load(&dir)?;
     let mut records: Vec<Record> = Vec::new();
     let mut todo: Vec<usize> = Vec::new();
     for (i, p) in planned.iter().enumerate() {
@@ -154,8 +166,8 @@ fn sweep(path: &Path, spec: &SweepSpec, options: &Options, out: &mut dyn Write) 
         skipped,
         todo.len()
     )?;
-    results::save_spec(&dir, spec)?;
-    results::save(&dir, &records)?;
+    record::save_spec(&dir, spec)?;
+    record::save(&dir, &records)?;
     if !todo.is_empty() {
         let jobs: Vec<local::Job> = todo
             .iter()
@@ -184,7 +196,7 @@ fn sweep(path: &Path, spec: &SweepSpec, options: &Options, out: &mut dyn Write) 
                         .as_deref()
                         .map_or(String::new(), |e| format!(" ({e})"))
                 );
-                results::save(&dir, &records)
+                record::save(&dir, &records)
             };
         match options.launcher {
             Launcher::Local => {
@@ -281,7 +293,7 @@ fn job(
 fn status(path: &Path, spec: &SweepSpec, options: &Options) -> Result<String> {
     let dir = results_dir(spec, options);
     let planned = plan(path, spec, &dir)?;
-    let earlier = results::load(&dir)?;
+    let earlier = record::load(&dir)?;
     let mut lines = vec![format!("sweep {} ({} trials)", spec.name, planned.len())];
     for (i, p) in planned.iter().enumerate() {
         let state = match earlier.iter().find(|r| r.plan_hash == p.hash) {

@@ -8,7 +8,22 @@ use serde_json::json;
 
 use super::{Format, INVALID, OK, USAGE};
 use crate::config::Diagnostic;
-use crate::plan::resolve::{document, Document};
+use crate::document::{document, Document};
+
+/// `runner validate [PATHS…]`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Files or folders (default: recipes/, configs/, sweeps/).
+    paths: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+impl Args {
+    pub fn run(&self, out: &mut dyn Write) -> std::io::Result<i32> {
+        run(&self.paths, self.format, out)
+    }
+}
 
 /// Folders checked when no path is given.
 pub const DEFAULT_PATHS: [&str; 3] = ["recipes", "configs", "sweeps"];

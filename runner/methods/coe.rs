@@ -22,12 +22,12 @@ use crate::data::mixture::{training_sequence, Mixture};
 use crate::data::scienceqa::{self, Item, Task as CoeTask, TASKS};
 use crate::data::tokenizer::Tokenizer;
 use crate::eval::text_metrics::TextScorer;
+use crate::models::adapters::lora::{self, LoraSpec};
 use crate::models::bert::Bert;
 use crate::models::connector::{sincos_2d, Connector};
 use crate::models::generate::{self, GenerateOptions, Strategy};
 use crate::models::hf_folder::{write_safetensors, HfConfig};
 use crate::models::llama::{DecoderOptions, Llama};
-use crate::models::lora::{self, LoraSpec};
 use crate::models::loss::causal_lm_example_losses;
 use crate::models::qwen_vl;
 use crate::models::vit::{self, Vit};
@@ -264,7 +264,7 @@ impl ExemplarCache {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let bytes = serde_json::to_vec(&(train, validation))?;
-        crate::models::hf_folder::write_atomic(&self.path, &bytes)
+        crate::files::write_atomic(&self.path, &bytes)
     }
 }
 

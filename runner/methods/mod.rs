@@ -10,8 +10,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::models::adapters::lora::{self, LoraSpec};
 use crate::models::hf_folder::HfConfig;
-use crate::models::lora::{self, LoraSpec};
 use crate::models::{hf_model, ParamStore};
 
 /// Saves a trained model as its result: the PEFT adapter in `dir/adapter` when LoRA trained

@@ -8,11 +8,11 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+use super::adapters::whitening::mean_pool;
 use super::attention::{attend, Mask};
-use super::hf_folder::read_json;
 use super::layers::{embed, LayerNorm, Linear};
 use super::store::ParamStore;
-use super::whitening::mean_pool;
+use crate::files::read_json;
 use crate::plan::inventory::{Group, Param};
 
 pub struct Bert {

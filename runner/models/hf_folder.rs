@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use tch::Tensor;
 
+use crate::files::{read_json, write_atomic};
 use crate::plan::arch::{ArchProblem, DecoderArch, Family, FeedForward, T5Arch};
 
 pub const CONFIG: &str = "config.json";
@@ -45,13 +45,6 @@ pub fn read_config(dir: &Path) -> Result<HfConfig> {
             other.unwrap_or("(missing)")
         ),
     }
-}
-
-/// A JSON file; `hint` says what the file should have been when it cannot be read.
-pub fn read_json(path: &Path, hint: &str) -> Result<Value> {
-    let text = fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}\n  hint: {hint}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
 pub(crate) fn uint(v: &Value, key: &str) -> Result<u64> {
@@ -374,17 +367,5 @@ pub fn write_safetensors(path: &Path, tensors: &[&(String, Tensor)]) -> Result<(
     Tensor::write_safetensors(&contiguous, &tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Writes a file through a temporary file, fsync and rename, so a reader never sees half of it.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let mut f =
-        fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
     fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

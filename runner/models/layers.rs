@@ -4,7 +4,7 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use super::hyperlora::HyperBranch;
+use super::adapters::hyperlora::HyperBranch;
 use super::store::ParamStore;
 
 /// A LoRA branch (Hu et al.): `scale · B·A·dropout(x)`, with A `[rank, in]` and B `[out, rank]`.

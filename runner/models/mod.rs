@@ -4,6 +4,7 @@
 //! `plan::inventory`, the one place where module names are mapped). Models borrow shallow
 //! handles to those tensors, so LoRA, freezing and saving act on the store, not on the model.
 
+pub mod adapters;
 pub mod attention;
 pub mod bert;
 pub mod checkpoint;
@@ -12,10 +13,8 @@ pub mod fid;
 pub mod generate;
 pub mod hf_folder;
 pub mod hf_model;
-pub mod hyperlora;
 pub mod layers;
 pub mod llama;
-pub mod lora;
 pub mod loss;
 pub mod precision;
 pub mod qwen_vl;
@@ -24,7 +23,6 @@ pub mod store;
 pub mod t5;
 pub mod vit;
 pub mod vlm;
-pub mod whitening;
 
 pub use checkpoint::{Checkpointing, Tape};
 pub use precision::Compute;

@@ -11,8 +11,9 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use super::hf_folder::{bool_or, float_or, read_json, read_tensors, uint};
+use super::hf_folder::{bool_or, float_or, read_tensors, uint};
 use super::store::ParamStore;
+use crate::files::read_json;
 use crate::plan::arch::{Connector, DecoderArch, Family, VisionArch, VisionFamily};
 use crate::plan::inventory;
 

@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
+use super::adapters::attached::HyperSettings;
 use super::hf_folder;
-use super::hyperlora::HyperSettings;
 use crate::plan::inventory::{Group, Param};
 
 /// The LoRA scale and dropout that apply to every adapter in a store.

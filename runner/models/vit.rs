@@ -13,9 +13,9 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use super::attention::{attend, Mask};
-use super::hf_folder::read_json;
 use super::layers::{LayerNorm, Linear};
 use super::store::ParamStore;
+use crate::files::read_json;
 use crate::plan::arch::{VisionArch, VisionFamily};
 use crate::plan::inventory;
 

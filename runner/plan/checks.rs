@@ -6,8 +6,8 @@ use super::estimate::{self, Part};
 use super::inventory;
 use super::kinds::coe::TextMetric;
 use super::recipe::Recipe;
-use super::resolve::Plan;
 use super::training::{Adapter, ScheduleKind, Training};
+use super::Plan;
 use crate::config::diagnostic::did_you_mean;
 use crate::config::{Diagnostic, Origin};
 

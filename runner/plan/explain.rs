@@ -2,7 +2,7 @@
 
 use serde_json::Value as J;
 
-use super::resolve::Plan;
+use super::Plan;
 use crate::config::emit;
 use crate::config::{Node, Origin};
 

@@ -15,4 +15,21 @@ pub mod schema;
 pub mod training;
 
 pub use recipe::Recipe;
-pub use resolve::{resolve, Document, Plan};
+pub use resolve::resolve;
+
+use std::path::PathBuf;
+
+use crate::config::Node;
+
+/// The contract between configuration and execution: every value typed and filled in.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The recipe file it came from.
+    pub source: PathBuf,
+    pub recipe: Recipe,
+    /// The located tree it was typed from, for `explain` and for locating check failures.
+    pub tree: Node,
+    /// blake3 of the canonical JSON of `recipe`: independent of key order, comments and
+    /// formatting, changed by any value.
+    pub hash: String,
+}

@@ -1,34 +1,17 @@
 //! From a recipe file and `KEY.PATH=VALUE` overrides to a checked, hashed [`Plan`]:
 //! load (with `extends`) → override → check against the schema → type → semantic checks → hash.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::checks;
 use super::recipe::{Recipe, KINDS};
 use super::schema::{def_for_kind, schema};
+use super::Plan;
 use crate::config::diagnostic::did_you_mean;
 use crate::config::{load, Diagnostic, Mode, Node, Origin, Override};
 
-/// The contract between configuration and execution: every value typed and filled in.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    /// The recipe file it came from.
-    pub source: PathBuf,
-    pub recipe: Recipe,
-    /// The located tree it was typed from, for `explain` and for locating check failures.
-    pub tree: Node,
-    /// blake3 of the canonical JSON of `recipe`: independent of key order, comments and
-    /// formatting, changed by any value.
-    pub hash: String,
-}
-
-/// What a YAML file of the project is, decided by its `kind`.
-pub enum Document {
-    Recipe(Box<Plan>),
-    Sweep(Box<crate::sweep::spec::SweepSpec>),
-    /// No `kind`: a building block that recipes extend; the definition it was checked against.
-    Fragment(String),
-}
+/// The `kind` of sweep files, which `runner sweep` runs (a recipe file is run by `runner run`).
+pub const SWEEP: &str = "sweep";
 
 /// Load a file with its `extends` and apply overrides. Errors are collected, not fatal.
 pub fn load_tree(path: &Path, overrides: &[String]) -> (Option<Node>, Vec<Diagnostic>) {
@@ -54,46 +37,41 @@ pub fn load_tree(path: &Path, overrides: &[String]) -> (Option<Node>, Vec<Diagno
 
 /// Resolve a recipe file into a plan.
 pub fn resolve(path: &Path, overrides: &[String]) -> Result<Plan, Vec<Diagnostic>> {
-    match document(path, overrides)? {
-        Document::Recipe(plan) => Ok(*plan),
-        Document::Sweep(_) => Err(vec![Diagnostic::error(
-            Origin::start_of(path),
-            "this is a sweep file, not a recipe",
-        )
-        .with_hint("run it with `runner sweep`, or check it with `runner validate`")]),
-        Document::Fragment(_) => Err(vec![Diagnostic::error(
-            Origin::start_of(path),
-            "missing required key `kind`",
-        )
-        .with_hint(format!(
-            "add `kind:` with one of {}; files without a kind are fragments for `extends`",
-            KINDS.join(", ")
-        ))]),
-    }
-}
-
-/// Check any YAML file of the project: a recipe, a sweep or a fragment.
-pub fn document(path: &Path, overrides: &[String]) -> Result<Document, Vec<Diagnostic>> {
     let (tree, mut errors) = load_tree(path, overrides);
-    let Some(mut tree) = tree else {
+    let Some(tree) = tree else {
         return Err(errors);
     };
-    let kind = match kind_of(&tree) {
-        Ok(kind) => kind,
+    let allowed: Vec<&str> = KINDS.iter().copied().chain([SWEEP]).collect();
+    let kind = match kind_of(&tree, &allowed) {
+        // A file that did not load says why first: its kind may be what failed to load.
+        _ if !errors.is_empty() && tree.get("kind").is_none() => return Err(errors),
+        Ok(Some(kind)) if kind == SWEEP => {
+            return Err(vec![Diagnostic::error(
+                Origin::start_of(path),
+                "this is a sweep file, not a recipe",
+            )
+            .with_hint(
+                "run it with `runner sweep`, or check it with `runner validate`",
+            )])
+        }
+        Ok(Some(kind)) => kind,
+        Ok(None) => {
+            return Err(vec![Diagnostic::error(
+                Origin::start_of(path),
+                "missing required key `kind`",
+            )
+            .with_hint(format!(
+                "add `kind:` with one of {}; files without a kind are fragments for `extends`",
+                KINDS.join(", ")
+            ))])
+        }
         Err(e) => {
             errors.push(e);
             return Err(errors);
         }
     };
-    let document = match kind.as_deref() {
-        None => fragment(&mut tree).map(Document::Fragment),
-        Some("sweep") => {
-            crate::sweep::check::check(path, &mut tree).map(|s| Document::Sweep(Box::new(s)))
-        }
-        Some(kind) => plan_from_tree(path, kind, tree).map(|plan| Document::Recipe(Box::new(plan))),
-    };
-    match document {
-        Ok(document) if errors.is_empty() => Ok(document),
+    match plan_from_tree(path, &kind, tree) {
+        Ok(plan) if errors.is_empty() => Ok(plan),
         Ok(_) => Err(errors),
         Err(more) => {
             errors.extend(more);
@@ -139,12 +117,11 @@ pub fn hash(recipe: &Recipe) -> String {
     blake3::hash(&canonical).to_hex().to_string()
 }
 
-/// The `kind` of a document, `None` for a fragment.
-fn kind_of(tree: &Node) -> Result<Option<String>, Diagnostic> {
+/// The `kind` of a document, one of `allowed`; `None` for a fragment.
+pub fn kind_of(tree: &Node, allowed: &[&str]) -> Result<Option<String>, Diagnostic> {
     let Some(node) = tree.get("kind") else {
         return Ok(None);
     };
-    let allowed: Vec<&str> = KINDS.iter().copied().chain(["sweep"]).collect();
     match node.as_str() {
         Some(kind) if allowed.contains(&kind) => Ok(Some(kind.to_string())),
         found => {
@@ -163,43 +140,4 @@ fn kind_of(tree: &Node) -> Result<Option<String>, Diagnostic> {
             .with_hint(hint))
         }
     }
-}
-
-/// Check a file without `kind` as a fragment: it must fit some part of the schema (no
-/// required keys). Returns the name of the part it fits best.
-fn fragment(tree: &mut Node) -> Result<String, Vec<Diagnostic>> {
-    let schema = schema();
-    let at = tree.origin.clone();
-    let mut best: Option<(String, Vec<Diagnostic>)> = None;
-    // Whole recipes first, so a partial recipe is reported as one rather than as a part.
-    let mut names: Vec<&str> = schema.def_names();
-    names.sort_by_key(|n| !n.ends_with("Recipe"));
-    for name in names {
-        let def = schema.def(name).expect("listed definitions exist");
-        if schema.resolve(def).get("properties").is_none()
-            && schema.resolve(def).get("oneOf").is_none()
-        {
-            continue;
-        }
-        let mut trial = tree.clone();
-        let errors = schema.check(&mut trial, def, Mode::Fragment, &at);
-        if errors.is_empty() {
-            *tree = trial;
-            return Ok(name.to_string());
-        }
-        if best.as_ref().is_none_or(|(_, e)| errors.len() < e.len()) {
-            best = Some((name.to_string(), errors));
-        }
-    }
-    let (name, errors) = best.unwrap_or_default();
-    Err(errors
-        .into_iter()
-        .map(|e| {
-            let hint = format!(
-                "{} (this file has no `kind`, so it was checked as a fragment of `{name}`)",
-                e.hint.clone().unwrap_or_default()
-            );
-            e.with_hint(hint.trim_start().to_string())
-        })
-        .collect())
 }

@@ -1,5 +1,6 @@
-//! The JSON Schema of recipes and sweep files, generated from the Rust types (doc comments
-//! become descriptions). `runner schema` prints it; `config::check` validates against it.
+//! The JSON Schema of the recipe kinds, generated from the Rust types (doc comments become
+//! descriptions); `config::check` validates recipe trees against it. The whole schema of the
+//! project's files (recipes and sweeps) is `document::schema`.
 
 use std::sync::OnceLock;
 
@@ -8,9 +9,8 @@ use serde_json::json;
 
 use super::recipe::{CoeRecipe, IagRecipe, LongloraRecipe};
 use crate::config::Schema;
-use crate::sweep::spec::SweepSpec;
 
-/// The one schema document: `oneOf` the three recipe kinds and the sweep file.
+/// The recipes' schema: `oneOf` the three recipe kinds.
 pub fn schema() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
     SCHEMA.get_or_init(|| {
@@ -19,26 +19,23 @@ pub fn schema() -> &'static Schema {
             generator.subschema_for::<IagRecipe>(),
             generator.subschema_for::<LongloraRecipe>(),
             generator.subschema_for::<CoeRecipe>(),
-            generator.subschema_for::<SweepSpec>(),
         ];
         let defs = generator.take_definitions(true);
         Schema::new(json!({
             "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": "runner recipe or sweep",
-            "description": "A recipe (kind: iag_distill, longlora_sft or coe_multitask) or a sweep file (kind: sweep).",
+            "title": "runner recipe",
             "oneOf": documents,
             "$defs": defs,
         }))
     })
 }
 
-/// The `$defs` name of the document schema for a `kind` value.
+/// The `$defs` name of the schema of a recipe `kind`.
 pub fn def_for_kind(kind: &str) -> Option<&'static str> {
     Some(match kind {
         "iag_distill" => "IagDistillRecipe",
         "longlora_sft" => "LongloraSftRecipe",
         "coe_multitask" => "CoeMultitaskRecipe",
-        "sweep" => "SweepSpec",
         _ => return None,
     })
 }

@@ -2,19 +2,20 @@
 //! against the recipe (a value that would make an invalid trial is reported where it is written).
 
 use std::path::Path;
+use std::sync::OnceLock;
+
+use schemars::generate::SchemaSettings;
 
 use super::spec::{Distribution, Method, Parameter, SweepSpec};
 use crate::config::diagnostic::did_you_mean;
-use crate::config::{Diagnostic, Mode, Node, Origin, Override};
+use crate::config::{Diagnostic, Mode, Node, Origin, Override, Schema};
 use crate::plan::resolve::{load_tree, plan_from_tree};
 use crate::plan::schema::{def_for_kind, schema};
 
 pub fn check(path: &Path, tree: &mut Node) -> Result<SweepSpec, Vec<Diagnostic>> {
-    let schema = schema();
-    let def = schema
-        .def(def_for_kind("sweep").expect("sweeps have a schema"))
-        .expect("defined");
-    let errors = schema.check(tree, def, Mode::Complete, &Origin::start_of(path));
+    let sweeps = sweep_schema();
+    let def = sweeps.def("SweepSpec").expect("defined");
+    let errors = sweeps.check(tree, def, Mode::Complete, &Origin::start_of(path));
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -57,7 +58,7 @@ pub fn check(path: &Path, tree: &mut Node) -> Result<SweepSpec, Vec<Diagnostic>>
         .and_then(Node::as_str)
         .unwrap_or_default()
         .to_string();
-    if def_for_kind(&kind).is_none() || kind == "sweep" {
+    if def_for_kind(&kind).is_none() {
         return Err(vec![Diagnostic::error(
             at(&["recipe"]),
             format!("`{}` is not a recipe (its kind is `{kind}`)", spec.recipe),
@@ -79,7 +80,7 @@ pub fn check(path: &Path, tree: &mut Node) -> Result<SweepSpec, Vec<Diagnostic>>
     }
 
     // Every swept key must exist in the recipe, and every value must make a valid trial.
-    let recipe_schema = schema
+    let recipe_schema = schema()
         .def(def_for_kind(&kind).expect("checked above"))
         .expect("defined");
     let mut axes: Vec<(&str, &Origin, Vec<&Node>)> = Vec::new();
@@ -299,4 +300,15 @@ pub fn metric_names(kind: &str) -> Vec<&'static str> {
         _ => vec!["eval/bleu4", "eval/rouge_l", "eval/meteor"],
     });
     names
+}
+
+/// The sweep file's schema, generated from [`SweepSpec`].
+fn sweep_schema() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let mut generator = SchemaSettings::draft2020_12().into_generator();
+        let document = generator.subschema_for::<SweepSpec>();
+        let defs = generator.take_definitions(true);
+        Schema::new(serde_json::json!({ "oneOf": [document], "$defs": defs }))
+    })
 }

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::results::{better, Status};
+use super::record::{better, Status};
 use super::spec::{EarlyTermination, Metric};
+use crate::artifacts::metrics_csv;
 use crate::plan::common::Goal;
-use crate::report::metrics_csv;
 
 /// One trial to run.
 pub struct Job {

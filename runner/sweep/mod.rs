@@ -4,6 +4,7 @@
 pub mod check;
 pub mod local;
 pub mod plot;
+pub mod record;
 pub mod results;
 pub mod slurm;
 pub mod spec;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::results::{keys, Record};
+use super::record::{keys, Record};
 use super::spec::SweepSpec;
 
 const W: f64 = 360.0;

@@ -13,17 +13,25 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::local::{Ended, Job};
-use super::results::Status;
+use super::record::Status;
 use super::spec::Slurm;
-use crate::models::hf_folder::{read_json, write_atomic};
+use crate::files::{read_json, write_atomic};
 
 /// Slurm resources given on the command line; each one set replaces the sweep file's.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Flags {
+    /// Slurm partition (over the sweep file's `slurm.partition`).
+    #[arg(long)]
     pub partition: Option<String>,
+    /// Slurm time limit per trial, HH:MM:SS.
+    #[arg(long)]
     pub time: Option<String>,
+    #[arg(long)]
     pub cpus_per_task: Option<u32>,
+    #[arg(long)]
     pub gpus_per_task: Option<u32>,
+    /// Slurm memory per trial, such as 16G.
+    #[arg(long)]
     pub mem: Option<String>,
 }
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::models::hf_folder::write_atomic;
-use crate::report::tensorboard::{EventWriter, HParamValue};
+use crate::artifacts::tensorboard::{EventWriter, HParamValue};
+use crate::files::write_atomic;
 
 const HEADER: &str = "step,split,metric,value\n";
 

@@ -19,8 +19,9 @@ use tch::Tensor;
 
 use crate::config::emit;
 use crate::data::loader::Position;
-use crate::models::hf_folder::{write_atomic, write_safetensors};
-use crate::plan::resolve::Plan;
+use crate::files::write_atomic;
+use crate::models::hf_folder::write_safetensors;
+use crate::plan::Plan;
 
 /// Everything besides tensors that a resumed run needs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

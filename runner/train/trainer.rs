@@ -16,11 +16,11 @@ use super::optimizer::{clip_grad_norm, zero_grad, AdamW};
 use super::run_dir::{RunDir, RunState};
 use super::schedule::LrSchedule;
 use super::task::{self, Evaluation, Task};
-use crate::models::hf_folder::write_atomic;
+use crate::artifacts::tensorboard::HParamValue;
+use crate::files::write_atomic;
 use crate::models::{Checkpointing, Tape};
 use crate::plan::inventory::Group;
-use crate::plan::resolve::Plan;
-use crate::report::tensorboard::HParamValue;
+use crate::plan::Plan;
 
 /// How `runner run` was asked to run a plan.
 pub struct RunOptions {

@@ -1,8 +1,8 @@
 //! Recomputation gives the gradients of keeping activations (fp32, within 1e-6), with dropout
 //! on: every segment draws the same mask in its recomputation.
 
+use runner::models::adapters::lora::{self, LoraSpec};
 use runner::models::hf_folder::HfConfig;
-use runner::models::lora::{self, LoraSpec};
 use runner::models::loss::{causal_lm_loss, cross_entropy};
 use runner::models::t5::shift_right;
 use runner::models::{hf_model, Checkpointing, ParamStore, Tape};

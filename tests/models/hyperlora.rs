@@ -1,9 +1,9 @@
 //! IAG's HyperLoRA: where the hypernetworks go, what trains, and one adapted layer against
 //! the formula worked out by hand; BERT-whitening's defining property.
 
-use runner::models::hyperlora;
+use runner::models::adapters::hyperlora;
+use runner::models::adapters::whitening::Whitening;
 use runner::models::layers::Linear;
-use runner::models::whitening::Whitening;
 use runner::plan::hypernet::{site, Site};
 use runner::plan::training::{Adapter, Stack};
 use tch::{Kind, Tensor};

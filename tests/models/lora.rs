@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 
-use runner::models::lora::{self, LoraSpec};
+use runner::models::adapters::lora::{self, LoraSpec};
 use runner::models::loss::causal_lm_loss;
 use runner::models::Tape;
 use runner::plan::inventory::Group;

@@ -16,6 +16,31 @@ use crate::models::llama::{DecoderOptions, Llama};
 use crate::models::{hf_model, loss, Checkpointing, Tape};
 use crate::plan::arch::{DecoderArch, Family};
 
+/// `runner bench checkpointing`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, default_value_t = 12)]
+    layers: u64,
+    #[arg(long, default_value_t = 2048)]
+    tokens: i64,
+    #[arg(long, default_value_t = 256)]
+    hidden: u64,
+    /// Internal: measure one mode in this process.
+    #[arg(long, hide = true)]
+    child: Option<String>,
+}
+
+impl Args {
+    pub fn run(&self, out: &mut dyn Write) -> std::io::Result<i32> {
+        let shape = Shape {
+            layers: self.layers,
+            tokens: self.tokens,
+            hidden: self.hidden,
+        };
+        run(shape, self.child.as_deref(), out)
+    }
+}
+
 /// The benchmark's model and batch.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {

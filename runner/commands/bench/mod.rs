@@ -3,7 +3,27 @@
 pub mod checkpointing;
 pub mod recipe;
 
+use std::io::Write;
+
 use anyhow::{anyhow, Result};
+
+/// `runner bench WHAT`.
+#[derive(clap::Subcommand)]
+pub enum Args {
+    /// Step time, tokens/s and peak memory of a recipe's training step, against PyTorch.
+    Recipe(recipe::Args),
+    /// Peak memory of one training step with and without gradient checkpointing.
+    Checkpointing(checkpointing::Args),
+}
+
+impl Args {
+    pub fn run(&self, out: &mut dyn Write) -> std::io::Result<i32> {
+        match self {
+            Args::Recipe(a) => a.run(out),
+            Args::Checkpointing(a) => a.run(out),
+        }
+    }
+}
 
 /// The process's peak resident set (VmHWM) in KiB.
 pub fn peak_rss_kib() -> Result<u64> {

@@ -9,7 +9,7 @@
 //! only for now.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -22,14 +22,43 @@ use crate::commands::finish;
 use crate::commands::run::Target;
 use crate::data::batch::Batch;
 use crate::methods::{coe, iag, longlora};
-use crate::models::lora::LoraSpec;
+use crate::models::adapters::lora::LoraSpec;
 use crate::models::Checkpointing;
 use crate::models::Tape;
 use crate::plan::recipe::Recipe;
-use crate::plan::resolve::Plan;
 use crate::plan::training::Precision;
+use crate::plan::Plan;
 use crate::train::optimizer::{clip_grad_norm, zero_grad, AdamW};
 use crate::train::task::Task;
+
+/// `runner bench recipe RECIPE [KEY=VALUE…]`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    recipe: PathBuf,
+    /// Overrides, KEY.PATH=VALUE.
+    overrides: Vec<String>,
+    #[arg(long, default_value_t = 10)]
+    steps: u64,
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Skip the PyTorch side.
+    #[arg(long)]
+    no_pytorch: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Target,
+}
+
+impl Args {
+    pub fn run(&self, out: &mut dyn Write) -> std::io::Result<i32> {
+        let options = BenchOptions {
+            steps: self.steps,
+            warmup: self.warmup,
+            pytorch: !self.no_pytorch,
+            target: self.device,
+        };
+        run(&self.recipe, &self.overrides, options, out)
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct BenchOptions {

@@ -8,48 +8,19 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use tch::{Kind, Tensor};
 
-use super::hf_folder::{write_atomic, write_safetensors};
+use super::attached::{Features, HyperSettings};
 use super::lora::linear_modules;
-use super::store::ParamStore;
 use super::whitening::Whitening;
-use crate::plan::hypernet::{self, Site};
+use crate::files::write_atomic;
+use crate::models::hf_folder::write_safetensors;
+use crate::models::store::ParamStore;
+use crate::plan::hypernet;
 use crate::plan::inventory::Group;
 use crate::plan::training::Adapter;
-
-/// The current batch's features `[B, whiten_dim]`, shared by every adapted layer of a model.
-/// The task sets them before each forward pass or generation (IAG's `set_features`): passing
-/// them through every T5 call would thread one argument through the whole model for the sake
-/// of one adapter kind.
-#[derive(Clone, Default)]
-pub struct Features(Arc<Mutex<Option<Tensor>>>);
-
-impl Features {
-    pub fn set(&self, features: &Tensor) {
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = Some(features.shallow_clone());
-    }
-
-    fn get(&self) -> Tensor {
-        let slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        slot.as_ref()
-            .map(Tensor::shallow_clone)
-            .expect("HyperLoRA features are set before the model runs")
-    }
-}
-
-/// What `attach` records in the store for `Linear::load`.
-pub struct HyperSettings {
-    /// Dropout on the frozen projection's output.
-    pub dropout: f64,
-    /// Adapted module → its hypernetwork and layer index.
-    pub sites: BTreeMap<String, Site>,
-    pub features: Features,
-}
 
 /// Linear(in → hidden) → ReLU → Linear(hidden → out), PyTorch's `Sequential` names 0 and 2.
 struct Mlp {

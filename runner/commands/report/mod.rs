@@ -1,5 +1,7 @@
 //! `runner report RUN_DIR|RECIPE`: a finished run's metrics, and the paper's values for the same
-//! setting beside them (`crate::report::papers`).
+//! setting beside them (`crate::commands::report::papers`).
+
+pub mod papers;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,11 +11,30 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::models::hf_folder::read_json;
-use crate::plan::resolve::{document, Document};
-use crate::report::metrics_csv;
-use crate::report::papers::{self, Match, Papers};
-use crate::sweep::results;
+use crate::artifacts::metrics_csv;
+use crate::document::{document, Document};
+use crate::files::read_json;
+use crate::sweep::{record, results};
+use papers::{Match, Papers};
+
+/// `runner report TARGET…`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run directories, recipes (their default run directory), sweep files or sweep
+    /// results folders.
+    #[arg(required = true)]
+    targets: Vec<PathBuf>,
+    /// Show only these evaluation metrics (comma-separated names; `prefix*` for all that
+    /// start so).
+    #[arg(long, value_delimiter = ',')]
+    metrics: Vec<String>,
+}
+
+impl Args {
+    pub fn run(&self, out: &mut dyn Write) -> std::io::Result<i32> {
+        run(&self.targets, &self.metrics, out)
+    }
+}
 
 /// One target that is a run directory or a recipe: that run's report beside the paper's
 /// values. A sweep (its file or results folder): its summary tables. Several targets: each
@@ -22,7 +43,7 @@ use crate::sweep::results;
 /// shows all.
 pub fn run(targets: &[PathBuf], metrics: &[String], out: &mut dyn Write) -> std::io::Result<i32> {
     let is_sweep = |t: &Path| {
-        t.join(results::RECORD).is_file()
+        t.join(record::RECORD).is_file()
             || (t.is_file() && matches!(document(t, &[]), Ok(Document::Sweep(_))))
     };
     if let [target] = targets {
@@ -85,8 +106,8 @@ fn sweep_tables(target: &Path) -> Result<String> {
         },
         false => target.to_path_buf(),
     };
-    let spec = results::load_spec(&dir)?;
-    Ok(results::summary_md(&spec, &results::load(&dir)?))
+    let spec = record::load_spec(&dir)?;
+    Ok(results::summary_md(&spec, &record::load(&dir)?))
 }
 
 /// One row per run: its name, steps, last train loss and last evaluation.

@@ -10,8 +10,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
-use super::hf_folder::{read_json, write_atomic, write_safetensors};
-use super::store::{LoraSettings, ParamStore};
+use crate::files::{read_json, write_atomic};
+use crate::models::hf_folder::write_safetensors;
+use crate::models::store::{LoraSettings, ParamStore};
 use crate::plan::inventory::{target_matches, Group};
 use crate::plan::training::Adapter;
 

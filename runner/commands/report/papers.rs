@@ -37,9 +37,9 @@ pub const IAG_TABLE1: &str = "iag_table1.csv";
 pub const LONGLORA_TABLE3: &str = "longlora_table3.csv";
 pub const LONGLORA_TABLE14: &str = "longlora_table14.csv";
 
-const IAG_TABLE1_CSV: &str = include_str!("../../results/papers/iag_table1.csv");
-const LONGLORA_TABLE3_CSV: &str = include_str!("../../results/papers/longlora_table3.csv");
-const LONGLORA_TABLE14_CSV: &str = include_str!("../../results/papers/longlora_table14.csv");
+const IAG_TABLE1_CSV: &str = include_str!("../../../results/papers/iag_table1.csv");
+const LONGLORA_TABLE3_CSV: &str = include_str!("../../../results/papers/longlora_table3.csv");
+const LONGLORA_TABLE14_CSV: &str = include_str!("../../../results/papers/longlora_table14.csv");
 
 /// One cell of IAG Table 1 (exact match, percent).
 #[derive(Clone, Debug, PartialEq)]

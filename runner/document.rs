@@ -1,0 +1,115 @@
+//! What a YAML file of the project is, decided by its `kind`: a recipe (resolved into a plan),
+//! a sweep (checked with its base recipe), or, without `kind`, a fragment that recipes extend.
+//! It sits above `plan` and `sweep`, which each know only their own files; `runner validate`,
+//! `runner report` and `runner schema` see the whole.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use schemars::generate::SchemaSettings;
+use serde_json::json;
+
+use crate::config::{Diagnostic, Mode, Node, Schema};
+use crate::plan::recipe::{CoeRecipe, IagRecipe, LongloraRecipe, KINDS};
+use crate::plan::resolve::{kind_of, load_tree, plan_from_tree, SWEEP};
+use crate::plan::Plan;
+use crate::sweep::spec::SweepSpec;
+
+pub enum Document {
+    Recipe(Box<Plan>),
+    Sweep(Box<SweepSpec>),
+    /// No `kind`: a building block that recipes extend; the definition it was checked against.
+    Fragment(String),
+}
+
+/// The one schema of the project's files: `oneOf` the three recipe kinds and the sweep file.
+pub fn schema() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let mut generator = SchemaSettings::draft2020_12().into_generator();
+        let documents = [
+            generator.subschema_for::<IagRecipe>(),
+            generator.subschema_for::<LongloraRecipe>(),
+            generator.subschema_for::<CoeRecipe>(),
+            generator.subschema_for::<SweepSpec>(),
+        ];
+        let defs = generator.take_definitions(true);
+        Schema::new(json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "runner recipe or sweep",
+            "description": "A recipe (kind: iag_distill, longlora_sft or coe_multitask) or a sweep file (kind: sweep).",
+            "oneOf": documents,
+            "$defs": defs,
+        }))
+    })
+}
+
+/// Check any YAML file of the project: a recipe, a sweep or a fragment.
+pub fn document(path: &Path, overrides: &[String]) -> Result<Document, Vec<Diagnostic>> {
+    let (tree, mut errors) = load_tree(path, overrides);
+    let Some(mut tree) = tree else {
+        return Err(errors);
+    };
+    let allowed: Vec<&str> = KINDS.iter().copied().chain([SWEEP]).collect();
+    let kind = match kind_of(&tree, &allowed) {
+        Ok(kind) => kind,
+        Err(e) => {
+            errors.push(e);
+            return Err(errors);
+        }
+    };
+    let document = match kind.as_deref() {
+        None => fragment(&mut tree).map(Document::Fragment),
+        Some(SWEEP) => {
+            crate::sweep::check::check(path, &mut tree).map(|s| Document::Sweep(Box::new(s)))
+        }
+        Some(kind) => plan_from_tree(path, kind, tree).map(|plan| Document::Recipe(Box::new(plan))),
+    };
+    match document {
+        Ok(document) if errors.is_empty() => Ok(document),
+        Ok(_) => Err(errors),
+        Err(more) => {
+            errors.extend(more);
+            Err(errors)
+        }
+    }
+}
+
+/// Check a file without `kind` as a fragment: it must fit some part of the schema (no
+/// required keys). Returns the name of the part it fits best.
+fn fragment(tree: &mut Node) -> Result<String, Vec<Diagnostic>> {
+    let schema = schema();
+    let at = tree.origin.clone();
+    let mut best: Option<(String, Vec<Diagnostic>)> = None;
+    // Whole recipes first, so a partial recipe is reported as one rather than as a part.
+    let mut names: Vec<&str> = schema.def_names();
+    names.sort_by_key(|n| !n.ends_with("Recipe"));
+    for name in names {
+        let def = schema.def(name).expect("listed definitions exist");
+        if schema.resolve(def).get("properties").is_none()
+            && schema.resolve(def).get("oneOf").is_none()
+        {
+            continue;
+        }
+        let mut trial = tree.clone();
+        let errors = schema.check(&mut trial, def, Mode::Fragment, &at);
+        if errors.is_empty() {
+            *tree = trial;
+            return Ok(name.to_string());
+        }
+        if best.as_ref().is_none_or(|(_, e)| errors.len() < e.len()) {
+            best = Some((name.to_string(), errors));
+        }
+    }
+    let (name, errors) = best.unwrap_or_default();
+    Err(errors
+        .into_iter()
+        .map(|e| {
+            let hint = format!(
+                "{} (this file has no `kind`, so it was checked as a fragment of `{name}`)",
+                e.hint.clone().unwrap_or_default()
+            );
+            e.with_hint(hint.trim_start().to_string())
+        })
+        .collect())
+}
