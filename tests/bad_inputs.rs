@@ -20,6 +20,7 @@ model:
     num_attention_heads: 4
     num_key_value_heads: 2
     max_position_embeddings: 128
+  tokenizer: tokenizer.json
 data:
   format: instruction
   train: train.json
@@ -64,22 +65,22 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case { name: "typo at the top level", edits: &[(2, "nmae: t")], files: &[], overrides: &[], at: At::Recipe(2, 1), message: "unknown key `nmae` at the top level", hint: Some("did you mean `name`?") },
-    Case { name: "typo at depth 2", edits: &[(16, "  max_lenght: 256")], files: &[], overrides: &[], at: At::Recipe(16, 3), message: "unknown key `max_lenght` in `data`", hint: Some("did you mean `max_length`?") },
-    Case { name: "typo at depth 3", edits: &[(21, "    lrr: 1.0e-3")], files: &[], overrides: &[], at: At::Recipe(21, 5), message: "unknown key `lrr` in `training.optimizer`", hint: Some("did you mean `lr`?") },
+    Case { name: "typo at depth 2", edits: &[(17, "  max_lenght: 256")], files: &[], overrides: &[], at: At::Recipe(17, 3), message: "unknown key `max_lenght` in `data`", hint: Some("did you mean `max_length`?") },
+    Case { name: "typo at depth 3", edits: &[(22, "    lrr: 1.0e-3")], files: &[], overrides: &[], at: At::Recipe(22, 5), message: "unknown key `lrr` in `training.optimizer`", hint: Some("did you mean `lr`?") },
     Case { name: "typo at depth 3 in a model", edits: &[(7, "    hiden_size: 64")], files: &[], overrides: &[], at: At::Recipe(7, 5), message: "unknown key `hiden_size` in `model.arch`", hint: Some("did you mean `hidden_size`?") },
-    Case { name: "typo inside a tagged adapter", edits: &[(27, "    rnak: 8")], files: &[], overrides: &[], at: At::Recipe(27, 5), message: "unknown key `rnak` in `training.adapter`", hint: Some("did you mean `rank`?") },
-    Case { name: "key at the wrong depth", edits: &[(18, "  max_steps: 100\n  lr: 0.1")], files: &[], overrides: &[], at: At::Recipe(19, 3), message: "unknown key `lr` in `training`", hint: Some("`lr` belongs under `training.optimizer`") },
-    Case { name: "text for a number", edits: &[(21, "    lr: fast")], files: &[], overrides: &[], at: At::Recipe(21, 9), message: "`training.optimizer.lr` expects a number, found string \"fast\"", hint: None },
-    Case { name: "fraction for an integer", edits: &[(19, "  micro_batch_size: 2.5")], files: &[], overrides: &[], at: At::Recipe(19, 21), message: "`training.micro_batch_size` expects an integer, found number 2.5", hint: None },
-    Case { name: "yes for a boolean", edits: &[(32, "  shifted_sparse_attention: yes")], files: &[], overrides: &[], at: At::Recipe(32, 29), message: "expects a boolean, found string \"yes\"", hint: Some("YAML 1.2 reads `yes` as a string") },
-    Case { name: "mapping for a scalar", edits: &[(15, "  train: {path: a.json}")], files: &[], overrides: &[], at: At::Recipe(15, 10), message: "`data.train` expects a string, found a mapping", hint: None },
-    Case { name: "misspelt enum value", edits: &[(14, "  format: instrution")], files: &[], overrides: &[], at: At::Recipe(14, 11), message: "`data.format` must be one of instruction, pretrain_text", hint: Some("did you mean `instruction`?") },
-    Case { name: "misspelt adapter type", edits: &[(26, "    type: lroa")], files: &[], overrides: &[], at: At::Recipe(26, 11), message: "`training.adapter.type` must be one of full, lora, hyperlora", hint: Some("did you mean `lora`?") },
+    Case { name: "typo inside a tagged adapter", edits: &[(28, "    rnak: 8")], files: &[], overrides: &[], at: At::Recipe(28, 5), message: "unknown key `rnak` in `training.adapter`", hint: Some("did you mean `rank`?") },
+    Case { name: "key at the wrong depth", edits: &[(19, "  max_steps: 100\n  lr: 0.1")], files: &[], overrides: &[], at: At::Recipe(20, 3), message: "unknown key `lr` in `training`", hint: Some("`lr` belongs under `training.optimizer`") },
+    Case { name: "text for a number", edits: &[(22, "    lr: fast")], files: &[], overrides: &[], at: At::Recipe(22, 9), message: "`training.optimizer.lr` expects a number, found string \"fast\"", hint: None },
+    Case { name: "fraction for an integer", edits: &[(20, "  micro_batch_size: 2.5")], files: &[], overrides: &[], at: At::Recipe(20, 21), message: "`training.micro_batch_size` expects an integer, found number 2.5", hint: None },
+    Case { name: "yes for a boolean", edits: &[(33, "  shifted_sparse_attention: yes")], files: &[], overrides: &[], at: At::Recipe(33, 29), message: "expects a boolean, found string \"yes\"", hint: Some("YAML 1.2 reads `yes` as a string") },
+    Case { name: "mapping for a scalar", edits: &[(16, "  train: {path: a.json}")], files: &[], overrides: &[], at: At::Recipe(16, 10), message: "`data.train` expects a string, found a mapping", hint: None },
+    Case { name: "misspelt enum value", edits: &[(15, "  format: instrution")], files: &[], overrides: &[], at: At::Recipe(15, 11), message: "`data.format` must be one of instruction, pretrain_text", hint: Some("did you mean `instruction`?") },
+    Case { name: "misspelt adapter type", edits: &[(27, "    type: lroa")], files: &[], overrides: &[], at: At::Recipe(27, 11), message: "`training.adapter.type` must be one of full, lora, hyperlora", hint: Some("did you mean `lora`?") },
     Case { name: "misspelt kind", edits: &[(1, "kind: longlora_stf")], files: &[], overrides: &[], at: At::Recipe(1, 7), message: "`kind` must be one of", hint: Some("did you mean `longlora_sft`?") },
-    Case { name: "missing required key", edits: &[(19, "")], files: &[], overrides: &[], at: At::Recipe(17, 1), message: "missing required key `training.micro_batch_size`", hint: Some("add `micro_batch_size:` under `training`") },
-    Case { name: "negative count", edits: &[(18, "  max_steps: -5")], files: &[], overrides: &[], at: At::Recipe(18, 14), message: "`training.max_steps` must be at least 0", hint: None },
-    Case { name: "three betas", edits: &[(21, "    lr: 1.0e-3\n    betas: [0.9, 0.95, 0.99]")], files: &[], overrides: &[], at: At::Recipe(22, 12), message: "`training.optimizer.betas` takes exactly 2 items, found 3", hint: None },
-    Case { name: "unclosed list", edits: &[(29, "    targets: [q_proj, v_proj")], files: &[], overrides: &[], at: At::Recipe(30, 15), message: "YAML syntax error: illegal placement of ':' indicator", hint: None },
+    Case { name: "missing required key", edits: &[(20, "")], files: &[], overrides: &[], at: At::Recipe(18, 1), message: "missing required key `training.micro_batch_size`", hint: Some("add `micro_batch_size:` under `training`") },
+    Case { name: "negative count", edits: &[(19, "  max_steps: -5")], files: &[], overrides: &[], at: At::Recipe(19, 14), message: "`training.max_steps` must be at least 0", hint: None },
+    Case { name: "three betas", edits: &[(22, "    lr: 1.0e-3\n    betas: [0.9, 0.95, 0.99]")], files: &[], overrides: &[], at: At::Recipe(23, 12), message: "`training.optimizer.betas` takes exactly 2 items, found 3", hint: None },
+    Case { name: "unclosed list", edits: &[(30, "    targets: [q_proj, v_proj")], files: &[], overrides: &[], at: At::Recipe(31, 15), message: "YAML syntax error: illegal placement of ':' indicator", hint: None },
     Case { name: "bad indentation", edits: &[(7, "     hidden_size: 64")], files: &[], overrides: &[], at: At::Recipe(7, 17), message: "YAML syntax error: mapping values are not allowed", hint: None },
     Case { name: "duplicate key", edits: &[(8, "    hidden_size: 32")], files: &[], overrides: &[], at: At::Recipe(8, 5), message: "duplicate key `hidden_size`", hint: None },
     Case { name: "override of an unknown key", edits: &[], files: &[], overrides: &["training.optimizer.lrr=3e-4"], at: At::Override(1, 20), message: "unknown key `lrr` in `training.optimizer`", hint: Some("did you mean `lr`?") },
@@ -90,14 +91,14 @@ const CASES: &[Case] = &[
     Case { name: "extends a missing file", edits: &[(4, "  arch:\n    extends: models/nope.yaml")], files: &[], overrides: &[], at: At::Recipe(5, 14), message: "cannot find `models/nope.yaml` to extend", hint: Some("looked for") },
     Case { name: "typo inside an extended file", edits: &[(4, "  arch:\n    extends: tiny.yaml"), (5, ""), (6, ""), (7, ""), (8, ""), (9, ""), (10, ""), (11, ""), (12, "")], files: &[("tiny.yaml", "family: llama\nvocab_size: 512\nhidden_size: 64\nintermediate_size: 128\nnum_hidden_layers: 2\nnum_attention_heads: 4\nmax_position_embedings: 128\n")], overrides: &[], at: At::File("tiny.yaml", 7, 1), message: "unknown key `max_position_embedings` in `model.arch`", hint: Some("did you mean `max_position_embeddings`?") },
     Case { name: "heads do not divide the width", edits: &[(10, "    num_attention_heads: 6")], files: &[], overrides: &[], at: At::Recipe(10, 26), message: "6 attention heads do not divide the width 64", hint: None },
-    Case { name: "S2 groups do not divide the length", edits: &[(16, "  max_length: 250")], files: &[], overrides: &[], at: At::Recipe(16, 15), message: "S²-Attn splits 250 tokens into groups of 62", hint: None },
-    Case { name: "LoRA target not in the model", edits: &[(29, "    targets: [q_proj, vproj]")], files: &[], overrides: &[], at: At::Recipe(29, 23), message: "LoRA target `vproj` matches no module", hint: Some("did you mean `v_proj`?") },
-    Case { name: "warmup as long as training", edits: &[(24, "    warmup_steps: 100")], files: &[], overrides: &[], at: At::Recipe(24, 19), message: "warmup (100 steps) is not shorter than training (100 steps)", hint: None },
-    Case { name: "warmup by steps and ratio", edits: &[(24, "    warmup_steps: 10\n    warmup_ratio: 0.1")], files: &[], overrides: &[], at: At::Recipe(24, 19), message: "set warmup by steps or by ratio, not both", hint: None },
+    Case { name: "S2 groups do not divide the length", edits: &[(17, "  max_length: 250")], files: &[], overrides: &[], at: At::Recipe(17, 15), message: "S²-Attn splits 250 tokens into groups of 62", hint: None },
+    Case { name: "LoRA target not in the model", edits: &[(30, "    targets: [q_proj, vproj]")], files: &[], overrides: &[], at: At::Recipe(30, 23), message: "LoRA target `vproj` matches no module", hint: Some("did you mean `v_proj`?") },
+    Case { name: "warmup as long as training", edits: &[(25, "    warmup_steps: 100")], files: &[], overrides: &[], at: At::Recipe(25, 19), message: "warmup (100 steps) is not shorter than training (100 steps)", hint: None },
+    Case { name: "warmup by steps and ratio", edits: &[(25, "    warmup_steps: 10\n    warmup_ratio: 0.1")], files: &[], overrides: &[], at: At::Recipe(25, 19), message: "set warmup by steps or by ratio, not both", hint: None },
     Case { name: "RoPE factor too small", edits: &[(12, "    max_position_embeddings: 128\n  rope_scaling: {type: linear, factor: 1.0}")], files: &[], overrides: &[], at: At::Recipe(13, 40), message: "RoPE factor 1 covers 128 positions, fewer than data.max_length 256", hint: Some("use factor 2") },
     Case { name: "kv heads do not divide heads", edits: &[(11, "    num_key_value_heads: 3")], files: &[], overrides: &[], at: At::Recipe(11, 26), message: "3 key/value heads do not divide 4 attention heads", hint: None },
-    Case { name: "trainable pattern matching nothing", edits: &[(30, "    also_train: [embedding]")], files: &[], overrides: &[], at: At::Recipe(30, 18), message: "`embedding` matches no parameter name", hint: None },
-    Case { name: "YAML merge key", edits: &[(13, "data:\n  <<: {format: instruction}")], files: &[], overrides: &[], at: At::Recipe(14, 3), message: "merge keys (`<<`) are not supported", hint: Some("use `extends:`") },
+    Case { name: "trainable pattern matching nothing", edits: &[(31, "    also_train: [embedding]")], files: &[], overrides: &[], at: At::Recipe(31, 18), message: "`embedding` matches no parameter name", hint: None },
+    Case { name: "YAML merge key", edits: &[(14, "data:\n  <<: {format: instruction}")], files: &[], overrides: &[], at: At::Recipe(15, 3), message: "merge keys (`<<`) are not supported", hint: Some("use `extends:`") },
 ];
 
 fn write_case(dir: &Path, case: &Case) -> PathBuf {
@@ -181,8 +182,8 @@ fn all_errors_come_out_in_one_pass() {
         name: "three problems",
         edits: &[
             (2, "nmae: t"),
-            (14, "  format: instrution"),
-            (21, "    lr: fast"),
+            (15, "  format: instrution"),
+            (22, "    lr: fast"),
         ],
         files: &[],
         overrides: &[],
@@ -204,8 +205,8 @@ fn all_errors_come_out_in_one_pass() {
     for place in [
         ":2:1: error: unknown key `nmae`",
         ":1:1: error: missing required key `name`",
-        ":14:11: error: `data.format`",
-        ":21:9: error: `training.optimizer.lr`",
+        ":15:11: error: `data.format`",
+        ":22:9: error: `training.optimizer.lr`",
         "<override 1>:1:20: error:",
     ] {
         assert!(out.contains(place), "missing `{place}` in:\n{out}");
@@ -287,7 +288,7 @@ fn a_recipe_cannot_be_its_own_teacher() {
     assert_eq!(code, commands::INVALID);
     assert!(
         out.starts_with(
-            "<override 2>:1:22: error: teacher recipe `recipes/tiny/iag_distill.yaml` leads back to this recipe"
+            "<override 2>:1:22: error: model.teacher.recipe: recipe `recipes/tiny/iag_distill.yaml` leads back to this recipe"
         ),
         "{out}"
     );
@@ -309,4 +310,82 @@ fn early_stopping_on_a_metric_never_measured_is_refused() {
         "{out}"
     );
     assert!(out.contains("hint: set evaluation.passkey"), "{out}");
+}
+
+/// Rules a run used to find only when it started (in `methods/`) are the plan's now: each
+/// fails `runner plan` (and so `runner validate`) at the key it names.
+#[test]
+fn rules_once_found_only_at_run_time_are_reported_by_the_plan() {
+    let cases: [(&str, &[&str], &str); 7] = [
+        (
+            "recipes/tiny/longlora_sft.yaml",
+            &["model.path=null", "model.tokenizer=null"],
+            "a randomly initialised model needs a tokenizer.json",
+        ),
+        (
+            "recipes/tiny/iag_distill.yaml",
+            &[
+                "model.teacher.tokenizer=null",
+                "model.student.tokenizer=null",
+            ],
+            "a randomly initialised student needs a tokenizer.json",
+        ),
+        (
+            "recipes/tiny/coe_multitask.yaml",
+            &["model.path=null", "model.tokenizer=null"],
+            "a model built from parts needs a tokenizer.json",
+        ),
+        (
+            "recipes/tiny/coe_multitask.yaml",
+            &[
+                "model.path=tests/fixtures/models/qwen-vl",
+                "model.vision.path=elsewhere",
+            ],
+            "model.path is a whole Qwen-VL folder, which already holds the vision tower",
+        ),
+        (
+            "recipes/tiny/coe_multitask.yaml",
+            &[
+                "training.adapter.rank=4",
+                "training.adapter.targets=[q_proj]",
+                "training.adapter.type=hyperlora",
+            ],
+            "hyperlora is IAG's T5 adapter; coe_multitask trains lora or full",
+        ),
+        (
+            "recipes/tiny/coe_dataengine.yaml",
+            &[
+                "model.path=null",
+                "data.category_weights=recipes/tiny/longlora_sft.yaml",
+            ],
+            "cannot serve: its run leaves no error rates (error_rates.json)",
+        ),
+        (
+            "recipes/tiny/iag_distill.yaml",
+            &[
+                "model.teacher.path=null",
+                "model.teacher.recipe=recipes/tiny/longlora_sft.yaml",
+            ],
+            "cannot serve: its run leaves no trained teacher (teacher/)",
+        ),
+    ];
+    for (recipe, overrides, message) in cases {
+        let (code, out) = plan_with(recipe, overrides);
+        assert_eq!(code, commands::INVALID, "{recipe} {overrides:?}: {out}");
+        // Located at the value of the override that broke the rule (the last).
+        let (key, _) = overrides.last().unwrap().split_once('=').unwrap();
+        let at = format!(
+            "<override {}>:1:{}: error: ",
+            overrides.len(),
+            key.len() + 2
+        );
+        let line = out
+            .lines()
+            .find(|l| l.contains(message))
+            .unwrap_or_else(|| panic!("{recipe} {overrides:?}: no `{message}` in\n{out}"));
+        assert!(
+            line.starts_with(&at),
+            "{recipe} {overrides:?}: wanted {at}…, got {line}"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! The one integration-test binary (each test binary links libtorch, and linking is slow).
 
+mod architecture;
 mod bad_inputs;
 mod cli;
 mod data;

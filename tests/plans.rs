@@ -38,6 +38,7 @@ const BLOCK: &str = "\
 kind: longlora_sft
 name: t
 model:
+  tokenizer: tokenizer.json
   arch: {family: llama, vocab_size: 512, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, max_position_embeddings: 128}
 data:
   format: instruction
@@ -61,6 +62,7 @@ method:
 training: {schedule: {type: linear}, optimizer: {lr: 1.0e-3}, micro_batch_size: 2, max_steps: 100}
 data: {max_length: 256, train: \"train.json\", format: instruction}
 model:
+  tokenizer: tokenizer.json
   arch:
     num_attention_heads: 4
     max_position_embeddings: 128
@@ -113,7 +115,7 @@ fn hash_is_stable_across_runs() {
     // defaults change, which is exactly when existing runs no longer match their plan.
     assert_eq!(
         hash_of(BLOCK),
-        "5db141fbc0cd3f82ce1d377ec31838a3865a398d2722ae02e9d67eccb786ee96"
+        "9ac9035d5b887ee6a22a68772617cd71705b7c3f345cc6be6c9dc2d75cfbaac8"
     );
 }
 

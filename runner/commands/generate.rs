@@ -15,8 +15,9 @@ use serde_json::{json, Value};
 
 use super::run::Target;
 use crate::data::scienceqa::{self, Task as CoeTask};
-use crate::methods::coe;
-use crate::plan::recipe::Recipe;
+use crate::methods;
+use crate::methods::coe::CoeMultitask;
+use crate::methods::inputs::{gather, InputRuns};
 
 /// `runner generate MODEL --data ITEMS --out DIR [--gold]`.
 #[derive(clap::Args)]
@@ -67,14 +68,16 @@ fn append(path: &Path) -> Result<File> {
 }
 
 fn generate(options: &Options) -> Result<String> {
-    let (recipe, checkpoint) =
-        super::trained::plan_and_checkpoint(&options.model, "coe_multitask")?;
-    let Recipe::CoeMultitask(recipe) = &recipe else {
+    let (plan, checkpoint) = super::trained::plan_and_checkpoint(&options.model, "coe_multitask")?;
+    let built = methods::build(
+        &plan,
+        &gather(&plan, InputRuns::Existing)?,
+        options.device.device()?,
+    )?;
+    let Some(task) = built.as_any().downcast_ref::<CoeMultitask>() else {
         bail!("runner generate runs coe_multitask models");
     };
-    let (recipe, _) = super::run::with_category_weights(recipe, super::run::InputRuns::Existing)?;
-    let task = coe::build(&recipe, options.device.device()?)?;
-    let source = super::trained::restore(&task, &options.model, checkpoint.as_deref())?;
+    let source = super::trained::restore(task, &options.model, checkpoint.as_deref())?;
     let items = scienceqa::read(&options.data)?;
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;

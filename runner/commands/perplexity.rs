@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 
 use super::run::Target;
-use crate::methods::longlora;
-use crate::plan::recipe::Recipe;
+use crate::methods;
+use crate::methods::inputs::Inputs;
+use crate::methods::longlora::LongloraTask;
 
 /// `runner perplexity MODEL --data FILE --lengths L,…`.
 #[derive(clap::Args)]
@@ -60,12 +61,12 @@ fn perplexity(
     stride: usize,
     target: Target,
 ) -> Result<String> {
-    let (recipe, checkpoint) = super::trained::plan_and_checkpoint(model, "longlora_sft")?;
-    let Recipe::LongloraSft(recipe) = &recipe else {
+    let (plan, checkpoint) = super::trained::plan_and_checkpoint(model, "longlora_sft")?;
+    let built = methods::build(&plan, &Inputs::default(), target.device()?)?;
+    let Some(task) = built.as_any().downcast_ref::<LongloraTask>() else {
         bail!("perplexity is measured for longlora_sft runs and recipes");
     };
-    let task = longlora::build(recipe, target.device()?)?;
-    let source = super::trained::restore(&task, model, checkpoint.as_deref())?;
+    let source = super::trained::restore(task, model, checkpoint.as_deref())?;
     let mut report = format!(
         "perplexity of {} on {}, stride {stride}\n",
         source,

@@ -5,14 +5,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 
+use crate::config::{Node, Origin, Value};
 use crate::plan::recipe::Recipe;
+use crate::plan::resolve::hash;
+use crate::plan::Plan;
 use crate::train::run_dir::{self, RunDir};
 use crate::train::task::{self, Task};
 use crate::train::trainer;
 
 /// `model` is a run directory (its plan, which must be of `kind`, and latest checkpoint) or a
 /// recipe (its plan, no checkpoint).
-pub fn plan_and_checkpoint(model: &Path, kind: &str) -> Result<(Recipe, Option<PathBuf>)> {
+pub fn plan_and_checkpoint(model: &Path, kind: &str) -> Result<(Plan, Option<PathBuf>)> {
     match model.is_dir() {
         true => {
             let path = model.join("plan.json");
@@ -27,7 +30,14 @@ pub fn plan_and_checkpoint(model: &Path, kind: &str) -> Result<(Recipe, Option<P
                 path: model.to_path_buf(),
             };
             let latest = run.checkpoints()?.pop().map(|(_, dir)| dir);
-            Ok((recipe, latest))
+            // The run's plan as it was recorded (no YAML tree: nothing is located from it).
+            let plan = Plan {
+                hash: hash(&recipe),
+                tree: Node::new(Value::Map(Vec::new()), Origin::start_of(&path)),
+                source: path,
+                recipe,
+            };
+            Ok((plan, latest))
         }
         false => {
             let plan = crate::plan::resolve(model, &[]).map_err(|errors| {
@@ -37,7 +47,7 @@ pub fn plan_and_checkpoint(model: &Path, kind: &str) -> Result<(Recipe, Option<P
                     errors.len()
                 )
             })?;
-            Ok((plan.recipe, None))
+            Ok((plan, None))
         }
     }
 }

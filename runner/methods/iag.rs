@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::alignment::{self, Traces};
+use super::inputs::Inputs;
 use crate::data::batch::Batch;
 use crate::data::loader::{Loader, MakeBatch};
 use crate::data::qa::{self, QaItem};
@@ -24,6 +25,7 @@ use crate::models::hf_folder::HfConfig;
 use crate::models::loss::{cross_entropy, IGNORE};
 use crate::models::t5::{shift_right, T5};
 use crate::models::{fid, hf_model, Compute, ParamStore, Tape};
+use crate::plan::common::tokenizer_file;
 use crate::plan::kinds::iag::{AlphaOn, Method, Metric};
 use crate::plan::recipe::IagRecipe;
 use crate::plan::training::Adapter;
@@ -80,7 +82,20 @@ fn ids_with_eos(tokenizer: &Tokenizer, text: &str, eos: i64, max: usize) -> Resu
 
 /// Builds the teacher, the student and the data of an `iag_distill` plan. `teacher_dir` is
 /// the trained teacher's folder when the plan names a teacher recipe.
-pub fn build(recipe: &IagRecipe, teacher_dir: Option<&Path>, device: Device) -> Result<IagTask> {
+pub fn build(recipe: &IagRecipe, inputs: &Inputs, device: Device) -> Result<IagTask> {
+    let teacher_dir = match inputs.run("model.teacher.recipe") {
+        Some(run) => {
+            let dir = run.join("teacher");
+            if !dir.join("config.json").is_file() {
+                bail!(
+                    "{}: the teacher recipe's run has no trained teacher\n  hint: a teacher recipe trains its teacher (model.teacher.train: true)",
+                    run.display()
+                );
+            }
+            Some(dir)
+        }
+        None => None,
+    };
     let (t, s) = (&recipe.model.teacher, &recipe.model.student);
     let compute = Compute::of(recipe.training.precision);
     let seed = recipe.seed as i64;
@@ -104,25 +119,16 @@ pub fn build(recipe: &IagRecipe, teacher_dir: Option<&Path>, device: Device) -> 
             )),
         }
     };
-    let teacher_path = t.path.as_deref().map(Path::new).or(teacher_dir);
+    let teacher_path = t.path.as_deref().map(Path::new).or(teacher_dir.as_deref());
     let (teacher_config, teacher_store) = load_or_init(teacher_path, &t.arch, seed + 1)?;
     teacher_store.set_trainable(|_, _| t.train);
     let (student_config, mut student_store) =
         load_or_init(s.path.as_deref().map(Path::new), &s.arch, seed)?;
     let teacher = T5::new(&teacher_store, &t.arch, compute.activations)?;
 
-    let tokenizer_path = s
-        .tokenizer
-        .as_deref()
-        .or(t.tokenizer.as_deref())
-        .map(Path::new)
-        .map(Path::to_path_buf)
-        .or_else(|| s.path.as_ref().map(|p| Path::new(p).join("tokenizer.json")))
-        .ok_or_else(|| {
-            anyhow!(
-                "model.student.tokenizer: a randomly initialised student needs a tokenizer.json"
-            )
-        })?;
+    let tokenizer = s.tokenizer.as_deref().or(t.tokenizer.as_deref());
+    let tokenizer_path = tokenizer_file(tokenizer, s.path.as_deref())
+        .context("model.student.tokenizer: none given (the plan checks this)")?;
     let tokenizer = Tokenizer::load(&tokenizer_path)?;
     let eos = tokenizer.id("</s>")?;
     let pad = tokenizer.id("<pad>")?;
@@ -436,6 +442,10 @@ impl Task for IagTask {
 
     fn device(&self) -> Device {
         self.device
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn loader(&self) -> &Loader {

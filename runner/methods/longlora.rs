@@ -2,9 +2,9 @@
 //! instruction data at a longer context, with RoPE position interpolation, S²-Attn in training,
 //! and LoRA plus trainable embeddings and norms (or full fine-tuning).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::batch::{collate, Batch, Example};
@@ -12,15 +12,16 @@ use crate::data::loader::Loader;
 use crate::data::tokenizer::Tokenizer;
 use crate::data::{instruction, packing};
 use crate::eval::{passkey, perplexity};
-use crate::models::adapters::lora::{self, LoraSpec};
+use crate::models::adapters::lora::LoraSpec;
 use crate::models::generate::{self, GenerateOptions, Strategy};
 use crate::models::hf_folder::HfConfig;
 use crate::models::llama::{DecoderOptions, Llama};
 use crate::models::loss::{causal_lm_loss, IGNORE};
 use crate::models::{hf_model, Compute, ParamStore, Tape};
+use crate::plan::common::tokenizer_file;
 use crate::plan::kinds::longlora::{DataFormat, Metric, Passkey, Perplexity, Side, Template};
 use crate::plan::recipe::LongloraRecipe;
-use crate::plan::training::Adapter;
+use crate::plan::training::Precision;
 use crate::train::task::{Evaluation, Task};
 
 pub struct LongloraTask {
@@ -42,6 +43,8 @@ pub struct LongloraTask {
     passkey: Option<Passkey>,
     /// Token stream and settings of the sliding-window perplexity.
     perplexity: Option<(Vec<i64>, Perplexity)>,
+    /// The plan's recipe, for `runner bench`'s random batch and its PyTorch reference.
+    recipe: LongloraRecipe,
     seed: u64,
     device: Device,
 }
@@ -71,13 +74,8 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
             hf_model::random(&config, recipe.seed as i64, device, compute.weights)
         }
     };
-    let tokenizer_path = match (&m.tokenizer, &m.path) {
-        (Some(t), _) => PathBuf::from(t),
-        (None, Some(p)) => Path::new(p).join("tokenizer.json"),
-        (None, None) => {
-            bail!("model.tokenizer: a randomly initialised model needs a tokenizer.json")
-        }
-    };
+    let tokenizer_path = tokenizer_file(m.tokenizer.as_deref(), m.path.as_deref())
+        .context("model.tokenizer: none given (the plan checks this)")?;
     let mut tokenizer = Tokenizer::load(&tokenizer_path)?;
     // LongLoRA adds the pad token when the tokenizer lacks it, and gives its new embedding
     // rows (input and output) the mean of the others.
@@ -99,16 +97,7 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
             arch.vocab_size
         );
     }
-    let lora = LoraSpec::of(&recipe.training.adapter);
-    match (&recipe.training.adapter, &lora) {
-        (Adapter::Full, _) => store.set_trainable(|_, _| true),
-        (_, Some(spec)) => {
-            lora::attach(&mut store, spec, recipe.seed as i64)?;
-        }
-        (_, None) => {
-            bail!("training.adapter: hyperlora is IAG's; longlora_sft trains lora or full")
-        }
-    }
+    let lora = super::adapt_decoder(&mut store, &recipe.training.adapter, recipe.seed as i64)?;
     let groups = recipe
         .method
         .shifted_sparse_attention
@@ -196,6 +185,7 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
         validation,
         eval_batch: micro,
         best: recipe.evaluation.best_metric,
+        recipe: recipe.clone(),
         device,
     })
 }
@@ -303,6 +293,59 @@ impl Task for LongloraTask {
 
     fn device(&self) -> Device {
         self.device
+    }
+
+    /// Random tokens filling `micro_batch_size × max_length`, the batch the PyTorch script
+    /// draws too.
+    fn bench_batch(&self) -> Batch {
+        let r = &self.recipe;
+        let (b, t) = (r.training.micro_batch_size as i64, r.data.max_length as i64);
+        tch::manual_seed(r.seed as i64);
+        let ids = Tensor::randint(
+            r.model.arch.vocab_size as i64,
+            [b, t],
+            (Kind::Int64, self.device),
+        );
+        Batch {
+            attention_mask: ids.ones_like(),
+            labels: ids.shallow_clone(),
+            input_ids: ids,
+            extra: Vec::new(),
+        }
+    }
+
+    fn pytorch_reference(&self) -> Option<serde_json::Value> {
+        let (r, t) = (&self.recipe, &self.recipe.training);
+        let lora = match LoraSpec::of(&t.adapter) {
+            Some(l) => serde_json::json!({
+                "rank": l.rank, "alpha": l.alpha, "dropout": l.dropout, "targets": l.targets, "also_train": l.also_train,
+            }),
+            None => serde_json::Value::Null,
+        };
+        let precision = match t.precision {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16Mixed => "bf16_mixed",
+            Precision::Bf16 => "bf16",
+        };
+        Some(serde_json::json!({
+            "arch": r.model.arch,
+            "rope_factor": r.model.rope_factor(r.data.max_length),
+            "batch_size": t.micro_batch_size,
+            "seq_len": r.data.max_length,
+            "precision": precision,
+            "gradient_checkpointing": t.gradient_checkpointing,
+            "lora": lora,
+            "lr": t.optimizer.lr,
+            "weight_decay": t.optimizer.weight_decay,
+            "betas": t.optimizer.betas,
+            "eps": t.optimizer.eps,
+            "max_grad_norm": t.max_grad_norm,
+            "seed": r.seed,
+        }))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn loader(&self) -> &Loader {

@@ -4,15 +4,63 @@
 pub mod alignment;
 pub mod coe;
 pub mod iag;
+pub mod inputs;
 pub mod longlora;
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use tch::Device;
 
 use crate::models::adapters::lora::{self, LoraSpec};
 use crate::models::hf_folder::HfConfig;
 use crate::models::{hf_model, ParamStore};
+use crate::plan::training::Adapter;
+use crate::plan::{Plan, Recipe};
+use crate::train::task::Task;
+use crate::train::trainer::{self, RunOptions, Summary};
+use inputs::{InputRuns, Inputs};
+
+/// Trains `plan` on `device`, its input runs first where they are missing.
+pub fn train(plan: &Plan, device: Device, options: &RunOptions) -> Result<Summary> {
+    train_for(plan, device, options, &[])
+}
+
+/// Trains `plan`, whose run the recipes in `waiting` (outermost first) need as an input.
+fn train_for(
+    plan: &Plan,
+    device: Device,
+    options: &RunOptions,
+    waiting: &[String],
+) -> Result<Summary> {
+    let waiting = [waiting, &[plan.recipe.name().to_string()]].concat();
+    let train_input = |input: &Plan, waiting: &[String]| {
+        let options = RunOptions {
+            out: None,
+            force: false,
+            stop_after: None,
+        };
+        train_for(input, device, &options, waiting).map(|_| ())
+    };
+    let runs = InputRuns::Train {
+        train: &train_input,
+        waiting: &waiting,
+    };
+    let inputs = inputs::gather(plan, runs)?;
+    let task = build(plan, &inputs, device)?;
+    let recorded = [inputs.hashes, task.input_hashes()].concat();
+    trainer::train(plan, task.as_ref(), options, &recorded)
+}
+
+/// The task of `plan`'s kind on `device`, built from the plan and its input runs: the one
+/// place the execution side tells the kinds apart.
+pub fn build(plan: &Plan, inputs: &Inputs, device: Device) -> Result<Box<dyn Task>> {
+    Ok(match &plan.recipe {
+        Recipe::LongloraSft(r) => Box::new(longlora::build(r, device)?),
+        Recipe::IagDistill(r) => Box::new(iag::build(r, inputs, device)?),
+        Recipe::CoeMultitask(r) => Box::new(coe::build(r, inputs, device)?),
+    })
+}
 
 /// Saves a trained model as its result: the PEFT adapter in `dir/adapter` when LoRA trained
 /// (`base` names the base model), else the whole model as an HF folder in `dir/model`.
@@ -32,4 +80,25 @@ pub fn save_result(
         None => hf_model::save(&dir.join("model"), config, store),
     }
     .context("saving the trained model")
+}
+
+/// Readies a decoder's weights for the plan's adapter: full fine-tuning trains every weight,
+/// LoRA attaches its factors (returned). HyperLoRA is IAG's T5 adapter: the plan refuses it
+/// for decoders.
+pub fn adapt_decoder(
+    store: &mut ParamStore,
+    adapter: &Adapter,
+    seed: i64,
+) -> Result<Option<LoraSpec>> {
+    match (adapter, LoraSpec::of(adapter)) {
+        (Adapter::Full, _) => {
+            store.set_trainable(|_, _| true);
+            Ok(None)
+        }
+        (_, Some(spec)) => {
+            lora::attach(store, &spec, seed)?;
+            Ok(Some(spec))
+        }
+        (_, None) => anyhow::bail!("training.adapter: hyperlora adapts T5 (the plan checks this)"),
+    }
 }

@@ -1,4 +1,7 @@
-//! Sections shared by every recipe kind: logging, output and how the best checkpoint is chosen.
+//! Sections shared by every recipe kind: logging, output, when evaluation runs and how the best
+//! checkpoint is chosen.
+
+use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -82,4 +85,30 @@ fn two() -> u32 {
 pub enum Goal {
     Maximize,
     Minimize,
+}
+
+/// When evaluation runs: the fields every kind's `evaluation` section has.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalSchedule {
+    /// Every this many optimizer steps.
+    pub every_steps: Option<u64>,
+    /// Every this fraction of an epoch.
+    pub every_epochs: Option<f64>,
+    /// Also the untrained model before the first step (step 0), as the baseline.
+    pub at_start: bool,
+}
+
+/// The tokenizer.json a model reads: `tokenizer` when given, else the one in its HF `folder`;
+/// `None` when there is neither.
+pub fn tokenizer_file(tokenizer: Option<&str>, folder: Option<&str>) -> Option<PathBuf> {
+    match (tokenizer, folder) {
+        (Some(t), _) => Some(PathBuf::from(t)),
+        (None, Some(dir)) => Some(Path::new(dir).join("tokenizer.json")),
+        (None, None) => None,
+    }
+}
+
+/// Whether a path that may name a file or a recipe names a recipe.
+pub fn is_recipe(path: &str) -> bool {
+    path.ends_with(".yaml") || path.ends_with(".yml")
 }

@@ -11,106 +11,12 @@ use serde::Serialize;
 
 use super::hypernet;
 use super::inventory::{self, Group, Param};
-use super::kinds::coe;
+use super::parts::Part;
 use super::recipe::Recipe;
 use super::training::{Adapter, Precision, Training};
 
 /// Values a transformer layer keeps per token and hidden unit for its backward pass.
 const VALUES_PER_TOKEN_UNIT: u64 = 17;
-
-/// One model of a plan (student, teacher, vision tower…) and how it is used.
-pub struct Part {
-    pub name: &'static str,
-    pub params: Vec<Param>,
-    /// Never trained (a frozen teacher or vision tower).
-    pub frozen: bool,
-    /// The adapter (LoRA, HyperLoRA) applies to this part.
-    pub adapted: bool,
-    /// Its transformer stacks: (layers, tokens per example, hidden width).
-    pub stacks: Vec<(u64, u64, u64)>,
-    /// Vocabulary of its output head and tokens it is applied to, for logits memory.
-    pub logits: Option<(u64, u64)>,
-}
-
-/// The models of a recipe.
-pub fn parts(recipe: &Recipe) -> Vec<Part> {
-    match recipe {
-        Recipe::IagDistill(r) => {
-            let (s, t) = (&r.model.student, &r.model.teacher);
-            let answer = r.data.answer_max_length;
-            vec![
-                Part {
-                    name: "student",
-                    params: inventory::t5(&s.arch),
-                    frozen: false,
-                    adapted: true,
-                    stacks: vec![
-                        (s.arch.num_layers, s.max_length, s.arch.d_model),
-                        (s.arch.decoder_layers(), answer, s.arch.d_model),
-                    ],
-                    logits: Some((s.arch.vocab_size, answer)),
-                },
-                Part {
-                    name: "teacher",
-                    params: inventory::t5(&t.arch),
-                    frozen: !t.train,
-                    adapted: false,
-                    stacks: vec![
-                        (
-                            t.arch.num_layers,
-                            u64::from(t.n_context) * t.passage_max_length,
-                            t.arch.d_model,
-                        ),
-                        (t.arch.decoder_layers(), answer, t.arch.d_model),
-                    ],
-                    logits: Some((t.arch.vocab_size, answer)),
-                },
-            ]
-        }
-        Recipe::LongloraSft(r) => {
-            let a = &r.model.arch;
-            vec![Part {
-                name: "model",
-                params: inventory::decoder(a),
-                frozen: false,
-                adapted: true,
-                stacks: vec![(a.num_hidden_layers, r.data.max_length, a.hidden_size)],
-                logits: Some((a.vocab_size, r.data.max_length)),
-            }]
-        }
-        Recipe::CoeMultitask(r) => coe_parts(&r.model, r.data.max_length),
-    }
-}
-
-fn coe_parts(model: &coe::Model, max_length: u64) -> Vec<Part> {
-    let (v, d) = (&model.vision.arch, &model.decoder);
-    vec![
-        Part {
-            name: "vision",
-            params: inventory::vision(v),
-            frozen: model.vision.frozen,
-            adapted: false,
-            stacks: vec![(v.num_hidden_layers, v.patches() + 1, v.hidden_size)],
-            logits: None,
-        },
-        Part {
-            name: "connector",
-            params: inventory::connector(&model.connector, v, d),
-            frozen: false,
-            adapted: false,
-            stacks: vec![],
-            logits: None,
-        },
-        Part {
-            name: "decoder",
-            params: inventory::decoder(d),
-            frozen: false,
-            adapted: true,
-            stacks: vec![(d.num_hidden_layers, max_length, d.hidden_size)],
-            logits: Some((d.vocab_size, max_length)),
-        },
-    ]
-}
 
 /// Whether a base parameter trains under the adapter.
 pub fn trainable(part: &Part, param: &Param, adapter: &Adapter) -> bool {
@@ -238,7 +144,7 @@ pub struct Estimate {
 
 pub fn estimate(recipe: &Recipe) -> Estimate {
     let training = recipe.training();
-    let parts = parts(recipe);
+    let parts = recipe.parts();
     let mut groups: Vec<GroupCount> = Vec::new();
     let mut count = |part: &str, param: &Param, trains: bool| {
         let group = param.group.name();

@@ -9,6 +9,8 @@ pub mod explain;
 pub mod hypernet;
 pub mod inventory;
 pub mod kinds;
+pub mod layout;
+pub mod parts;
 pub mod recipe;
 pub mod resolve;
 pub mod schema;

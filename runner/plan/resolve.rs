@@ -1,9 +1,10 @@
 //! From a recipe file and `KEY.PATH=VALUE` overrides to a checked, hashed [`Plan`]:
 //! load (with `extends`) → override → check against the schema → type → semantic checks → hash.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::checks;
+use super::checks::Checker;
+use super::layout::InputRecipe;
 use super::recipe::{Recipe, KINDS};
 use super::schema::{def_for_kind, schema};
 use super::Plan;
@@ -103,11 +104,123 @@ pub fn plan_from_tree(source: &Path, kind: &str, mut tree: Node) -> Result<Plan,
         recipe,
         tree,
     };
-    let errors = checks::check(&plan);
+    let errors = check(&plan);
     if errors.is_empty() {
         Ok(plan)
     } else {
         Err(errors)
+    }
+}
+
+/// All semantic problems of a plan: the rules every kind shares, the kind's own, and those
+/// of the recipes it names as inputs.
+fn check(plan: &Plan) -> Vec<Diagnostic> {
+    let recipe = plan.recipe.as_kind();
+    let mut c = Checker::new(&plan.tree, &plan.source);
+    let parts = recipe.parts();
+    c.shared(
+        recipe.training(),
+        recipe.evaluation(),
+        recipe.output(),
+        &parts,
+    );
+    recipe.check(&mut c);
+    for input in recipe.input_recipes() {
+        input_recipe(&mut c, plan, &input);
+    }
+    c.errors
+}
+
+/// A recipe named as an input must resolve and be one whose run serves; a chain of input
+/// recipes that comes back is a cycle.
+fn input_recipe(c: &mut Checker, plan: &Plan, input: &InputRecipe) {
+    let (origin, _) = c.locate(input.key);
+    let path = &input.path;
+    let key = input.key;
+    // Relative to the working directory, as data and tokenizer paths are, so that a printed
+    // plan means the same wherever it is saved.
+    let full = Path::new(path);
+    if !full.is_file() {
+        c.errors.push(
+            Diagnostic::error(
+                origin,
+                format!(
+                    "{key}: recipe `{path}` does not exist (looked at {})",
+                    full.display()
+                ),
+            )
+            .with_hint("give the path from the project root, as for data paths (recipes/…)"),
+        );
+        return;
+    }
+    // The recipes being checked for one another, outermost first: an input recipe found among
+    // them closes a cycle, which is refused rather than recursed into.
+    thread_local!(static CHECKING: std::cell::RefCell<Vec<(PathBuf, String)>> = const { std::cell::RefCell::new(Vec::new()) });
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (target, this) = (canonical(full), canonical(&plan.source));
+    if target == this {
+        c.errors.push(
+            Diagnostic::error(
+                origin,
+                format!("{key}: recipe `{path}` leads back to this recipe"),
+            )
+            .with_hint("a recipe cannot be its own input; name the recipe whose run it needs"),
+        );
+        return;
+    }
+    let chain = CHECKING.with_borrow(|checking| {
+        let names: Vec<&str> = checking.iter().map(|(_, n)| n.as_str()).collect();
+        checking
+            .iter()
+            .find(|(p, _)| *p == target)
+            .map(|(_, name)| format!("{} -> {} -> {name}", names.join(" -> "), plan.recipe.name()))
+    });
+    if let Some(chain) = chain {
+        c.errors.push(
+            Diagnostic::error(origin, format!("{key}: recipe `{path}` is needed by the run it needs: {chain}"))
+                .with_hint("break the cycle; an input recipe must not name, directly or through others, the recipe it serves"),
+        );
+        return;
+    }
+    CHECKING.with_borrow_mut(|checking| checking.push((this, plan.recipe.name().to_string())));
+    let resolved = resolve(full, &[]);
+    CHECKING.with_borrow_mut(|checking| checking.pop());
+    match resolved {
+        Err(errors) => {
+            let mut d = Diagnostic::error(
+                origin,
+                format!(
+                    "{key}: recipe `{path}` is invalid ({} errors)",
+                    errors.len()
+                ),
+            )
+            .with_hint("run `runner validate` on it");
+            for e in errors.iter().take(3) {
+                if let Some(o) = &e.origin {
+                    d = d.with_note(o.clone(), e.message.clone());
+                }
+            }
+            c.errors.push(d);
+        }
+        Ok(input_plan) => {
+            if !input_plan.recipe.as_kind().leaves().contains(&input.needs) {
+                c.errors.push(
+                    Diagnostic::error(
+                        origin.clone(),
+                        format!(
+                            "{key}: recipe `{path}` cannot serve: its run leaves no {}",
+                            input.needs
+                        ),
+                    )
+                    .with_hint(format!("name {} under `{key}`", input.from)),
+                );
+            } else if input_plan.recipe.name() == plan.recipe.name() {
+                c.errors.push(
+                    Diagnostic::error(origin, format!("{key}: recipe `{path}` has this recipe's name `{}`, so its run would be this run", plan.recipe.name()))
+                        .with_hint("give the two recipes different names"),
+                );
+            }
+        }
     }
 }
 

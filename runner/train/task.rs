@@ -43,6 +43,25 @@ pub trait Task {
     fn best_metric(&self) -> (&'static str, bool);
     /// Saves the trained result (an HF folder, or a PEFT adapter) in `dir`.
     fn save(&self, dir: &Path) -> Result<()>;
+    /// (name, content hash) of what the task read besides the plan that identifies its run
+    /// (an earlier round's category weights); recorded with the run's inputs.
+    fn input_hashes(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// The micro-batch `runner bench` times: the first training micro-batch, on the device.
+    fn bench_batch(&self) -> Batch {
+        let loader = self.loader();
+        let indices: Vec<usize> = (0..loader.batch_size.min(loader.len)).collect();
+        (loader.make)(&indices).to_device(self.device())
+    }
+    /// The same model and batch for `scripts/bench_pytorch.py` (transformers + PEFT), where
+    /// there is one.
+    fn pytorch_reference(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// The task as its own type, for the commands that use what one kind offers
+    /// (`runner generate`: CoE's chain; `runner perplexity`: LongLoRA's windows).
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Every trainable parameter of a task, named with its store's prefix.

@@ -89,7 +89,8 @@ pub fn train(
     let per_epoch = batches.div_ceil(accumulation);
     let total = total_steps(t.max_steps, t.epochs, batches, accumulation);
     let schedule = LrSchedule::new(&t.schedule, t.optimizer.lr, total);
-    let eval_every = match recipe.evaluation_interval() {
+    let evaluation = recipe.evaluation();
+    let eval_every = match (evaluation.every_steps, evaluation.every_epochs) {
         (Some(steps), _) => Some(steps),
         (None, Some(epochs)) => Some(((epochs * per_epoch as f64).round() as u64).max(1)),
         (None, None) => None,
@@ -108,7 +109,7 @@ pub fn train(
         true => Checkpointing::Recompute,
         false => Checkpointing::Off,
     };
-    if resumed_from.is_none() && recipe.evaluation_at_start() {
+    if resumed_from.is_none() && evaluation.at_start {
         evaluate(task, &mut log, &run.path, 0)?;
     }
     let batches = task.loader().stream(state.position);

@@ -15,21 +15,16 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 use super::peak_rss_kib;
 use crate::commands::finish;
 use crate::commands::run::Target;
-use crate::data::batch::Batch;
-use crate::methods::{coe, iag, longlora};
-use crate::models::adapters::lora::LoraSpec;
+use crate::methods::{self, inputs::InputRuns};
 use crate::models::Checkpointing;
 use crate::models::Tape;
-use crate::plan::recipe::Recipe;
-use crate::plan::training::Precision;
 use crate::plan::Plan;
 use crate::train::optimizer::{clip_grad_norm, zero_grad, AdamW};
-use crate::train::task::Task;
 
 /// `runner bench recipe RECIPE [KEY=VALUE…]`.
 #[derive(Clone, Debug, clap::Args)]
@@ -84,46 +79,11 @@ pub fn run(
 fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
     let device = options.target.device()?;
     let rss_before = peak_rss_kib()?;
-    let (task, batch, longlora): (Box<dyn Task>, Batch, _) = match &plan.recipe {
-        Recipe::LongloraSft(recipe) => {
-            let mut recipe = recipe.clone();
-            recipe.method.shifted_sparse_attention = false;
-            let task = longlora::build(&recipe, device)?;
-            let (b, t) = (
-                recipe.training.micro_batch_size as i64,
-                recipe.data.max_length as i64,
-            );
-            tch::manual_seed(recipe.seed as i64);
-            let ids = Tensor::randint(
-                recipe.model.arch.vocab_size as i64,
-                [b, t],
-                (Kind::Int64, device),
-            );
-            let batch = Batch {
-                attention_mask: ids.ones_like(),
-                labels: ids.shallow_clone(),
-                input_ids: ids,
-                extra: Vec::new(),
-            };
-            (Box::new(task), batch, Some(recipe))
-        }
-        // The other kinds time their first real batch; a teacher recipe's teacher is random
-        // here (the time of a step does not depend on its weights).
-        Recipe::IagDistill(recipe) => {
-            let task = iag::build(recipe, None, device)?;
-            let batch = first_batch(&task);
-            (Box::new(task), batch, None)
-        }
-        Recipe::CoeMultitask(recipe) => {
-            let (recipe, _) = crate::commands::run::with_category_weights(
-                recipe,
-                crate::commands::run::InputRuns::Existing,
-            )?;
-            let task = coe::build(&recipe, device)?;
-            let batch = first_batch(&task);
-            (Box::new(task), batch, None)
-        }
-    };
+    let mut plan = plan.clone();
+    plan.recipe.as_kind_mut().as_in_pytorch();
+    let inputs = methods::inputs::gather(&plan, InputRuns::IfPresent)?;
+    let task = methods::build(&plan, &inputs, device)?;
+    let batch = task.bench_batch();
     let t = plan.recipe.training();
     let (batch_size, seq_len) = batch.input_ids.size2()?;
     let params = crate::train::task::trainable(task.as_ref());
@@ -173,9 +133,9 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
         "", "step s", "tokens/s", "peak MiB"
     );
     report += &row("runner", &ours);
-    match (&longlora, options.pytorch) {
-        (Some(recipe), true) => {
-            let theirs = pytorch(recipe, device, options)?;
+    match (task.pytorch_reference(), options.pytorch) {
+        (Some(reference), true) => {
+            let theirs = pytorch(reference, device, options)?;
             report += &row("pytorch", &theirs);
             let ratio = |key: &str| {
                 ours[key].as_f64().unwrap_or(f64::NAN) / theirs[key].as_f64().unwrap_or(f64::NAN)
@@ -196,13 +156,6 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
         (_, false) => {}
     }
     Ok(report.trim_end().to_string())
-}
-
-/// The task's first training micro-batch, on its device.
-fn first_batch(task: &dyn Task) -> Batch {
-    let loader = task.loader();
-    let indices: Vec<usize> = (0..loader.batch_size.min(loader.len)).collect();
-    (loader.make)(&indices).to_device(task.device())
 }
 
 fn row(name: &str, r: &Value) -> String {
@@ -233,42 +186,13 @@ fn sync(device: Device) {
 }
 
 /// Runs scripts/bench_pytorch.py on the same spec and reads its JSON line.
-fn pytorch(
-    recipe: &crate::plan::recipe::LongloraRecipe,
-    device: Device,
-    options: BenchOptions,
-) -> Result<Value> {
-    let t = &recipe.training;
-    let lora = match LoraSpec::of(&t.adapter) {
-        Some(l) => json!({
-            "rank": l.rank, "alpha": l.alpha, "dropout": l.dropout, "targets": l.targets, "also_train": l.also_train,
-        }),
-        None => Value::Null,
-    };
-    let precision = match t.precision {
-        Precision::Fp32 => "fp32",
-        Precision::Bf16Mixed => "bf16_mixed",
-        Precision::Bf16 => "bf16",
-    };
-    let spec = json!({
-        "arch": recipe.model.arch,
-        "rope_factor": recipe.model.rope_factor(recipe.data.max_length),
-        "batch_size": t.micro_batch_size,
-        "seq_len": recipe.data.max_length,
-        "precision": precision,
-        "gradient_checkpointing": t.gradient_checkpointing,
-        "lora": lora,
-        "lr": t.optimizer.lr,
-        "weight_decay": t.optimizer.weight_decay,
-        "betas": t.optimizer.betas,
-        "eps": t.optimizer.eps,
-        "max_grad_norm": t.max_grad_norm,
-        "warmup_steps": options.warmup,
-        "steps": options.steps,
-        "device": if device == Device::Cpu { "cpu" } else { "cuda" },
-        "threads": tch::get_num_threads(),
-        "seed": recipe.seed,
-    });
+/// Runs scripts/bench_pytorch.py on the task's reference model and batch and reads its JSON
+/// line.
+fn pytorch(mut spec: Value, device: Device, options: BenchOptions) -> Result<Value> {
+    spec["warmup_steps"] = json!(options.warmup);
+    spec["steps"] = json!(options.steps);
+    spec["device"] = json!(if device == Device::Cpu { "cpu" } else { "cuda" });
+    spec["threads"] = json!(tch::get_num_threads());
     let mut child = Command::new(".venv/bin/python")
         .args(["scripts/bench_pytorch.py", "-"])
         .stdin(Stdio::piped())

@@ -4,6 +4,13 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::plan::checks::Checker;
+use crate::plan::common::{is_recipe, tokenizer_file, EvalSchedule};
+use crate::plan::inventory;
+use crate::plan::layout::{InputRecipe, RecipeKind, RecipeOf};
+use crate::plan::parts::Part;
+use crate::plan::training::Adapter;
+
 use crate::plan::arch::{Connector, DecoderArch, VisionArch};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -248,4 +255,176 @@ pub enum Mixing {
     Proportional,
     /// Weights sharpened or flattened by `temperature`.
     Temperature,
+}
+
+/// A `coe_multitask` recipe.
+pub type CoeRecipe = RecipeOf<Kind, Model, Data, Evaluation, Method>;
+
+impl RecipeKind for CoeRecipe {
+    fn check(&self, c: &mut Checker) {
+        let m = &self.model;
+        c.tokenizer(
+            "model.tokenizer",
+            tokenizer_file(m.tokenizer.as_deref(), m.path.as_deref()),
+            "a model built from parts",
+        );
+        if m.path.is_some() && m.vision.path.is_some() {
+            c.fail(
+                &["model.vision.path", "model.path"],
+                "model.path is a whole Qwen-VL folder, which already holds the vision tower",
+                "set model.vision.path: null, or drop model.path to build the model from parts",
+            );
+        }
+        if matches!(self.training.adapter, Adapter::Hyperlora { .. }) {
+            c.fail(
+                &["training.adapter.type"],
+                "hyperlora is IAG's T5 adapter; coe_multitask trains lora or full",
+                "use `type: lora` (on the decoder) or `type: full`",
+            );
+        }
+        c.decoder("model.decoder", &m.decoder);
+        c.vision("model.vision.arch", &m.vision.arch);
+        if let Connector::Resampler { num_queries, .. } = &m.connector {
+            let side = (*num_queries as f64).sqrt().round() as u64;
+            if side * side != *num_queries {
+                c.fail(&["model.connector.num_queries"], format!("the resampler's queries sit on a square grid (their sin-cos positions), so {num_queries} must be a square"), format!("use {} or {}", side * side, (side + 1) * (side + 1)));
+            }
+        }
+        if let Connector::Resampler { num_heads, .. } = &m.connector {
+            if m.decoder.hidden_size % num_heads != 0 {
+                c.fail(
+                    &["model.connector.num_heads", "model.decoder.hidden_size"],
+                    format!(
+                        "the resampler's {num_heads} heads do not divide the decoder width {}",
+                        m.decoder.hidden_size
+                    ),
+                    "choose a head count that divides model.decoder.hidden_size",
+                );
+            }
+        }
+        let image_tokens = m.connector.tokens_per_image(&m.vision.arch);
+        if image_tokens >= self.data.max_length {
+            c.fail(&["data.max_length", "model.connector"], format!("one image takes {image_tokens} tokens, leaving no room for text in data.max_length {}", self.data.max_length), "raise data.max_length, or use a resampler with fewer queries");
+        }
+        let t = &self.method.tasks;
+        let weights = [t.question, t.rationale, t.distractor, t.answer];
+        if weights.iter().any(|w| *w < 0.0) || weights.iter().sum::<f64>() <= 0.0 {
+            c.fail(
+                &[
+                    "method.tasks.question",
+                    "method.tasks.rationale",
+                    "method.tasks.distractor",
+                    "method.tasks.answer",
+                ],
+                "task weights must be non-negative and not all zero",
+                "give each task a weight of 0 or more, at least one above 0",
+            );
+        }
+        // The best checkpoint is picked on the question task's text metric.
+        let best = self.evaluation.best_metric;
+        if best != TextMetric::Loss {
+            if t.question <= 0.0 {
+                c.fail(
+                    &["evaluation.best_metric", "method.tasks.question"],
+                    format!("the best checkpoint is picked on question_{}, but the question task is not trained", best.name()),
+                    "set evaluation.best_metric: loss, or train the question task",
+                );
+            } else if !self.evaluation.metrics.contains(&best) {
+                c.fail(
+                    &["evaluation.best_metric", "evaluation.metrics"],
+                    format!("the best checkpoint is picked on {}, which evaluation.metrics does not compute", best.name()),
+                    "add it to evaluation.metrics, or pick one of them",
+                );
+            }
+        }
+        let ret = &self.method.retrieval;
+        if ret.in_prompt > ret.top_k {
+            c.fail(
+                &["method.retrieval.in_prompt", "method.retrieval.top_k"],
+                format!(
+                    "{} exemplars in the prompt but only the top {} are kept",
+                    ret.in_prompt, ret.top_k
+                ),
+                "keep in_prompt at most top_k",
+            );
+        }
+        if ret.threshold > ret.signals.len() as f64 {
+            c.fail(
+                &["method.retrieval.threshold", "method.retrieval.signals"],
+                format!(
+                    "the score sums {} cosine similarities, so it never reaches {}",
+                    ret.signals.len(),
+                    ret.threshold
+                ),
+                "lower the threshold or add signals",
+            );
+        }
+    }
+
+    fn parts(&self) -> Vec<Part> {
+        let (model, max_length) = (&self.model, self.data.max_length);
+        let (v, d) = (&model.vision.arch, &model.decoder);
+        vec![
+            Part {
+                name: "vision",
+                params: inventory::vision(v),
+                frozen: model.vision.frozen,
+                adapted: false,
+                stacks: vec![(v.num_hidden_layers, v.patches() + 1, v.hidden_size)],
+                logits: None,
+            },
+            Part {
+                name: "connector",
+                params: inventory::connector(&model.connector, v, d),
+                frozen: false,
+                adapted: false,
+                stacks: vec![],
+                logits: None,
+            },
+            Part {
+                name: "decoder",
+                params: inventory::decoder(d),
+                frozen: false,
+                adapted: true,
+                stacks: vec![(d.num_hidden_layers, max_length, d.hidden_size)],
+                logits: Some((d.vocab_size, max_length)),
+            },
+        ]
+    }
+
+    /// `data.category_weights` may name an earlier round's recipe, whose run writes the
+    /// error rates.
+    fn input_recipes(&self) -> Vec<InputRecipe> {
+        let weights = self.data.category_weights.iter();
+        weights
+            .filter(|w| is_recipe(w))
+            .map(|path| InputRecipe {
+                key: "data.category_weights",
+                name: "category_weights_run",
+                path: path.clone(),
+                needs: ERROR_RATES,
+                from: "a coe_multitask recipe that trains the answering task (method.tasks.answer > 0)",
+            })
+            .collect()
+    }
+
+    fn leaves(&self) -> Vec<&'static str> {
+        match self.method.tasks.answer > 0.0 {
+            true => vec![ERROR_RATES],
+            false => Vec::new(),
+        }
+    }
+}
+
+/// What a round that trains answering leaves for the next: its error rates per category.
+const ERROR_RATES: &str = "error rates (error_rates.json)";
+
+impl crate::plan::layout::Evaluation for Evaluation {
+    fn schedule(&self) -> EvalSchedule {
+        EvalSchedule {
+            every_steps: self.every_steps,
+            every_epochs: self.every_epochs,
+            at_start: self.at_start,
+        }
+    }
 }

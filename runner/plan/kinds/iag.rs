@@ -5,6 +5,13 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::plan::checks::Checker;
+use crate::plan::common::{tokenizer_file, EvalSchedule};
+use crate::plan::inventory;
+use crate::plan::layout::{InputRecipe, RecipeKind, RecipeOf};
+use crate::plan::parts::Part;
+use crate::plan::training::Adapter;
+
 use crate::plan::arch::T5Arch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -274,4 +281,125 @@ fn fifth() -> f64 {
 }
 fn unit() -> f64 {
     1.0
+}
+
+/// An `iag_distill` recipe.
+pub type IagRecipe = RecipeOf<Kind, Models, Data, Evaluation, Method>;
+
+impl RecipeKind for IagRecipe {
+    fn check(&self, c: &mut Checker) {
+        c.t5("model.student.arch", &self.model.student.arch);
+        c.t5("model.teacher.arch", &self.model.teacher.arch);
+        let t = &self.model.teacher;
+        // A teacher trained here may start from nothing; a frozen one must come from somewhere.
+        let given = usize::from(t.path.is_some()) + usize::from(t.recipe.is_some());
+        if given > 1 || (given == 0 && !t.train) {
+            c.fail(&["model.teacher.path", "model.teacher.recipe"], "the teacher needs exactly one of `model.teacher.path` and `model.teacher.recipe` (or neither, with `model.teacher.train: true`, to train it from scratch)", "give the HF folder of a trained FiD reader, or the recipe that trains it");
+        }
+        let s = &self.model.student;
+        let tokenizer = s.tokenizer.as_deref().or(t.tokenizer.as_deref());
+        c.tokenizer(
+            "model.student.tokenizer",
+            tokenizer_file(tokenizer, s.path.as_deref()),
+            "a randomly initialised student",
+        );
+        if t.arch.vocab_size != s.arch.vocab_size {
+            c.fail(&["model.student.arch.vocab_size", "model.teacher.arch.vocab_size"], format!("teacher and student vocabularies differ ({} and {}): distillation compares their logits token by token", t.arch.vocab_size, s.arch.vocab_size), "use one tokenizer for both, as IAG does (T5's)");
+        }
+        if let (Some(a), Some(b)) = (&t.tokenizer, &s.tokenizer) {
+            if a != b {
+                c.fail(
+                    &["model.student.tokenizer", "model.teacher.tokenizer"],
+                    "teacher and student name different tokenizers: distillation needs one",
+                    "point both at the same tokenizer.json",
+                );
+            }
+        }
+        if let Adapter::Hyperlora { whiten_dim, .. } = &self.training.adapter {
+            if u64::from(*whiten_dim) > s.arch.d_model {
+                c.fail(&["training.adapter.whiten_dim"], format!("HyperLoRA whitens the student encoder's {}-dimensional features, so it keeps at most {} components, not {whiten_dim}", s.arch.d_model, s.arch.d_model), format!("use `whiten_dim: {}` or less (IAG keeps 255 of T5-base's 768)", s.arch.d_model.saturating_sub(1)));
+            }
+        }
+        if self.method.alignment.is_some() {
+            if t.passage_max_length != s.max_length {
+                c.fail(&["method.alignment", "model.student.max_length", "model.teacher.passage_max_length"], format!("alignment compares student and teacher encoder states position by position, but the student reads {} tokens and each passage {}", s.max_length, t.passage_max_length), "give both the same length (IAG: 256)");
+            }
+            if self.training.gradient_checkpointing {
+                c.fail(&["method.alignment", "training.gradient_checkpointing"], "alignment keeps every layer's states and attention maps, which gradient checkpointing would recompute", "turn one of them off");
+            }
+        }
+        if self.method.alignment.is_some()
+            && (t.arch.num_layers != s.arch.num_layers
+                || t.arch.num_heads != s.arch.num_heads
+                || t.arch.d_model != s.arch.d_model)
+        {
+            c.fail(&["method.alignment", "model.student.arch.num_layers", "model.teacher.arch.num_layers"], "hidden and attention alignment pair teacher and student layers, heads and state widths one to one, but they differ", "use teacher and student of the same size, or drop `method.alignment`");
+        }
+    }
+
+    fn parts(&self) -> Vec<Part> {
+        let (s, t) = (&self.model.student, &self.model.teacher);
+        let answer = self.data.answer_max_length;
+        vec![
+            Part {
+                name: "student",
+                params: inventory::t5(&s.arch),
+                frozen: false,
+                adapted: true,
+                stacks: vec![
+                    (s.arch.num_layers, s.max_length, s.arch.d_model),
+                    (s.arch.decoder_layers(), answer, s.arch.d_model),
+                ],
+                logits: Some((s.arch.vocab_size, answer)),
+            },
+            Part {
+                name: "teacher",
+                params: inventory::t5(&t.arch),
+                frozen: !t.train,
+                adapted: false,
+                stacks: vec![
+                    (
+                        t.arch.num_layers,
+                        u64::from(t.n_context) * t.passage_max_length,
+                        t.arch.d_model,
+                    ),
+                    (t.arch.decoder_layers(), answer, t.arch.d_model),
+                ],
+                logits: Some((t.arch.vocab_size, answer)),
+            },
+        ]
+    }
+
+    fn input_recipes(&self) -> Vec<InputRecipe> {
+        let teacher = self.model.teacher.recipe.iter();
+        teacher
+            .map(|path| InputRecipe {
+                key: "model.teacher.recipe",
+                name: "teacher",
+                path: path.clone(),
+                needs: TRAINED_TEACHER,
+                from: "an iag_distill recipe with model.teacher.train: true",
+            })
+            .collect()
+    }
+
+    fn leaves(&self) -> Vec<&'static str> {
+        match self.model.teacher.train {
+            true => vec![TRAINED_TEACHER],
+            false => Vec::new(),
+        }
+    }
+}
+
+/// What a teacher recipe's run leaves for a student's: the trained FiD reader.
+const TRAINED_TEACHER: &str = "trained teacher (teacher/)";
+
+impl crate::plan::layout::Evaluation for Evaluation {
+    fn schedule(&self) -> EvalSchedule {
+        EvalSchedule {
+            every_steps: self.every_steps,
+            every_epochs: self.every_epochs,
+            at_start: self.at_start,
+        }
+    }
 }

@@ -5,6 +5,13 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::plan::checks::Checker;
+use crate::plan::common::{tokenizer_file, EvalSchedule};
+use crate::plan::inventory;
+use crate::plan::layout::{RecipeKind, RecipeOf};
+use crate::plan::parts::Part;
+use crate::plan::training::Adapter;
+
 use crate::plan::arch::DecoderArch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -230,6 +237,107 @@ impl Method {
         match self.sft_group_size {
             Some(fixed) if length % 4096 != 0 => fixed,
             _ => (length as f64 * self.group_fraction) as u64,
+        }
+    }
+}
+
+/// A `longlora_sft` recipe.
+pub type LongloraRecipe = RecipeOf<Kind, Model, Data, Evaluation, Method>;
+
+impl RecipeKind for LongloraRecipe {
+    fn check(&self, c: &mut Checker) {
+        let arch = &self.model.arch;
+        let m = &self.model;
+        c.tokenizer(
+            "model.tokenizer",
+            tokenizer_file(m.tokenizer.as_deref(), m.path.as_deref()),
+            "a randomly initialised model",
+        );
+        c.decoder("model.arch", arch);
+        if arch.family == crate::plan::arch::Family::Qwen {
+            c.fail(&["model.arch.family"], "the `qwen` layout is Qwen-VL's language model, which runner saves and loads only inside a coe_multitask model", "use `family: qwen2` (or llama, mistral) for longlora_sft");
+        }
+        if matches!(self.training.adapter, Adapter::Hyperlora { .. }) {
+            c.fail(
+                &["training.adapter.type"],
+                "hyperlora is IAG's T5 adapter; longlora_sft trains lora or full",
+                "use `type: lora` (LongLoRA: q, k, v, o plus embed and norm) or `type: full`",
+            );
+        }
+        let length = self.data.max_length;
+        if self.method.shifted_sparse_attention {
+            let group = self.method.group_size(length);
+            if group == 0 || length % group != 0 {
+                c.fail(&["data.max_length", "method.group_fraction", "method.sft_group_size"], format!("S²-Attn splits {length} tokens into groups of {group}, which do not divide it evenly"), "choose a max_length that the group size divides (a multiple of 4 with group_fraction 0.25)");
+            } else if group % 2 != 0 {
+                c.fail(&["data.max_length", "method.group_fraction"], format!("S²-Attn shifts half the heads by half a group, but the group size {group} is odd"), "choose a max_length whose group size is even");
+            }
+            if arch.num_attention_heads % 2 != 0 {
+                c.fail(
+                    &[
+                        "model.arch.num_attention_heads",
+                        "method.shifted_sparse_attention",
+                    ],
+                    "S²-Attn shifts half of the attention heads, so their number must be even",
+                    "use an even number of heads, or set method.shifted_sparse_attention: false",
+                );
+            }
+        }
+        let needed = length.div_ceil(arch.max_position_embeddings.max(1)) as f64;
+        let factor = self.model.rope_factor(length);
+        if factor < needed {
+            c.fail(&["model.rope_scaling.factor", "data.max_length", "model.arch.max_position_embeddings"], format!("RoPE factor {factor} covers {} positions, fewer than data.max_length {length}", (factor * arch.max_position_embeddings as f64) as u64), format!("use factor {needed} (ceil(max_length / max_position_embeddings)), or null to derive it"));
+        }
+        // Early stopping watches the best metric: it must be measured, or it never stops.
+        let missing = match self.evaluation.best_metric {
+            _ if self.training.early_stopping.is_none() => None,
+            Metric::Loss | Metric::Perplexity if self.data.validation.is_none() => {
+                Some(("data.validation", "validation data"))
+            }
+            Metric::PasskeyAccuracy if self.evaluation.passkey.is_none() => {
+                Some(("evaluation.passkey", "a passkey evaluation"))
+            }
+            _ => None,
+        };
+        if let Some((key, what)) = missing {
+            c.fail(
+                &["evaluation.best_metric", key],
+                format!("the best metric is never measured: it needs {what}"),
+                format!("set {key}, or choose another evaluation.best_metric"),
+            );
+        }
+        if let Some(ppl) = &self.evaluation.perplexity {
+            let reach = (factor * arch.max_position_embeddings as f64) as u64;
+            if let Some(too_long) = ppl.context_lengths.iter().find(|l| **l > reach) {
+                c.fail(&["evaluation.perplexity.context_lengths", "model.rope_scaling.factor"], format!("perplexity at {too_long} tokens exceeds the {reach} positions the model covers"), "drop that length or raise the RoPE factor");
+            }
+        }
+    }
+
+    /// transformers has no S²-Attn: the benchmark compares full attention on both sides.
+    fn as_in_pytorch(&mut self) {
+        self.method.shifted_sparse_attention = false;
+    }
+
+    fn parts(&self) -> Vec<Part> {
+        let a = &self.model.arch;
+        vec![Part {
+            name: "model",
+            params: inventory::decoder(a),
+            frozen: false,
+            adapted: true,
+            stacks: vec![(a.num_hidden_layers, self.data.max_length, a.hidden_size)],
+            logits: Some((a.vocab_size, self.data.max_length)),
+        }]
+    }
+}
+
+impl crate::plan::layout::Evaluation for Evaluation {
+    fn schedule(&self) -> EvalSchedule {
+        EvalSchedule {
+            every_steps: self.every_steps,
+            every_epochs: self.every_epochs,
+            at_start: self.at_start,
         }
     }
 }
