@@ -6,11 +6,8 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use schemars::generate::SchemaSettings;
-use serde_json::json;
-
 use crate::config::{Diagnostic, Mode, Node, Schema};
-use crate::plan::recipe::{CoeRecipe, IagRecipe, LongloraRecipe, KINDS};
+use crate::plan::recipe::KINDS;
 use crate::plan::resolve::{kind_of, load_tree, plan_from_tree, SWEEP};
 use crate::plan::Plan;
 use crate::sweep::spec::SweepSpec;
@@ -26,21 +23,15 @@ pub enum Document {
 pub fn schema() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let mut generator = SchemaSettings::draft2020_12().into_generator();
-        let documents = [
-            generator.subschema_for::<IagRecipe>(),
-            generator.subschema_for::<LongloraRecipe>(),
-            generator.subschema_for::<CoeRecipe>(),
-            generator.subschema_for::<SweepSpec>(),
-        ];
-        let defs = generator.take_definitions(true);
-        Schema::new(json!({
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": "runner recipe or sweep",
-            "description": "A recipe (kind: iag_distill, longlora_sft or coe_multitask) or a sweep file (kind: sweep).",
-            "oneOf": documents,
-            "$defs": defs,
-        }))
+        Schema::of_documents(
+            "runner recipe or sweep",
+            "A recipe (kind: iag_distill, longlora_sft or coe_multitask) or a sweep file (kind: sweep).",
+            |g| {
+                let mut documents = crate::plan::schema::documents(g);
+                documents.push(g.subschema_for::<SweepSpec>());
+                documents
+            },
+        )
     })
 }
 

@@ -473,7 +473,7 @@ fn a_dataengine_round_names_the_earlier_rounds_recipe_and_its_run_generates() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         !o.status.success()
-            && text.contains("not a coe_multitask recipe that trains the answering task"),
+            && text.contains("cannot serve: its run leaves no error rates (error_rates.json)"),
         "{text}"
     );
     // Two rounds that weight each other are refused, not recursed into.

@@ -18,6 +18,7 @@ use crate::data::scienceqa::{self, Task as CoeTask};
 use crate::methods;
 use crate::methods::coe::CoeMultitask;
 use crate::methods::inputs::{gather, InputRuns};
+use crate::train::task::AsAny;
 
 /// `runner generate MODEL --data ITEMS --out DIR [--gold]`.
 #[derive(clap::Args)]
@@ -74,7 +75,8 @@ fn generate(options: &Options) -> Result<String> {
         &gather(&plan, InputRuns::Existing)?,
         options.device.device()?,
     )?;
-    let Some(task) = built.as_any().downcast_ref::<CoeMultitask>() else {
+    // The task's own type, not the box's.
+    let Some(task) = AsAny::as_any(built.as_ref()).downcast_ref::<CoeMultitask>() else {
         bail!("runner generate runs coe_multitask models");
     };
     let source = super::trained::restore(task, &options.model, checkpoint.as_deref())?;

@@ -11,6 +11,7 @@ use super::run::Target;
 use crate::methods;
 use crate::methods::inputs::Inputs;
 use crate::methods::longlora::LongloraTask;
+use crate::train::task::AsAny;
 
 /// `runner perplexity MODEL --data FILE --lengths L,…`.
 #[derive(clap::Args)]
@@ -63,7 +64,8 @@ fn perplexity(
 ) -> Result<String> {
     let (plan, checkpoint) = super::trained::plan_and_checkpoint(model, "longlora_sft")?;
     let built = methods::build(&plan, &Inputs::default(), target.device()?)?;
-    let Some(task) = built.as_any().downcast_ref::<LongloraTask>() else {
+    // The task's own type, not the box's.
+    let Some(task) = AsAny::as_any(built.as_ref()).downcast_ref::<LongloraTask>() else {
         bail!("perplexity is measured for longlora_sft runs and recipes");
     };
     let source = super::trained::restore(task, model, checkpoint.as_deref())?;

@@ -30,6 +30,25 @@ impl Schema {
         Schema { root }
     }
 
+    /// The JSON Schema (draft 2020-12) whose root is `oneOf` the documents that `documents`
+    /// generates from Rust types (schemars), with every definition they use under `$defs`.
+    pub fn of_documents(
+        title: &str,
+        description: &str,
+        documents: impl FnOnce(&mut schemars::SchemaGenerator) -> Vec<schemars::Schema>,
+    ) -> Schema {
+        let mut generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+        let documents = documents(&mut generator);
+        let defs = generator.take_definitions(true);
+        Schema::new(serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": title,
+            "description": description,
+            "oneOf": documents,
+            "$defs": defs,
+        }))
+    }
+
     pub fn json(&self) -> &J {
         &self.root
     }

@@ -444,10 +444,6 @@ impl Task for IagTask {
         self.device
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn loader(&self) -> &Loader {
         &self.loader
     }

@@ -344,10 +344,6 @@ impl Task for LongloraTask {
         }))
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn loader(&self) -> &Loader {
         &self.loader
     }

@@ -91,6 +91,23 @@ where
     }
 }
 
+/// Implements [`Evaluation`] for a kind's evaluation section, which has the schedule's fields
+/// (`every_steps`, `every_epochs`, `at_start`) beside its own.
+macro_rules! evaluation_schedule {
+    ($section:ty) => {
+        impl $crate::plan::layout::Evaluation for $section {
+            fn schedule(&self) -> $crate::plan::common::EvalSchedule {
+                $crate::plan::common::EvalSchedule {
+                    every_steps: self.every_steps,
+                    every_epochs: self.every_epochs,
+                    at_start: self.at_start,
+                }
+            }
+        }
+    };
+}
+pub(crate) use evaluation_schedule;
+
 /// What a recipe kind adds to the shared sections; each kind implements it in `kinds/`.
 pub trait RecipeKind: Shared {
     /// The kind's own rules: the cross-key rules a schema cannot say, and every rule a run

@@ -4,8 +4,7 @@
 
 use std::sync::OnceLock;
 
-use schemars::generate::SchemaSettings;
-use serde_json::json;
+use schemars::SchemaGenerator;
 
 use super::recipe::{CoeRecipe, IagRecipe, LongloraRecipe};
 use crate::config::Schema;
@@ -14,20 +13,17 @@ use crate::config::Schema;
 pub fn schema() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let mut generator = SchemaSettings::draft2020_12().into_generator();
-        let documents = [
-            generator.subschema_for::<IagRecipe>(),
-            generator.subschema_for::<LongloraRecipe>(),
-            generator.subschema_for::<CoeRecipe>(),
-        ];
-        let defs = generator.take_definitions(true);
-        Schema::new(json!({
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": "runner recipe",
-            "oneOf": documents,
-            "$defs": defs,
-        }))
+        Schema::of_documents("runner recipe", "A recipe of one of the kinds.", documents)
     })
+}
+
+/// The schema of each recipe kind, from `generator`.
+pub fn documents(generator: &mut SchemaGenerator) -> Vec<schemars::Schema> {
+    vec![
+        generator.subschema_for::<IagRecipe>(),
+        generator.subschema_for::<LongloraRecipe>(),
+        generator.subschema_for::<CoeRecipe>(),
+    ]
 }
 
 /// The `$defs` name of the schema of a recipe `kind`.

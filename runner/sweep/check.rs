@@ -4,8 +4,6 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use schemars::generate::SchemaSettings;
-
 use super::spec::{Distribution, Method, Parameter, SweepSpec};
 use crate::config::diagnostic::did_you_mean;
 use crate::config::{Diagnostic, Mode, Node, Origin, Override, Schema};
@@ -306,9 +304,8 @@ pub fn metric_names(kind: &str) -> Vec<&'static str> {
 fn sweep_schema() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let mut generator = SchemaSettings::draft2020_12().into_generator();
-        let document = generator.subschema_for::<SweepSpec>();
-        let defs = generator.take_definitions(true);
-        Schema::new(serde_json::json!({ "oneOf": [document], "$defs": defs }))
+        Schema::of_documents("runner sweep", "A sweep file.", |g| {
+            vec![g.subschema_for::<SweepSpec>()]
+        })
     })
 }

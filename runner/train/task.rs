@@ -22,7 +22,19 @@ pub struct Evaluation {
     pub files: Vec<(String, String)>,
 }
 
-pub trait Task {
+/// A task as its own type, for the commands that use what one kind offers (`runner generate`:
+/// CoE's chain; `runner perplexity`: LongLoRA's windows).
+pub trait AsAny {
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl<T: std::any::Any> AsAny for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+pub trait Task: AsAny {
     /// The weights of every model the task trains or uses, each with the prefix its names
     /// get in checkpoints (`""` for the main model); trainable ones require gradients.
     fn stores(&self) -> Vec<(&'static str, &ParamStore)>;
@@ -59,9 +71,6 @@ pub trait Task {
     fn pytorch_reference(&self) -> Option<serde_json::Value> {
         None
     }
-    /// The task as its own type, for the commands that use what one kind offers
-    /// (`runner generate`: CoE's chain; `runner perplexity`: LongLoRA's windows).
-    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Every trainable parameter of a task, named with its store's prefix.

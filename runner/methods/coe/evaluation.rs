@@ -104,7 +104,21 @@ impl CoeMultitask {
         })
     }
 
-    pub(super) fn pixels(&self, batch: &Batch) -> Option<Tensor> {
+    /// The model's logits for a batch of conversations with their images, through `tape`.
+    pub(super) fn logits<'a>(&'a self, batch: &Batch, tape: &Tape<'a>, train: bool) -> Tensor {
+        self.model
+            .vlm
+            .forward(
+                &batch.input_ids,
+                Some(&batch.attention_mask),
+                self.pixels(batch).as_ref(),
+                tape,
+                train,
+            )
+            .expect("image placeholders match the images")
+    }
+
+    fn pixels(&self, batch: &Batch) -> Option<Tensor> {
         let p = batch.extra("pixels");
         (p.size()[0] > 0).then(|| p.shallow_clone())
     }
@@ -274,17 +288,7 @@ impl CoeMultitask {
         tch::no_grad(|| {
             for chunk in indices.chunks(8) {
                 let batch = make(chunk).to_device(self.device);
-                let logits = self
-                    .model
-                    .vlm
-                    .forward(
-                        &batch.input_ids,
-                        Some(&batch.attention_mask),
-                        self.pixels(&batch).as_ref(),
-                        &Tape::plain(),
-                        false,
-                    )
-                    .expect("image placeholders match the images");
+                let logits = self.logits(&batch, &Tape::plain(), false);
                 let (sums, counts) = causal_lm_example_losses(&logits, &batch.labels);
                 each(sums.to_device(Device::Cpu), counts.to_device(Device::Cpu));
             }

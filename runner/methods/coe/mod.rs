@@ -250,26 +250,12 @@ impl Task for CoeMultitask {
         self.input_hashes.clone()
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn loader(&self) -> &Loader {
         &self.loader
     }
 
     fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>, _step: u64) -> Tensor {
-        let logits = self
-            .model
-            .vlm
-            .forward(
-                &batch.input_ids,
-                Some(&batch.attention_mask),
-                self.pixels(batch).as_ref(),
-                tape,
-                true,
-            )
-            .expect("image placeholders match the images");
+        let logits = self.logits(batch, tape, true);
         let (sums, counts) = causal_lm_example_losses(&logits, &batch.labels);
         // Each task's share of the step, for its own loss curve.
         let cpu = |t: &Tensor, kind: Kind| t.detach().to_device(Device::Cpu).to_kind(kind);

@@ -5,9 +5,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::checks::Checker;
-use crate::plan::common::{is_recipe, tokenizer_file, EvalSchedule};
+use crate::plan::common::{is_recipe, tokenizer_file};
 use crate::plan::inventory;
-use crate::plan::layout::{InputRecipe, RecipeKind, RecipeOf};
+use crate::plan::layout::{evaluation_schedule, InputRecipe, RecipeKind, RecipeOf};
 use crate::plan::parts::Part;
 use crate::plan::training::Adapter;
 
@@ -409,22 +409,11 @@ impl RecipeKind for CoeRecipe {
     }
 
     fn leaves(&self) -> Vec<&'static str> {
-        match self.method.tasks.answer > 0.0 {
-            true => vec![ERROR_RATES],
-            false => Vec::new(),
-        }
+        Vec::from_iter((self.method.tasks.answer > 0.0).then_some(ERROR_RATES))
     }
 }
 
 /// What a round that trains answering leaves for the next: its error rates per category.
 const ERROR_RATES: &str = "error rates (error_rates.json)";
 
-impl crate::plan::layout::Evaluation for Evaluation {
-    fn schedule(&self) -> EvalSchedule {
-        EvalSchedule {
-            every_steps: self.every_steps,
-            every_epochs: self.every_epochs,
-            at_start: self.at_start,
-        }
-    }
-}
+evaluation_schedule!(Evaluation);

@@ -6,9 +6,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::checks::Checker;
-use crate::plan::common::{tokenizer_file, EvalSchedule};
+use crate::plan::common::tokenizer_file;
 use crate::plan::inventory;
-use crate::plan::layout::{InputRecipe, RecipeKind, RecipeOf};
+use crate::plan::layout::{evaluation_schedule, InputRecipe, RecipeKind, RecipeOf};
 use crate::plan::parts::Part;
 use crate::plan::training::Adapter;
 
@@ -384,22 +384,11 @@ impl RecipeKind for IagRecipe {
     }
 
     fn leaves(&self) -> Vec<&'static str> {
-        match self.model.teacher.train {
-            true => vec![TRAINED_TEACHER],
-            false => Vec::new(),
-        }
+        Vec::from_iter(self.model.teacher.train.then_some(TRAINED_TEACHER))
     }
 }
 
 /// What a teacher recipe's run leaves for a student's: the trained FiD reader.
 const TRAINED_TEACHER: &str = "trained teacher (teacher/)";
 
-impl crate::plan::layout::Evaluation for Evaluation {
-    fn schedule(&self) -> EvalSchedule {
-        EvalSchedule {
-            every_steps: self.every_steps,
-            every_epochs: self.every_epochs,
-            at_start: self.at_start,
-        }
-    }
-}
+evaluation_schedule!(Evaluation);

@@ -6,9 +6,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::checks::Checker;
-use crate::plan::common::{tokenizer_file, EvalSchedule};
+use crate::plan::common::tokenizer_file;
 use crate::plan::inventory;
-use crate::plan::layout::{RecipeKind, RecipeOf};
+use crate::plan::layout::{evaluation_schedule, RecipeKind, RecipeOf};
 use crate::plan::parts::Part;
 use crate::plan::training::Adapter;
 
@@ -332,12 +332,4 @@ impl RecipeKind for LongloraRecipe {
     }
 }
 
-impl crate::plan::layout::Evaluation for Evaluation {
-    fn schedule(&self) -> EvalSchedule {
-        EvalSchedule {
-            every_steps: self.every_steps,
-            every_epochs: self.every_epochs,
-            at_start: self.at_start,
-        }
-    }
-}
+evaluation_schedule!(Evaluation);
