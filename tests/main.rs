@@ -4,6 +4,7 @@ mod architecture;
 mod bad_inputs;
 mod cli;
 mod data;
+mod distributed;
 mod estimates;
 mod evaluation;
 mod iag;
@@ -46,4 +47,11 @@ pub fn run_briefly(recipe: &str, steps: u32, extra: &[&str], out: &std::path::Pa
         .output()
         .unwrap();
     assert_success(&o);
+}
+
+/// The one-node Slurm cluster of scripts/slurm_local.sh listens on fixed ports: one test at a
+/// time starts it.
+pub fn slurm_lock() -> std::sync::MutexGuard<'static, ()> {
+    static SLURM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SLURM.lock().unwrap_or_else(|e| e.into_inner())
 }

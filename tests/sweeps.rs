@@ -329,6 +329,7 @@ fn a_sweep_runs_once_resumes_after_a_kill_and_matches_its_slurm_run() {
     assert_eq!(table(&third), reference);
 
     // The same sweep as a Slurm job array on a one-node cluster.
+    let _slurm = crate::slurm_lock();
     let cluster = tmp.path().join("slurm");
     let start = Command::new("scripts/slurm_local.sh")
         .arg("start")

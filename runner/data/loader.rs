@@ -66,12 +66,14 @@ impl Loader {
     }
 
     /// The micro-batches from `from` on, forever; each comes with the position after it.
-    /// The preparing thread stops when the receiver is dropped.
-    pub fn stream(&self, from: Position) -> Receiver<(Position, Batch)> {
+    /// Only those `share` names are made (the others come as `None`: another rank trains
+    /// them). The preparing thread stops when the receiver is dropped.
+    pub fn stream(&self, from: Position, share: Share) -> Receiver<(Position, Option<Batch>)> {
         let (send, receive) = sync_channel(4);
         let loader = self.clone();
         thread::spawn(move || {
             let mut at = from;
+            let mut count = 0u64;
             loop {
                 let mut order = epoch_order(loader.len, loader.seed, at.epoch);
                 if let Some(lengths) = &loader.lengths {
@@ -81,7 +83,10 @@ impl Loader {
                     (0..order.len()).step_by(loader.batch_size.max(1)).collect();
                 for (i, &start) in starts.iter().enumerate().skip(at.offset) {
                     let end = (start + loader.batch_size).min(order.len());
-                    let batch = (loader.make)(&order[start..end]);
+                    let batch = share
+                        .takes(count)
+                        .then(|| (loader.make)(&order[start..end]));
+                    count += 1;
                     let next = match i + 1 == starts.len() {
                         true => Position {
                             epoch: at.epoch + 1,
@@ -106,6 +111,28 @@ impl Loader {
             }
         });
         receive
+    }
+}
+
+/// Which micro-batches of a stream one rank trains: of each `period` consecutive ones, counted
+/// from where the stream starts, those whose index falls in `mine`.
+#[derive(Clone, Debug)]
+pub struct Share {
+    pub period: u64,
+    pub mine: std::ops::Range<u64>,
+}
+
+impl Share {
+    /// Every micro-batch (one rank).
+    pub fn all() -> Share {
+        Share {
+            period: 1,
+            mine: 0..1,
+        }
+    }
+
+    fn takes(&self, index: u64) -> bool {
+        self.mine.contains(&(index % self.period.max(1)))
     }
 }
 

@@ -12,26 +12,37 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use tch::Device;
 
+use crate::distributed::world::World;
 use crate::models::adapters::lora::{self, LoraSpec};
 use crate::models::hf_folder::HfConfig;
 use crate::models::{hf_model, ParamStore};
 use crate::plan::training::Adapter;
 use crate::plan::{Plan, Recipe};
+use crate::train::parallel::DataParallel;
 use crate::train::task::Task;
 use crate::train::trainer::{self, RunOptions, Summary};
 use inputs::{InputRuns, Inputs};
 
-/// Trains `plan` on `device`, its input runs first where they are missing.
-pub fn train(plan: &Plan, device: Device, options: &RunOptions) -> Result<Summary> {
-    train_for(plan, device, options, &[])
+/// Trains `plan` on `device` as one of `dp`'s ranks, its input runs first where they are
+/// missing.
+pub fn train(
+    plan: &Plan,
+    device: Device,
+    options: &RunOptions,
+    dp: &DataParallel,
+) -> Result<Summary> {
+    train_for(plan, device, options, &[], dp)
 }
 
-/// Trains `plan`, whose run the recipes in `waiting` (outermost first) need as an input.
+/// Trains `plan`, whose run the recipes in `waiting` (outermost first) need as an input. An
+/// input recipe's run is trained by one process: under several ranks rank 0 trains a missing
+/// one while the others wait, then every rank reads it.
 fn train_for(
     plan: &Plan,
     device: Device,
     options: &RunOptions,
     waiting: &[String],
+    dp: &DataParallel,
 ) -> Result<Summary> {
     let waiting = [waiting, &[plan.recipe.name().to_string()]].concat();
     let train_input = |input: &Plan, waiting: &[String]| {
@@ -40,16 +51,33 @@ fn train_for(
             force: false,
             stop_after: None,
         };
-        train_for(input, device, &options, waiting).map(|_| ())
+        let distributed = &input.recipe.training().distributed;
+        let alone = DataParallel::join(World::single(), device, distributed).with_context(|| {
+            format!(
+                "input recipe {} cannot be trained here\n  hint: train it first with its own launch",
+                input.source.display()
+            )
+        })?;
+        train_for(input, device, &options, waiting, &alone).map(|_| ())
     };
-    let runs = InputRuns::Train {
-        train: &train_input,
-        waiting: &waiting,
+    let runs = match dp.is_main() {
+        true => InputRuns::Train {
+            train: &train_input,
+            waiting: &waiting,
+        },
+        false => InputRuns::Existing,
     };
-    let inputs = inputs::gather(plan, runs)?;
+    if !dp.is_main() {
+        dp.barrier()?;
+    }
+    let inputs = inputs::gather(plan, runs);
+    if dp.is_main() {
+        dp.barrier()?;
+    }
+    let inputs = inputs?;
     let task = build(plan, &inputs, device)?;
     let recorded = [inputs.hashes, task.input_hashes()].concat();
-    trainer::train(plan, task.as_ref(), options, &recorded)
+    trainer::train(plan, task.as_ref(), options, &recorded, dp)
 }
 
 /// The task of `plan`'s kind on `device`, built from the plan and its input runs: the one

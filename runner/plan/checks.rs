@@ -119,6 +119,24 @@ impl<'a> Checker<'a> {
                 "set zero_stage: 3 or offload_params: false",
             );
         }
+        let d = &t.distributed;
+        if d.zero_stage == 3 && d.devices > 1 {
+            self.fail(
+                &["training.distributed.zero_stage"],
+                "ZeRO stage 3 (weights sharded across devices) is not implemented by this runner",
+                "use zero_stage: 2 (optimizer state and gradients sharded)",
+            );
+        }
+        if d.offload_optimizer && d.zero_stage == 0 && d.devices > 1 {
+            self.fail(
+                &[
+                    "training.distributed.offload_optimizer",
+                    "training.distributed.zero_stage",
+                ],
+                "offloading the optimizer moves its shard to host memory: it needs ZeRO stage 1 or 2",
+                "set zero_stage: 1 or 2, or offload_optimizer: false",
+            );
+        }
         let [b1, b2] = t.optimizer.betas;
         if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) {
             self.fail(

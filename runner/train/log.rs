@@ -17,6 +17,8 @@ pub struct MetricsLog {
     csv: Option<File>,
     events: Option<EventWriter>,
     terminal: bool,
+    /// Print no progress.
+    quiet: bool,
 }
 
 impl MetricsLog {
@@ -59,7 +61,19 @@ impl MetricsLog {
             csv: file,
             events,
             terminal: std::io::stderr().is_terminal(),
+            quiet: false,
         })
+    }
+
+    /// A log that writes and prints nothing (a rank other than 0).
+    pub fn silent() -> MetricsLog {
+        MetricsLog {
+            csv_path: PathBuf::new(),
+            csv: None,
+            events: None,
+            terminal: false,
+            quiet: true,
+        }
     }
 
     /// Records `values` of one split at `step` in every log, flushed.
@@ -102,6 +116,9 @@ impl MetricsLog {
     /// A progress line: rewritten in place on a terminal, one line per call otherwise (logs
     /// under Slurm).
     pub fn progress(&self, line: &str) {
+        if self.quiet {
+            return;
+        }
         let mut err = std::io::stderr().lock();
         let _ = match self.terminal {
             true => write!(err, "\r\x1b[2K{line}"),

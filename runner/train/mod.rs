@@ -2,7 +2,9 @@
 
 pub mod log;
 pub mod optimizer;
+pub mod parallel;
 pub mod run_dir;
 pub mod schedule;
 pub mod task;
 pub mod trainer;
+pub mod zero;

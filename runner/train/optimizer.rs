@@ -34,8 +34,16 @@ impl AdamW {
         }
     }
 
-    fn decays(&self, name: &str) -> bool {
-        !self.no_decay.iter().any(|n| name.contains(n.as_str()))
+    /// The weight decay of the parameter `name` (none for those `no_decay` names).
+    pub fn decay(&self, name: &str) -> f64 {
+        match self.no_decay.iter().any(|n| name.contains(n.as_str())) {
+            true => 0.0,
+            false => self.weight_decay,
+        }
+    }
+
+    pub fn betas_eps(&self) -> ([f64; 2], f64) {
+        (self.betas, self.eps)
     }
 
     /// One update of every parameter that has a gradient, at learning rate `lr`:
@@ -43,7 +51,6 @@ impl AdamW {
     /// the number of steps in which that parameter had a gradient (torch's per-parameter step).
     pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) {
         self.steps += 1;
-        let [b1, b2] = self.betas;
         tch::no_grad(|| {
             for (name, p) in params {
                 let g = p.grad();
@@ -51,18 +58,14 @@ impl AdamW {
                     continue;
                 }
                 let g = g.to_kind(Kind::Float);
-                let decay = self.weight_decay * f64::from(u8::from(self.decays(name)));
+                let decay = self.decay(name);
                 let (m, v, t) = self
                     .moments
                     .entry(name.clone())
                     .or_insert_with(|| (g.zeros_like(), g.zeros_like(), 0));
                 *t += 1;
-                let (c1, c2) = (1.0 - b1.powi(*t as i32), 1.0 - b2.powi(*t as i32));
-                *m = &*m * b1 + &g * (1.0 - b1);
-                *v = &*v * b2 + g.square() * (1.0 - b2);
-                let denom = v.sqrt() / c2.sqrt() + self.eps;
-                let master = p.to_kind(Kind::Float) * (1.0 - lr * decay);
-                let updated = master - (&*m / denom) * (lr / c1);
+                let decayed = p.to_kind(Kind::Float) * (1.0 - lr * decay);
+                let updated = adam_update(decayed, &g, (m, v), *t, lr, self.betas, self.eps);
                 let mut p = p.shallow_clone();
                 p.copy_(&updated);
             }
@@ -116,6 +119,26 @@ impl AdamW {
         self.steps = steps;
         Ok(())
     }
+}
+
+/// Adam's step on fp32 values already decayed (`p·(1 − lr·wd)`), with gradient `g`, at the
+/// parameter's step `t`: the moments are updated in place and the new values returned,
+/// `p − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`. Shared by the replicated and the sharded
+/// (ZeRO) optimizer, so both take the same step.
+pub fn adam_update(
+    decayed: Tensor,
+    g: &Tensor,
+    (m, v): (&mut Tensor, &mut Tensor),
+    t: u64,
+    lr: f64,
+    [b1, b2]: [f64; 2],
+    eps: f64,
+) -> Tensor {
+    let (c1, c2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
+    *m = &*m * b1 + g * (1.0 - b1);
+    *v = &*v * b2 + g.square() * (1.0 - b2);
+    let denom = v.sqrt() / c2.sqrt() + eps;
+    decayed - (&*m / denom) * (lr / c1)
 }
 
 /// The global L2 norm of all gradients; when above `max_norm`, every gradient is scaled down

@@ -109,9 +109,22 @@ impl RunDir {
         let record =
             serde_json::json!({ "hash": plan.hash, "inputs": inputs_map(inputs), "plan": json });
         write_atomic(&stored, serde_json::to_string_pretty(&record)?.as_bytes())?;
-        let latest = run.checkpoints()?.pop();
+        run.latest()
+    }
+
+    /// A run directory another rank opened (and checked), with its latest whole checkpoint;
+    /// nothing is written.
+    pub fn existing(path: &Path) -> Result<(RunDir, Option<Checkpoint>)> {
+        RunDir {
+            path: path.to_path_buf(),
+        }
+        .latest()
+    }
+
+    fn latest(self) -> Result<(RunDir, Option<Checkpoint>)> {
+        let latest = self.checkpoints()?.pop();
         let checkpoint = latest.map(|(_, dir)| load(&dir)).transpose()?;
-        Ok((run, checkpoint))
+        Ok((self, checkpoint))
     }
 
     /// Whole checkpoints, oldest first, with their step.

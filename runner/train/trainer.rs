@@ -12,11 +12,14 @@ use serde_json::json;
 use tch::Tensor;
 
 use super::log::MetricsLog;
-use super::optimizer::{clip_grad_norm, zero_grad, AdamW};
+use super::optimizer::AdamW;
+use super::parallel::DataParallel;
 use super::run_dir::{RunDir, RunState};
 use super::schedule::LrSchedule;
 use super::task::{self, Evaluation, Task};
+use super::zero::Update;
 use crate::artifacts::tensorboard::HParamValue;
+use crate::data::loader::Share;
 use crate::files::write_atomic;
 use crate::models::{Checkpointing, Tape};
 use crate::plan::inventory::Group;
@@ -49,23 +52,35 @@ pub fn default_dir(plan: &Plan) -> PathBuf {
     PathBuf::from(format!("{dir}-{}", &plan.hash[..8]))
 }
 
-/// Trains `task` as `plan` says. `inputs` name the runs this one builds on (a teacher) by plan
-/// hash; they are recorded, and a run directory trained from other inputs is not resumed.
+/// Trains `task` as `plan` says, as one of `dp`'s ranks. `inputs` name the runs this one
+/// builds on (a teacher) by plan hash; they are recorded, and a run directory trained from
+/// other inputs is not resumed. Rank 0 alone writes to the run directory.
 pub fn train(
     plan: &Plan,
     task: &dyn Task,
     options: &RunOptions,
     inputs: &[(String, String)],
+    dp: &DataParallel,
 ) -> Result<Summary> {
     let recipe = &plan.recipe;
     let t = recipe.training();
     let dir = options.out.clone().unwrap_or_else(|| default_dir(plan));
-    let (run, checkpoint) = RunDir::open(&dir, plan, inputs, options.force)?;
+    let main = dp.is_main();
+    let opened = match main {
+        true => Some(RunDir::open(&dir, plan, inputs, options.force)?),
+        false => None,
+    };
+    // The other ranks read the checkpoint once rank 0 has checked the directory.
+    dp.barrier()?;
+    let (run, checkpoint) = match opened {
+        Some(opened) => opened,
+        None => RunDir::existing(&dir)?,
+    };
     let params = task::trainable(task);
     if params.is_empty() {
         bail!("nothing to train: no parameter requires a gradient\n  hint: check training.adapter");
     }
-    let mut optimizer = AdamW::new(&t.optimizer);
+    let mut optimizer = Update::new(AdamW::new(&t.optimizer), &params, dp);
     let mut state = RunState::default();
     let resumed_from = checkpoint.as_ref().map(|c| c.state.step);
     if let Some(c) = checkpoint.as_ref().filter(|c| c.state.finished) {
@@ -81,9 +96,10 @@ pub fn train(
     if let Some(c) = checkpoint {
         restore(&params, c.trainable)
             .with_context(|| format!("resuming from {}", c.dir.display()))?;
-        optimizer.load_state(c.optimizer, c.state.step)?;
+        optimizer.load_state(c.optimizer, c.state.step, dp)?;
         state = c.state;
     }
+    dp.broadcast(&params.iter().map(|(_, p)| p).collect::<Vec<_>>())?;
     let accumulation = t.grad_accumulation as u64;
     let batches = task.loader().batches_per_epoch() as u64;
     let per_epoch = batches.div_ceil(accumulation);
@@ -97,7 +113,10 @@ pub fn train(
     };
     let logging = recipe.logging();
     let output = recipe.output();
-    let mut log = MetricsLog::open(&run.path, logging.csv, logging.tensorboard, resumed_from)?;
+    let mut log = match main {
+        true => MetricsLog::open(&run.path, logging.csv, logging.tensorboard, resumed_from)?,
+        false => MetricsLog::silent(),
+    };
     let (best_name, maximize) = task.best_metric();
     if resumed_from.is_none() {
         log.hparams(
@@ -109,10 +128,15 @@ pub fn train(
         true => Checkpointing::Recompute,
         false => Checkpointing::Off,
     };
-    if resumed_from.is_none() && evaluation.at_start {
+    if main && resumed_from.is_none() && evaluation.at_start {
         evaluate(task, &mut log, &run.path, 0)?;
     }
-    let batches = task.loader().stream(state.position);
+    // Each step's global batch: `accumulation` micro-batches for each rank, this rank's share.
+    let share = Share {
+        period: accumulation * dp.size() as u64,
+        mine: dp.micro_batches(accumulation),
+    };
+    let batches = task.loader().stream(state.position, share.clone());
     let mut last_checkpoint: Option<PathBuf> = run.checkpoints()?.pop().map(|(_, p)| p);
     let started = Instant::now();
     let seconds_before = state.seconds;
@@ -120,12 +144,15 @@ pub fn train(
         let step_start = Instant::now();
         let lr = schedule.lr(state.step);
         let (mut loss_sum, mut tokens, mut samples) = (0.0, 0i64, 0i64);
-        for micro in 0..accumulation {
+        for micro in 0..share.period {
             let (next, batch) = batches
                 .recv()
                 .map_err(|_| anyhow!("the data stream ended unexpectedly"))?;
             let position = state.position;
             state.position = next;
+            let Some(batch) = batch else {
+                continue;
+            };
             let batch = batch.to_device(task.device());
             tokens += batch.tokens();
             samples += batch.input_ids.size()[0];
@@ -148,10 +175,17 @@ pub fn train(
         if state.step == 0 {
             check_gradients(&params)?;
         }
+        // A kind's own training metrics (CoE's per-task losses) are rank 0's micro-batches'.
         let step_metrics = task.step_metrics();
-        let grad_norm = clip_grad_norm(&params, t.max_grad_norm);
-        optimizer.step(&params, lr);
-        zero_grad(&params);
+        let grad_norm = optimizer.step(&params, lr, t.max_grad_norm, dp)?;
+        // The global batch's loss (each rank's is the mean of its micro-batches) and counts.
+        let [loss_total, tokens_total, samples_total] =
+            dp.sum(&[loss_sum, tokens as f64, samples as f64])?[..]
+        else {
+            unreachable!("three values summed")
+        };
+        let loss_sum = loss_total / dp.size() as f64;
+        let (tokens, samples) = (tokens_total as i64, samples_total as i64);
         state.step += 1;
         state.tokens += tokens;
         state.loss = Some(loss_sum);
@@ -176,7 +210,7 @@ pub fn train(
         ));
         let last = state.step == total;
         let (mut stop, mut improved) = (false, false);
-        if eval_every.is_some_and(|n| state.step % n == 0) || last {
+        if main && (eval_every.is_some_and(|n| state.step % n == 0) || last) {
             let evaluation = evaluate(task, &mut log, &run.path, state.step)?;
             if let Some(&(_, value)) = evaluation.metrics.iter().find(|(n, _)| n == best_name) {
                 let better = state.best.is_none_or(|(best, _)| {
@@ -199,6 +233,9 @@ pub fn train(
                     .is_some_and(|e| state.since_best >= e.patience);
             }
         }
+        // Rank 0 evaluated; every rank stops and saves with it.
+        let decided = dp.from_main(&[f64::from(u8::from(stop)), f64::from(u8::from(improved))])?;
+        let (stop, improved) = (decided[0] == 1.0, decided[1] == 1.0);
         let save_now = output
             .checkpoint_every_steps
             .is_some_and(|n| state.step % n == 0);
@@ -207,15 +244,18 @@ pub fn train(
             state.seconds = seconds_before + started.elapsed().as_secs_f64();
             state.finished = last || stop;
             let keep = output.keep_last as usize;
-            let saved = run.save(&params, &optimizer.state(), &state, keep, output.keep_best)?;
-            last_checkpoint = Some(saved);
+            // Under ZeRO the moments are gathered from every rank; rank 0 writes.
+            let moments = optimizer.state(dp)?;
+            if main {
+                let saved = run.save(&params, &moments, &state, keep, output.keep_best)?;
+                last_checkpoint = Some(saved);
+            }
         }
         if stop || options.stop_after.is_some_and(|s| state.step >= s) {
             break;
         }
     }
     log.end_progress();
-    task.save(&run.path)?;
     state.seconds = seconds_before + started.elapsed().as_secs_f64();
     let summary = Summary {
         dir: run.path.clone(),
@@ -224,6 +264,10 @@ pub fn train(
         best: state.best,
         resumed_from,
     };
+    if !main {
+        return Ok(summary);
+    }
+    task.save(&run.path)?;
     // The table of runs: results/runs.csv, or beside an explicit --out directory.
     let index = match &options.out {
         Some(out) => out.parent().unwrap_or(Path::new(".")).join("runs.csv"),

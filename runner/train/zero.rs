@@ -1,0 +1,263 @@
+//! The optimizer step over the ranks: averaged gradients, clipping by the global norm, AdamW.
+//!
+//! - One rank, or ZeRO stage 0 (DDP): every rank holds every moment and takes the whole step
+//!   on gradients averaged over the ranks.
+//! - ZeRO stage 1: the moments are sharded. Gradients are reduce-scattered bucket by bucket
+//!   (`parallel::Buckets`: rank r owns the r-th chunk of each bucket), each rank updates its
+//!   chunks (on the host with `offload_optimizer`), and the new weights are all-gathered.
+//! - ZeRO stage 2: as stage 1, and the full gradients are dropped once reduced, so between the
+//!   reduction and the next backward pass a rank holds only its fp32 shard of them.
+//!
+//! Every rank computes the same global norm (the shards' squares summed over the ranks), so
+//! all clip alike. Checkpoints hold the whole moments per parameter, as one rank writes them,
+//! whatever the world size: a run resumes on another number of ranks.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Result};
+use tch::{Device, Kind, Tensor};
+
+use super::optimizer::{adam_update, clip_grad_norm, zero_grad, AdamW};
+use super::parallel::{gradient, Buckets, DataParallel};
+use crate::distributed::c10d::{drop_grad, ReduceOp};
+
+pub enum Update {
+    Replicated(AdamW),
+    Sharded(Sharded),
+}
+
+/// ZeRO's shard of the optimizer: this rank's chunk of every bucket.
+pub struct Sharded {
+    adamw: AdamW,
+    names: Vec<String>,
+    shapes: Vec<Vec<i64>>,
+    buckets: Buckets,
+    /// First and second moments of this rank's chunk of each bucket.
+    moments: Vec<(Tensor, Tensor)>,
+    /// Where the moments and the update live (the host with `offload_optimizer`).
+    device: Device,
+    drop_gradients: bool,
+}
+
+impl Update {
+    /// The optimizer for `params` (named, trainable) under `dp`'s ZeRO stage.
+    pub fn new(adamw: AdamW, params: &[(String, Tensor)], dp: &DataParallel) -> Update {
+        if dp.size() == 1 || dp.zero_stage == 0 {
+            return Update::Replicated(adamw);
+        }
+        let tensors: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
+        let buckets = Buckets::new(&tensors, dp.size());
+        let device = match dp.offload_optimizer {
+            true => Device::Cpu,
+            false => tensors.first().map_or(Device::Cpu, |t| t.device()),
+        };
+        let chunk = buckets.size / dp.size() as i64;
+        let moments = (0..buckets.count)
+            .map(|_| {
+                let zeros = || Tensor::zeros([chunk], (Kind::Float, device));
+                (zeros(), zeros())
+            })
+            .collect();
+        Update::Sharded(Sharded {
+            adamw,
+            names: params.iter().map(|(n, _)| n.clone()).collect(),
+            shapes: params.iter().map(|(_, t)| t.size()).collect(),
+            buckets,
+            moments,
+            device,
+            drop_gradients: dp.zero_stage >= 2,
+        })
+    }
+
+    /// One optimizer step at learning rate `lr` on the gradients backward left: averaged over
+    /// the ranks, clipped to `max_norm`; gradients are zeroed (or dropped) after. Returns the
+    /// global gradient norm before clipping.
+    pub fn step(
+        &mut self,
+        params: &[(String, Tensor)],
+        lr: f64,
+        max_norm: Option<f64>,
+        dp: &DataParallel,
+    ) -> Result<f64> {
+        match self {
+            Update::Replicated(adamw) => {
+                let tensors: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
+                dp.average_gradients(&tensors)?;
+                let norm = clip_grad_norm(params, max_norm);
+                adamw.step(params, lr);
+                zero_grad(params);
+                Ok(norm)
+            }
+            Update::Sharded(sharded) => sharded.step(params, lr, max_norm, dp),
+        }
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        match self {
+            Update::Replicated(adamw) => adamw.steps,
+            Update::Sharded(s) => s.adamw.steps,
+        }
+    }
+
+    /// The whole state, per parameter (`AdamW::state`'s names); under ZeRO gathered from every
+    /// rank, so every rank must call it.
+    pub fn state(&self, dp: &DataParallel) -> Result<Vec<(String, Tensor)>> {
+        match self {
+            Update::Replicated(adamw) => Ok(adamw.state()),
+            Update::Sharded(sharded) => sharded.state(dp),
+        }
+    }
+
+    /// Restores a state saved by [`Update::state`] (on any number of ranks) after `steps` steps.
+    pub fn load_state(
+        &mut self,
+        tensors: Vec<(String, Tensor)>,
+        steps: u64,
+        dp: &DataParallel,
+    ) -> Result<()> {
+        match self {
+            Update::Replicated(adamw) => adamw.load_state(tensors, steps),
+            Update::Sharded(sharded) => sharded.load_state(tensors, steps, dp),
+        }
+    }
+}
+
+impl Sharded {
+    fn step(
+        &mut self,
+        params: &[(String, Tensor)],
+        lr: f64,
+        max_norm: Option<f64>,
+        dp: &DataParallel,
+    ) -> Result<f64> {
+        let group = dp
+            .group()
+            .ok_or_else(|| anyhow!("ZeRO needs a process group"))?;
+        let (rank, ranks) = (dp.rank(), dp.size() as f64);
+        let tensors: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
+        // The averaged gradient of this rank's chunks, bucket by bucket.
+        let grads: Vec<Tensor> = tensors.iter().map(|p| gradient(p)).collect();
+        let grad_refs: Vec<&Tensor> = grads.iter().collect();
+        let mut shards = Vec::with_capacity(self.moments.len());
+        for k in 0..self.buckets.count {
+            let flat = self.buckets.gather(&grad_refs, self.buckets.bucket(k));
+            let chunk = Tensor::zeros(
+                [self.buckets.size / dp.size() as i64],
+                (Kind::Float, flat.device()),
+            );
+            group.reduce_scatter(&chunk, &flat, ReduceOp::Sum)?;
+            shards.push(chunk / ranks);
+        }
+        drop(grads);
+        for (_, p) in params {
+            match self.drop_gradients {
+                true => drop_grad(p)?,
+                false => zero_grad(std::slice::from_ref(&(String::new(), p.shallow_clone()))),
+            }
+        }
+        // The global norm, and clipping as `clip_grad_norm` does.
+        let local: f64 = shards
+            .iter()
+            .map(|s| s.square().sum(Kind::Float).double_value(&[]))
+            .sum();
+        let norm = dp.sum(&[local])?[0].sqrt();
+        let scale = max_norm.map_or(1.0, |max| max / (norm + 1e-6));
+        self.adamw.steps += 1;
+        let t = self.adamw.steps;
+        let (betas, eps) = self.adamw.betas_eps();
+        tch::no_grad(|| -> Result<()> {
+            for (k, g) in (0..self.buckets.count).zip(shards) {
+                let g = match scale < 1.0 {
+                    true => g * scale,
+                    false => g,
+                };
+                let range = self.buckets.chunk(k, rank);
+                let master = self.buckets.gather(&tensors, range.clone());
+                let home = master.device();
+                // Weight decay per parameter, on each parameter's piece of the chunk.
+                let decayed = master.to_device(self.device);
+                for (i, _, at, len) in self.buckets.pieces(&range) {
+                    let decay = self.adamw.decay(&self.names[i]);
+                    let _ = decayed.narrow(0, at, len).g_mul_scalar_(1.0 - lr * decay);
+                }
+                let (m, v) = &mut self.moments[k as usize];
+                let g = g.to_device(self.device);
+                let updated = adam_update(decayed, &g, (m, v), t, lr, betas, eps).to_device(home);
+                let bucket = self.buckets.bucket(k);
+                let whole = Tensor::zeros([bucket.end - bucket.start], (Kind::Float, home));
+                group.all_gather(&whole, &updated)?;
+                self.buckets.scatter(&whole, bucket, &tensors);
+            }
+            Ok(())
+        })?;
+        Ok(norm)
+    }
+
+    fn state(&self, dp: &DataParallel) -> Result<Vec<(String, Tensor)>> {
+        let group = dp
+            .group()
+            .ok_or_else(|| anyhow!("ZeRO needs a process group"))?;
+        let first: Vec<Tensor> = self
+            .shapes
+            .iter()
+            .map(|s| Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu)))
+            .collect();
+        let second: Vec<Tensor> = first.iter().map(Tensor::zeros_like).collect();
+        for (k, (m, v)) in (0..self.buckets.count).zip(&self.moments) {
+            let bucket = self.buckets.bucket(k);
+            for (moment, whole) in [(m, &first), (v, &second)] {
+                let gathered =
+                    Tensor::zeros([bucket.end - bucket.start], (Kind::Float, m.device()));
+                group.all_gather(&gathered, moment)?;
+                let targets: Vec<&Tensor> = whole.iter().collect();
+                self.buckets.scatter(&gathered, bucket.clone(), &targets);
+            }
+        }
+        let steps = self.adamw.steps as i64;
+        Ok(self
+            .names
+            .iter()
+            .zip(first.into_iter().zip(second))
+            .flat_map(|(name, (m, v))| {
+                [
+                    (format!("exp_avg.{name}"), m),
+                    (format!("exp_avg_sq.{name}"), v),
+                    (format!("step.{name}"), Tensor::from(steps)),
+                ]
+            })
+            .collect())
+    }
+
+    fn load_state(
+        &mut self,
+        tensors: Vec<(String, Tensor)>,
+        steps: u64,
+        dp: &DataParallel,
+    ) -> Result<()> {
+        let mut saved: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+        let mut take = |prefix: &str| -> Result<Vec<Tensor>> {
+            self.names
+                .iter()
+                .map(|name| {
+                    saved.remove(&format!("{prefix}{name}")).ok_or_else(|| {
+                        anyhow!("the checkpoint's optimizer state has no `{prefix}{name}`\n  hint: it was written by another plan; use another --out")
+                    })
+                })
+                .collect()
+        };
+        let (first, second) = (take("exp_avg.")?, take("exp_avg_sq.")?);
+        let (first, second): (Vec<&Tensor>, Vec<&Tensor>) =
+            (first.iter().collect(), second.iter().collect());
+        for (k, (m, v)) in (0..self.buckets.count).zip(self.moments.iter_mut()) {
+            let range = self.buckets.chunk(k, dp.rank());
+            *m = self
+                .buckets
+                .gather(&first, range.clone())
+                .to_device(self.device);
+            *v = self.buckets.gather(&second, range).to_device(self.device);
+        }
+        self.adamw.steps = steps;
+        Ok(())
+    }
+}

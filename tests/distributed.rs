@@ -1,0 +1,344 @@
+//! Data-parallel training on c10d (Gloo, ranks on 127.0.0.1): 2 ranks equal 1 rank with
+//! twice the accumulation, ZeRO stages equal DDP, the three launchers (`--nproc`, torchrun,
+//! srun) run the same job, a killed rank stops the launch and the rerun resumes, and a world
+//! size the plan does not ask for is refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tch::Tensor;
+
+const LONGLORA: &str = "recipes/tiny/longlora_sft.yaml";
+/// Six steps of one example per micro-batch, a loss row every step, one evaluation at the end.
+const SHORT: [&str; 7] = [
+    "training.max_steps=6",
+    "training.micro_batch_size=1",
+    "logging.every_steps=1",
+    "evaluation.every_steps=6",
+    "training.schedule.warmup_steps=1",
+    "output.checkpoint_every_steps=2",
+    "evaluation.passkey.trials=1",
+];
+
+fn runner(recipe: &str, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+    c.args(["run", recipe])
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .args(["--device", "cpu"]);
+    c
+}
+
+fn stdout(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The run's `train/loss` per step, from metrics.csv.
+fn losses(dir: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.join("metrics.csv").display()))
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.len() == 4 && f[1] == "train" && f[2] == "loss")
+                .then(|| (f[0].parse().unwrap(), f[3].parse().unwrap()))
+        })
+        .collect()
+}
+
+/// The trainable weights of the run's last checkpoint.
+fn weights(dir: &Path) -> BTreeMap<String, Tensor> {
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.to_string_lossy().ends_with(".partial"))
+        .collect();
+    steps.sort();
+    let last = steps.last().expect("a checkpoint");
+    Tensor::read_safetensors(last.join("trainable.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Asserts two runs' loss curves and final weights agree within `tolerance`.
+fn assert_same_run(a: &Path, b: &Path, tolerance: f64) {
+    let (la, lb) = (losses(a), losses(b));
+    assert_eq!(la.len(), lb.len(), "{la:?} vs {lb:?}");
+    assert!(!la.is_empty());
+    for ((sa, va), (sb, vb)) in la.iter().zip(&lb) {
+        assert_eq!(sa, sb);
+        assert!((va - vb).abs() <= tolerance, "step {sa}: loss {va} vs {vb}");
+    }
+    let (wa, wb) = (weights(a), weights(b));
+    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+    for (name, x) in &wa {
+        let diff = (x - &wb[name]).abs().max().double_value(&[]);
+        assert!(diff <= tolerance, "{name}: weights differ by {diff}");
+    }
+}
+
+fn run_ok(c: &mut Command) -> Output {
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", stdout(&o));
+    o
+}
+
+/// 1 rank with accumulation 4, and 2 ranks (`--nproc 2`) with accumulation 2 each.
+fn one_and_two_ranks(recipe: &str, extra: &[&str], tmp: &Path) -> (PathBuf, PathBuf) {
+    let (one, two) = (tmp.join("one"), tmp.join("two"));
+    let mut args = extra.to_vec();
+    args.push("training.grad_accumulation=4");
+    run_ok(&mut runner(recipe, &one, &args));
+    let mut args = extra.to_vec();
+    args.extend([
+        "training.grad_accumulation=2",
+        "training.distributed.devices=2",
+    ]);
+    let o = run_ok(runner(recipe, &two, &args).args(["--nproc", "2"]));
+    let text = stdout(&o);
+    assert!(text.contains("[rank 0] trained 6 steps"), "{text}");
+    assert!(text.contains("[rank 1] rank 1 of 2 done"), "{text}");
+    (one, two)
+}
+
+#[test]
+fn two_ranks_train_a_longlora_recipe_as_one_rank_with_twice_the_accumulation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = one_and_two_ranks(LONGLORA, &SHORT, tmp.path());
+    assert_same_run(&one, &two, 1e-5);
+    // Rank 0 alone writes: one TensorBoard writer, one evaluation row set.
+    let events = std::fs::read_dir(two.join("events")).unwrap().count();
+    assert_eq!(events, 1, "one event file");
+    let metrics = std::fs::read_to_string(two.join("metrics.csv")).unwrap();
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("6,eval,loss,"))
+            .count(),
+        1
+    );
+
+    // ZeRO-1 and ZeRO-2 shard the optimizer (and the gradients) and take the same steps.
+    for stage in [1, 2] {
+        let dir = tmp.path().join(format!("zero{stage}"));
+        let mut args = SHORT.to_vec();
+        let zero = format!("training.distributed.zero_stage={stage}");
+        args.extend([
+            "training.grad_accumulation=2",
+            "training.distributed.devices=2",
+            &zero,
+        ]);
+        run_ok(runner(LONGLORA, &dir, &args).args(["--nproc", "2"]));
+        assert_same_run(&two, &dir, 1e-5);
+    }
+}
+
+#[test]
+fn two_ranks_train_an_iag_recipe_as_one_rank_with_twice_the_accumulation() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The teacher trains beside the student (from scratch) instead of coming from its recipe's run.
+    let extra = [
+        "model.teacher.recipe=null",
+        "model.teacher.train=true",
+        "training.max_steps=6",
+        "training.schedule.warmup_steps=1",
+        "training.micro_batch_size=2",
+        "logging.every_steps=1",
+        "evaluation.every_steps=6",
+        "training.schedule.warmup_steps=1",
+        "evaluation.max_new_tokens=2",
+    ];
+    let (one, two) = one_and_two_ranks("recipes/tiny/iag_distill.yaml", &extra, tmp.path());
+    assert_same_run(&one, &two, 1e-5);
+}
+
+#[test]
+fn torchrun_and_srun_launch_the_same_run_as_nproc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args: Vec<&str> = SHORT
+        .iter()
+        .copied()
+        .chain([
+            "training.grad_accumulation=2",
+            "training.distributed.devices=2",
+        ])
+        .collect();
+    let nproc = tmp.path().join("nproc");
+    run_ok(runner(LONGLORA, &nproc, &args).args(["--nproc", "2"]));
+
+    // torchrun (torch's own, from .venv) runs the binary with its environment and agent store.
+    let torchrun = tmp.path().join("torchrun");
+    let o = run_ok(
+        Command::new(".venv/bin/torchrun")
+            .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
+            .arg(env!("CARGO_BIN_EXE_runner"))
+            .args(["run", LONGLORA])
+            .args(&args)
+            .arg("--out")
+            .arg(&torchrun)
+            .args(["--device", "cpu"]),
+    );
+    assert!(stdout(&o).contains("trained 6 steps"), "{}", stdout(&o));
+    assert_same_run(&nproc, &torchrun, 0.0);
+
+    // srun: two tasks of a step on the one-node cluster the sweep tests use.
+    let _slurm = crate::slurm_lock();
+    let cluster = tmp.path().join("slurm");
+    let start = Command::new("scripts/slurm_local.sh")
+        .arg("start")
+        .arg(&cluster)
+        .output()
+        .unwrap();
+    assert!(start.status.success(), "{}", stdout(&start));
+    let srun = tmp.path().join("srun");
+    let o = Command::new("srun")
+        .args(["-n", "2", "--cpus-per-task", "1", "--export", "ALL"])
+        .arg(env!("CARGO_BIN_EXE_runner"))
+        .args(["run", LONGLORA])
+        .args(&args)
+        .arg("--out")
+        .arg(&srun)
+        .args(["--device", "cpu"])
+        .env("SLURM_CONF", cluster.join("slurm.conf"))
+        .output()
+        .unwrap();
+    let _ = Command::new("scripts/slurm_local.sh")
+        .arg("stop")
+        .arg(&cluster)
+        .status();
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_same_run(&nproc, &srun, 0.0);
+}
+
+#[test]
+fn a_killed_rank_stops_the_launch_and_the_rerun_resumes_to_the_same_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args: Vec<&str> = SHORT
+        .iter()
+        .copied()
+        .chain([
+            "training.grad_accumulation=2",
+            "training.distributed.devices=2",
+        ])
+        .collect();
+    let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
+    run_ok(runner(LONGLORA, &whole, &args).args(["--nproc", "2"]));
+
+    let launch = runner(LONGLORA, &killed, &args)
+        .args(["--nproc", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once a checkpoint is whole, SIGKILL rank 1 (the launcher's child with RANK=1).
+    let started = Instant::now();
+    while !killed.join("checkpoints/step-00000002").is_dir() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rank1 = rank_pid(launch.id(), 1);
+    Command::new("kill")
+        .args(["-9", &rank1.to_string()])
+        .status()
+        .unwrap();
+    let o = launch.wait_with_output().unwrap();
+    let text = stdout(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(text.contains("error: rank 1 of 2 failed"), "{text}");
+    assert!(
+        !killed.join("summary.json").exists(),
+        "the killed run did not finish"
+    );
+    let o = run_ok(runner(LONGLORA, &killed, &args).args(["--nproc", "2"]));
+    assert!(stdout(&o).contains("resumed from step"), "{}", stdout(&o));
+    assert_same_run(&whole, &killed, 0.0);
+}
+
+/// The pid of the launcher's child whose environment says RANK=`rank`.
+fn rank_pid(launcher: u32, rank: usize) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
+        .unwrap_or_default();
+    for pid in children.split_whitespace() {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if env
+            .split(|&b| b == 0)
+            .any(|v| v == format!("RANK={rank}").as_bytes())
+        {
+            return pid.parse().unwrap();
+        }
+    }
+    panic!("no child of {launcher} has RANK={rank}: {children}");
+}
+
+#[test]
+fn a_world_size_the_plan_does_not_ask_for_is_refused_with_both_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    // devices: 2 in one process.
+    let o = runner(
+        LONGLORA,
+        &tmp.path().join("a"),
+        &["training.distributed.devices=2"],
+    )
+    .output()
+    .unwrap();
+    assert!(!o.status.success());
+    let text = stdout(&o);
+    assert!(
+        text.contains("training.distributed.devices is 2, but this run has 1 rank(s)"),
+        "{text}"
+    );
+    assert!(text.contains("--nproc 2"), "{text}");
+    // devices: 1 under two ranks (as torchrun would start them), refused before any rendezvous.
+    for rank in ["0", "1"] {
+        let o = runner(LONGLORA, &tmp.path().join("b"), &[])
+            .env("RANK", rank)
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", "29999")
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(
+            stdout(&o).contains("training.distributed.devices is 1, but this run has 2 rank(s)"),
+            "{}",
+            stdout(&o)
+        );
+    }
+    // --nproc against the plan: refused before any rank starts.
+    let o = runner(LONGLORA, &tmp.path().join("c"), &[])
+        .args(["--nproc", "2"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stdout(&o).contains("--nproc 2, but training.distributed.devices is 1"),
+        "{}",
+        stdout(&o)
+    );
+    // ZeRO-3 across devices is refused by the plan, naming the key.
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["plan", LONGLORA])
+        .args([
+            "training.distributed.devices=2",
+            "training.distributed.zero_stage=3",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stdout(&o).contains("training.distributed.zero_stage"),
+        "{}",
+        stdout(&o)
+    );
+}
