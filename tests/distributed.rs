@@ -342,3 +342,107 @@ fn a_world_size_the_plan_does_not_ask_for_is_refused_with_both_numbers() {
         stdout(&o)
     );
 }
+
+#[test]
+fn sweep_trials_of_two_ranks_run_locally_and_as_slurm_job_steps_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = std::fs::canonicalize(LONGLORA).unwrap();
+    let file = tmp.path().join("sweep.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "kind: sweep\nname: ranks\nrecipe: {}\nfixed:\n  training.max_steps: 4\n  training.schedule.warmup_steps: 1\n  training.micro_batch_size: 1\n  training.grad_accumulation: 1\n  training.distributed.devices: 2\n  evaluation.every_steps: 4\n  evaluation.passkey.trials: 1\nparameters:\n  training.optimizer.lr:\n    values: [1.0e-3, 3.0e-3]\nmetric:\n  name: eval/loss\n  goal: minimize\nmax_parallel: 1\n",
+            recipe.display()
+        ),
+    )
+    .unwrap();
+    let sweep = |out: &Path, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+        c.arg("sweep")
+            .arg(&file)
+            .arg("--out")
+            .arg(out)
+            .args(["--device", "cpu"])
+            .args(extra);
+        run_ok(&mut c)
+    };
+    let table = |out: &Path| -> Vec<String> {
+        let text = std::fs::read_to_string(out.join("trials.csv")).unwrap();
+        let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+        let kept: Vec<usize> = (0..header.len())
+            .filter(|&i| !["wall_seconds", "run_dir"].contains(&header[i]))
+            .collect();
+        text.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                kept.iter().map(|&i| f[i]).collect::<Vec<_>>().join(",")
+            })
+            .collect()
+    };
+    let local = tmp.path().join("local");
+    sweep(&local, &[]);
+    let rows = table(&local);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows[1..].iter().all(|r| r.contains("finished")), "{rows:?}");
+    let log = std::fs::read_dir(local.join("logs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("[rank 1] rank 1 of 2 done"), "{log}");
+    // --gpus-per-task must match the ranks a trial's plan asks for.
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("sweep")
+        .arg(&file)
+        .arg("--out")
+        .arg(tmp.path().join("refused"))
+        .args(["--device", "cpu", "--gpus-per-task", "4"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stdout(&o).contains("training.distributed.devices is 2, but --gpus-per-task is 4"),
+        "{}",
+        stdout(&o)
+    );
+
+    let _slurm = crate::slurm_lock();
+    let cluster = tmp.path().join("slurm");
+    let start = Command::new("scripts/slurm_local.sh")
+        .arg("start")
+        .arg(&cluster)
+        .output()
+        .unwrap();
+    assert!(start.status.success(), "{}", stdout(&start));
+    let slurm = tmp.path().join("slurm-run");
+    let conf = cluster.join("slurm.conf");
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("sweep")
+        .arg(&file)
+        .arg("--out")
+        .arg(&slurm)
+        .args([
+            "--device",
+            "cpu",
+            "--launcher",
+            "slurm",
+            "--cpus-per-task",
+            "1",
+        ])
+        .env("SLURM_CONF", &conf)
+        .output()
+        .unwrap();
+    let _ = Command::new("scripts/slurm_local.sh")
+        .arg("stop")
+        .arg(&cluster)
+        .status();
+    assert!(o.status.success(), "{}", stdout(&o));
+    let script = std::fs::read_to_string(slurm.join("slurm/array.sh")).unwrap();
+    assert!(
+        script.contains("#SBATCH --ntasks=2") && script.contains("exec srun"),
+        "{script}"
+    );
+    assert_eq!(table(&slurm), rows, "the local launcher's table");
+}

@@ -52,6 +52,8 @@ struct Planned {
     overrides: Vec<String>,
     hash: String,
     run_dir: PathBuf,
+    /// Data-parallel ranks of the trial (its `training.distributed.devices`).
+    ranks: usize,
 }
 
 pub fn run(options: &Options, out: &mut dyn Write) -> std::io::Result<i32> {
@@ -109,6 +111,7 @@ fn plan(path: &Path, spec: &SweepSpec, dir: &Path) -> Result<Vec<Planned>> {
             Ok(Planned {
                 trial,
                 overrides,
+                ranks: plan.recipe.training().distributed.devices as usize,
                 hash: plan.hash,
                 run_dir,
             })
@@ -142,6 +145,10 @@ fn record(i: usize, p: &Planned, status: Status) -> Record {
 fn sweep(path: &Path, spec: &SweepSpec, options: &Options, out: &mut dyn Write) -> Result<String> {
     let dir = results_dir(spec, options);
     let planned = plan(path, spec, &dir)?;
+    check_ranks(
+        &planned,
+        options.slurm.over(spec.slurm.as_ref()).gpus_per_task,
+    )?;
     let earlier = record::load(&dir)?;
     let mut records: Vec<Record> = Vec::new();
     let mut todo: Vec<usize> = Vec::new();
@@ -252,6 +259,22 @@ fn sweep(path: &Path, spec: &SweepSpec, options: &Options, out: &mut dyn Write) 
     ))
 }
 
+/// A trial runs as `training.distributed.devices` ranks (`runner run --nproc N` locally, `srun`
+/// under Slurm); `--gpus-per-task N` gives each trial N GPUs, one per rank, so its plans must
+/// ask for N devices.
+fn check_ranks(planned: &[Planned], gpus_per_task: u32) -> Result<()> {
+    for (i, p) in planned.iter().enumerate() {
+        if gpus_per_task > 0 && p.ranks != gpus_per_task as usize {
+            bail!(
+                "trial {i}: training.distributed.devices is {}, but --gpus-per-task is {gpus_per_task} (one GPU per rank)\n  hint: add `training.distributed.devices: {gpus_per_task}` to the sweep's `fixed`, or set --gpus-per-task {}",
+                p.ranks,
+                p.ranks
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The `runner run` command line of one trial.
 fn job(
     path: &Path,
@@ -284,6 +307,7 @@ fn job(
     local::Job {
         id: i,
         args,
+        ranks: p.ranks,
         run_dir: p.run_dir.clone(),
         log: dir.join("logs").join(format!("{name}.log")),
     }

@@ -1,6 +1,7 @@
 //! The local launcher: each trial is its own `runner run` process (a crash or an out-of-memory
-//! kill ends that trial only), `jobs` at once. CPU threads are shared out (`OMP_NUM_THREADS`),
-//! and each concurrent slot gets its own GPU where there are GPUs (`CUDA_VISIBLE_DEVICES`).
+//! kill ends that trial only), `jobs` at once; a trial of N data-parallel ranks is
+//! `runner run --nproc N`. CPU threads are shared out (`OMP_NUM_THREADS`), and each concurrent
+//! slot gets its own GPUs, one per rank, where there are GPUs (`CUDA_VISIBLE_DEVICES`).
 //! The median stopping rule ends a trial whose latest evaluation is worse than the median of
 //! the other trials at the same step.
 
@@ -24,6 +25,8 @@ pub struct Job {
     pub id: usize,
     /// Arguments to `runner` (`run RECIPE OVERRIDES… --out DIR`).
     pub args: Vec<String>,
+    /// Data-parallel ranks (`--nproc` here, `srun`'s tasks under Slurm).
+    pub ranks: usize,
     pub run_dir: PathBuf,
     /// Where its output goes.
     pub log: PathBuf,
@@ -151,14 +154,24 @@ fn spawn(runner: &PathBuf, job: &Job, settings: &Settings, slot: usize) -> Resul
     }
     let log = File::create(&job.log).with_context(|| format!("creating {}", job.log.display()))?;
     let mut command = Command::new(runner);
+    command.args(&job.args);
+    if job.ranks > 1 {
+        command.args(["--nproc", &job.ranks.to_string()]);
+    }
     command
-        .args(&job.args)
-        .env("OMP_NUM_THREADS", settings.threads.max(1).to_string())
+        .env(
+            "OMP_NUM_THREADS",
+            (settings.threads / job.ranks.max(1)).max(1).to_string(),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
     if settings.gpus > 0 {
-        command.env("CUDA_VISIBLE_DEVICES", (slot % settings.gpus).to_string());
+        // A slot's trial gets one GPU per rank.
+        let gpus: Vec<String> = (0..job.ranks.max(1))
+            .map(|r| ((slot * job.ranks.max(1) + r) % settings.gpus).to_string())
+            .collect();
+        command.env("CUDA_VISIBLE_DEVICES", gpus.join(","));
     }
     command
         .spawn()

@@ -65,10 +65,18 @@ const SUBMITTED: &str = "slurm/job.json";
 
 /// The array job script: each task reads its trial's log path and `runner` arguments (one per
 /// line) from `slurm/trial-<task id>.args`.
-fn script(dir: &Path, runner: &Path, cwd: &Path, resources: &Slurm, array: &str) -> String {
+fn script(
+    dir: &Path,
+    runner: &Path,
+    cwd: &Path,
+    resources: &Slurm,
+    array: &str,
+    ranks: usize,
+) -> String {
     let mut s = String::from("#!/bin/bash\n");
     s += &format!("#SBATCH --job-name=runner-sweep\n#SBATCH --array={array}\n");
     s += &format!("#SBATCH --output={}/logs/slurm-%A_%a.out\n", dir.display());
+    s += &format!("#SBATCH --ntasks={}\n", ranks.max(1));
     s += &format!("#SBATCH --cpus-per-task={}\n", resources.cpus_per_task);
     if let Some(p) = &resources.partition {
         s += &format!("#SBATCH --partition={p}\n");
@@ -80,7 +88,8 @@ fn script(dir: &Path, runner: &Path, cwd: &Path, resources: &Slurm, array: &str)
         s += &format!("#SBATCH --mem={m}\n");
     }
     if resources.gpus_per_task > 0 {
-        s += &format!("#SBATCH --gpus-per-task={}\n", resources.gpus_per_task);
+        // One GPU per rank (the sweep checked that each trial has gpus_per_task ranks).
+        s += "#SBATCH --gpus-per-task=1\n";
     }
     s += "set -euo pipefail\n";
     s += &format!("cd '{}'\n", cwd.display());
@@ -89,8 +98,13 @@ fn script(dir: &Path, runner: &Path, cwd: &Path, resources: &Slurm, array: &str)
         "mapfile -t ARGS < '{}/slurm/trial-'\"$SLURM_ARRAY_TASK_ID\"'.args'\n",
         dir.display()
     );
+    // Several ranks are the tasks of one job step (runner reads srun's variables).
+    let launch = match ranks > 1 {
+        true => "srun --kill-on-bad-exit=1 --label ",
+        false => "",
+    };
     s += &format!(
-        "exec '{}' \"${{ARGS[@]:1}}\" > \"${{ARGS[0]}}\" 2>&1\n",
+        "exec {launch}'{}' \"${{ARGS[@]:1}}\" > \"${{ARGS[0]}}\" 2>&1\n",
         runner.display()
     );
     s
@@ -133,10 +147,19 @@ pub fn run(
     }
     let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
     let array = format!("{}%{}", ids.join(","), max_parallel.max(1));
+    let ranks = jobs.first().map_or(1, |j| j.ranks);
+    if let Some(other) = jobs.iter().find(|j| j.ranks != ranks) {
+        bail!(
+            "trial {} has {} ranks and trial {} has {ranks}: one job array runs trials of one size\n  hint: sweep training.distributed.devices in separate sweeps",
+            other.id,
+            other.ranks,
+            jobs[0].id
+        );
+    }
     let script_path = slurm_dir.join("array.sh");
     write_atomic(
         &script_path,
-        script(&dir, &runner, &cwd, resources, &array).as_bytes(),
+        script(&dir, &runner, &cwd, resources, &array, ranks).as_bytes(),
     )?;
     let output = Command::new("sbatch")
         .arg("--parsable")
