@@ -446,3 +446,53 @@ fn sweep_trials_of_two_ranks_run_locally_and_as_slurm_job_steps_alike() {
     );
     assert_eq!(table(&slurm), rows, "the local launcher's table");
 }
+
+#[test]
+fn each_zero_stage_lowers_the_measured_peak_and_the_plan_estimates_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 52M weights trained in full, so that moments and gradients outweigh the activations.
+    let model = [
+        "training.adapter={type: full}",
+        "model.arch.hidden_size=1024",
+        "model.arch.intermediate_size=2752",
+        "model.arch.num_hidden_layers=4",
+        "model.arch.num_attention_heads=8",
+        "model.arch.num_key_value_heads=8",
+        "training.max_steps=2",
+        "training.schedule.warmup_steps=1",
+        "training.micro_batch_size=1",
+        "training.distributed.devices=2",
+        "evaluation.every_steps=2",
+        "evaluation.perplexity=null",
+        "evaluation.passkey.trials=1",
+    ];
+    let mut peaks = Vec::new();
+    for stage in [0, 1, 2] {
+        let dir = tmp.path().join(format!("zero{stage}"));
+        let zero = format!("training.distributed.zero_stage={stage}");
+        let mut args = model.to_vec();
+        args.push(&zero);
+        run_ok(runner(LONGLORA, &dir, &args).args(["--nproc", "2"]));
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        let memory = &summary["memory_per_device"];
+        let measured = memory["measured_peak_bytes"].as_f64().unwrap();
+        let estimate = memory["estimate_bytes"]["peak"].as_f64().unwrap();
+        // The estimate counts weights, gradients, moments and activations; the allocator's
+        // slack and the update's temporaries come on top, never below.
+        assert!(
+            measured >= 0.8 * estimate && measured <= 2.0 * estimate,
+            "stage {stage}: measured {measured:.3e} bytes, estimated {estimate:.3e}"
+        );
+        peaks.push((measured, estimate));
+    }
+    let (z0, z1, z2) = (peaks[0], peaks[1], peaks[2]);
+    assert!(
+        z0.1 > z1.1 && z1.1 > z2.1,
+        "the estimate falls stage by stage: {peaks:?}"
+    );
+    // Stage 1 saves half the moments (0.19 GiB here): far above the allocator's noise.
+    assert!(z1.0 < z0.0 - 0.1e9, "stage 1 below stage 0: {peaks:?}");
+    assert!(z2.0 < z0.0 - 0.1e9, "stage 2 below stage 0: {peaks:?}");
+}

@@ -37,7 +37,7 @@ fn curve(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("metrics.csv"))
         .unwrap()
         .lines()
-        .filter(|l| !l.contains("_per_s") && !l.contains("step_time"))
+        .filter(|l| !l.contains("_per_s") && !l.contains("step_time") && !l.contains("peak_memory"))
         .map(str::to_string)
         .collect()
 }

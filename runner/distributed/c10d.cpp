@@ -225,6 +225,11 @@ int runner_c10d_has_nccl(void) {
 #endif
 }
 
+#ifndef RUNNER_C10D_NCCL
+// Without CUDA there is no CUDA memory to report (c10d_nccl.cpp defines the real one).
+int runner_cuda_memory(int, int64_t*, int64_t*) noexcept { return 1; }
+#endif
+
 char* runner_c10d_all_reduce(void* group, at::Tensor* tensor, int op) {
   return guarded("all_reduce", [&] {
     Group& g = group_of(group);

@@ -16,6 +16,7 @@
 #endif
 
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 
@@ -42,4 +43,19 @@ c10::intrusive_ptr<c10d::Backend> runner_c10d_make_nccl(
   // rather than guessing it from the rank.
   group->setBoundDeviceId(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device)));
   return group;
+}
+
+// Bytes the caching allocator holds in tensors on `device` now and at most since the process
+// began (torch.cuda.memory_allocated / max_memory_allocated), for the measured peak of a step.
+extern "C" int runner_cuda_memory(int device, int64_t* current, int64_t* peak) noexcept {
+  try {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(
+        static_cast<c10::DeviceIndex>(device));
+    const auto& all = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
+    *current = all.current;
+    *peak = all.peak;
+    return 0;
+  } catch (...) {
+    return 1;
+  }
 }

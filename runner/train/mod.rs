@@ -1,6 +1,7 @@
 //! Training: optimizer, learning-rate schedules, the loop, run state.
 
 pub mod log;
+pub mod memory;
 pub mod optimizer;
 pub mod parallel;
 pub mod run_dir;

@@ -104,11 +104,20 @@ impl DataParallel {
 
     /// Each value summed over the ranks (in f64).
     pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>> {
+        self.reduce(values, ReduceOp::Sum)
+    }
+
+    /// Each value's largest over the ranks.
+    pub fn max(&self, values: &[f64]) -> Result<Vec<f64>> {
+        self.reduce(values, ReduceOp::Max)
+    }
+
+    fn reduce(&self, values: &[f64], op: ReduceOp) -> Result<Vec<f64>> {
         let Some(group) = &self.group else {
             return Ok(values.to_vec());
         };
         let t = Tensor::from_slice(values);
-        group.all_reduce(&t, ReduceOp::Sum)?;
+        group.all_reduce(&t, op)?;
         Ok(Vec::<f64>::try_from(&t)?)
     }
 

@@ -12,6 +12,7 @@ use serde_json::json;
 use tch::Tensor;
 
 use super::log::MetricsLog;
+use super::memory;
 use super::optimizer::AdamW;
 use super::parallel::DataParallel;
 use super::run_dir::{RunDir, RunState};
@@ -22,6 +23,7 @@ use crate::artifacts::tensorboard::HParamValue;
 use crate::data::loader::Share;
 use crate::files::write_atomic;
 use crate::models::{Checkpointing, Tape};
+use crate::plan::estimate::estimate;
 use crate::plan::inventory::Group;
 use crate::plan::Plan;
 
@@ -138,6 +140,9 @@ pub fn train(
     };
     let batches = task.loader().stream(state.position, share.clone());
     let mut last_checkpoint: Option<PathBuf> = run.checkpoints()?.pop().map(|(_, p)| p);
+    // What the process held before the weights, so that the measured peak is training's own.
+    let base = memory::usage(task.device()).map(|(now, _)| now.saturating_sub(weight_bytes(task)));
+    let mut peak_memory: Option<f64> = None;
     let started = Instant::now();
     let seconds_before = state.seconds;
     while state.step < total {
@@ -191,6 +196,12 @@ pub fn train(
         state.loss = Some(loss_sum);
         let step_time = step_start.elapsed().as_secs_f64();
         if state.step % logging.every_steps == 0 || state.step == total {
+            // The largest over the ranks of the most memory held since the start, less the base.
+            let peak = memory::usage(task.device())
+                .zip(base)
+                .map_or(0.0, |((_, peak), base)| peak.saturating_sub(base) as f64);
+            let peak = dp.max(&[peak])?[0];
+            peak_memory = Some(peak);
             let mut metrics = vec![
                 ("loss".into(), loss_sum),
                 ("lr".into(), lr),
@@ -199,6 +210,7 @@ pub fn train(
                 ("samples_per_s".into(), samples as f64 / step_time),
                 ("step_time_s".into(), step_time),
                 ("epoch".into(), state.position.epoch as f64),
+                ("peak_memory_gib".into(), peak / GIB),
             ];
             metrics.extend(step_metrics);
             log.record(state.step, "train", &metrics)?;
@@ -273,7 +285,7 @@ pub fn train(
         Some(out) => out.parent().unwrap_or(Path::new(".")).join("runs.csv"),
         None => PathBuf::from("results/runs.csv"),
     };
-    write_summary(plan, task, &summary, &state, index, inputs)?;
+    write_summary(plan, task, &summary, &state, index, inputs, peak_memory)?;
     Ok(summary)
 }
 
@@ -410,7 +422,20 @@ fn hparams(plan: &Plan) -> Vec<(String, HParamValue)> {
     params
 }
 
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// Bytes of every weight the task holds (frozen ones too).
+fn weight_bytes(task: &dyn Task) -> u64 {
+    task.stores()
+        .iter()
+        .flat_map(|(_, store)| store.iter())
+        .map(|(_, t, _)| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+        .sum()
+}
+
 /// `summary.json` in the run directory and one row appended to the table of runs.
+/// `peak_memory` is the measured peak of a rank (bytes beyond what the process held before its
+/// weights), written beside the plan's estimate.
 fn write_summary(
     plan: &Plan,
     task: &dyn Task,
@@ -418,7 +443,9 @@ fn write_summary(
     state: &RunState,
     index: PathBuf,
     inputs: &[(String, String)],
+    peak_memory: Option<f64>,
 ) -> Result<()> {
+    let estimate = estimate(&plan.recipe).memory_per_device;
     let counts: Vec<_> = task
         .stores()
         .into_iter()
@@ -438,6 +465,16 @@ fn write_summary(
         "resumed_from_step": s.resumed_from,
         "inputs": inputs.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "tokens": state.tokens,
+        "memory_per_device": {
+            "measured_peak_bytes": peak_memory,
+            "estimate_bytes": {
+                "weights": estimate.weights,
+                "gradients": estimate.gradients,
+                "optimizer": estimate.optimizer,
+                "activations": if plan.recipe.training().gradient_checkpointing { estimate.activations_checkpointed } else { estimate.activations },
+                "peak": estimate.peak,
+            },
+        },
         "train_seconds": state.seconds,
         "device": format!("{:?}", task.device()),
         "parameters": counts,
