@@ -496,3 +496,37 @@ fn each_zero_stage_lowers_the_measured_peak_and_the_plan_estimates_it() {
     assert!(z1.0 < z0.0 - 0.1e9, "stage 1 below stage 0: {peaks:?}");
     assert!(z2.0 < z0.0 - 0.1e9, "stage 2 below stage 0: {peaks:?}");
 }
+
+#[test]
+fn a_zero_2_run_of_two_ranks_resumes_on_one_rank_with_the_same_global_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let two: Vec<&str> = SHORT
+        .iter()
+        .copied()
+        .chain([
+            "training.grad_accumulation=2",
+            "training.distributed.devices=2",
+            "training.distributed.zero_stage=2",
+        ])
+        .collect();
+    let one: Vec<&str> = SHORT
+        .iter()
+        .copied()
+        .chain(["training.grad_accumulation=4"])
+        .collect();
+    let (whole, moved) = (tmp.path().join("whole"), tmp.path().join("moved"));
+    run_ok(&mut runner(LONGLORA, &whole, &one));
+    run_ok(runner(LONGLORA, &moved, &two).args(["--nproc", "2", "--stop-after", "3"]));
+    // Another world size is another plan: refused unless asked for, naming what changed.
+    let o = runner(LONGLORA, &moved, &one).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stdout(&o).contains("training.distributed.devices (2 → 1)"),
+        "{}",
+        stdout(&o)
+    );
+    // The checkpoint holds whole moments, whatever the ranks: one rank continues it.
+    let o = run_ok(runner(LONGLORA, &moved, &one).arg("--force"));
+    assert!(stdout(&o).contains("resumed from step 2"), "{}", stdout(&o));
+    assert_same_run(&whole, &moved, 1e-5);
+}

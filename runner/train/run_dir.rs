@@ -79,8 +79,12 @@ impl RunDir {
             if before["hash"].as_str() != Some(plan.hash.as_str()) && !force {
                 let mut changed = Vec::new();
                 differences("", &before["plan"], &json, &mut changed);
+                let ranks = match changed.iter().any(|c| c.starts_with("training.distributed.")) {
+                    true => "; checkpoints hold whole optimizer state, so --force continues on another number of ranks (keep micro_batch_size × grad_accumulation × devices to keep the global batch)",
+                    false => "",
+                };
                 bail!(
-                    "{} holds a run of another plan; changed: {}\n  hint: choose another --out, or pass --force to continue it with the new plan",
+                    "{} holds a run of another plan; changed: {}\n  hint: choose another --out, or pass --force to continue it with the new plan{ranks}",
                     path.display(),
                     changed.join(", ")
                 );
