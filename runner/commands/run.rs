@@ -49,29 +49,34 @@ impl Args {
         }
     }
 
-    /// `--nproc N`: checks the plan once, then runs these arguments (less `--nproc`) as N ranks.
+    /// `--nproc N`: checks the plan once, then runs these arguments as N ranks.
     fn launch(&self, nproc: usize, out: &mut dyn Write) -> std::io::Result<i32> {
-        let plan = match super::resolve_or_report(&self.recipe, &self.overrides, out)? {
-            Ok(plan) => plan,
-            Err(code) => return Ok(code),
-        };
-        let devices = plan.recipe.training().distributed.devices as usize;
-        if devices != nproc {
-            writeln!(out, "error: --nproc {nproc}, but training.distributed.devices is {devices}\n  hint: add training.distributed.devices={nproc}, or launch {devices} rank(s)")?;
-            return Ok(super::USAGE);
+        match super::resolve_or_report(&self.recipe, &self.overrides, out)? {
+            Ok(plan) => launch_ranks(nproc, &plan, out),
+            Err(code) => Ok(code),
         }
-        let args = without_nproc(std::env::args_os().skip(1));
-        let outcome = match launch::local(nproc, &args, out) {
-            Ok(outcome) => outcome,
-            Err(e) => return super::finish(Err(e), out),
-        };
-        match outcome.failed {
-            None => Ok(super::OK),
-            Some((rank, status, error)) => {
-                let error = error.strip_prefix("error: ").unwrap_or(&error).to_string();
-                writeln!(out, "error: rank {rank} of {nproc} failed ({status}): {error}\n  hint: its output above is prefixed [rank {rank}]; the other ranks were stopped")?;
-                Ok(status.code().filter(|&c| c != 0).unwrap_or(super::USAGE))
-            }
+    }
+}
+
+/// Runs this process's command line, less `--nproc`, as `nproc` local ranks of `plan`, whose
+/// `training.distributed.devices` must be `nproc`; a failed rank is named.
+pub fn launch_ranks(nproc: usize, plan: &Plan, out: &mut dyn Write) -> std::io::Result<i32> {
+    let devices = plan.recipe.training().distributed.devices as usize;
+    if devices != nproc {
+        writeln!(out, "error: --nproc {nproc}, but training.distributed.devices is {devices}\n  hint: add training.distributed.devices={nproc}, or launch {devices} rank(s)")?;
+        return Ok(super::USAGE);
+    }
+    let args = without_nproc(std::env::args_os().skip(1));
+    let outcome = match launch::local(nproc, &args, out) {
+        Ok(outcome) => outcome,
+        Err(e) => return super::finish(Err(e), out),
+    };
+    match outcome.failed {
+        None => Ok(super::OK),
+        Some((rank, status, error)) => {
+            let error = error.strip_prefix("error: ").unwrap_or(&error).to_string();
+            writeln!(out, "error: rank {rank} of {nproc} failed ({status}): {error}\n  hint: its output above is prefixed [rank {rank}]; the other ranks were stopped")?;
+            Ok(status.code().filter(|&c| c != 0).unwrap_or(super::USAGE))
         }
     }
 }

@@ -19,12 +19,15 @@ use tch::Device;
 
 use super::peak_rss_kib;
 use crate::commands::finish;
-use crate::commands::run::Target;
+use crate::commands::run::{launch_ranks, Target};
+use crate::distributed::world::World;
 use crate::methods::{self, inputs::InputRuns};
 use crate::models::Checkpointing;
 use crate::models::Tape;
 use crate::plan::Plan;
-use crate::train::optimizer::{clip_grad_norm, zero_grad, AdamW};
+use crate::train::optimizer::AdamW;
+use crate::train::parallel::DataParallel;
+use crate::train::zero::Update;
 
 /// `runner bench recipe RECIPE [KEY=VALUE…]`.
 #[derive(Clone, Debug, clap::Args)]
@@ -41,6 +44,10 @@ pub struct Args {
     no_pytorch: bool,
     #[arg(long, value_enum, default_value = "auto")]
     device: Target,
+    /// Time the step of N local data-parallel ranks (the plan's training.distributed.devices
+    /// must be N); tokens/s counts every rank's batch.
+    #[arg(long, value_name = "N")]
+    nproc: Option<usize>,
 }
 
 impl Args {
@@ -51,7 +58,15 @@ impl Args {
             pytorch: !self.no_pytorch,
             target: self.device,
         };
-        run(&self.recipe, &self.overrides, options, out)
+        match self.nproc.filter(|&n| n > 1) {
+            Some(n) => {
+                match crate::commands::resolve_or_report(&self.recipe, &self.overrides, out)? {
+                    Ok(plan) => launch_ranks(n, &plan, out),
+                    Err(code) => Ok(code),
+                }
+            }
+            None => run(&self.recipe, &self.overrides, options, out),
+        }
     }
 }
 
@@ -77,7 +92,9 @@ pub fn run(
 }
 
 fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
-    let device = options.target.device()?;
+    let world = World::from_env()?;
+    let device = options.target.device_of_rank(world.local_rank)?;
+    let dp = DataParallel::join(world, device, &plan.recipe.training().distributed)?;
     let rss_before = peak_rss_kib()?;
     let mut plan = plan.clone();
     plan.recipe.as_kind_mut().as_in_pytorch();
@@ -87,7 +104,7 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
     let t = plan.recipe.training();
     let (batch_size, seq_len) = batch.input_ids.size2()?;
     let params = crate::train::task::trainable(task.as_ref());
-    let mut optimizer = AdamW::new(&t.optimizer);
+    let mut optimizer = Update::new(AdamW::new(&t.optimizer), &params, &dp);
     let mode = match t.gradient_checkpointing {
         true => Checkpointing::Recompute,
         false => Checkpointing::Off,
@@ -100,18 +117,21 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
         let tape = Tape::training(mode, step as i64);
         let loss = task.loss(&batch, &tape, step);
         tape.backward(&loss);
-        clip_grad_norm(&params, t.max_grad_norm);
-        optimizer.step(&params, t.optimizer.lr);
-        zero_grad(&params);
+        optimizer.step(&params, t.optimizer.lr, t.max_grad_norm, &dp)?;
         losses.push(loss.double_value(&[]));
         sync(device);
         if step >= options.warmup {
             times.push(start.elapsed().as_secs_f64());
         }
     }
+    if !dp.is_main() {
+        return Ok(format!("rank {} of {} done", dp.rank(), dp.size()));
+    }
+    // Every rank trains its own batch of the same size.
+    let tokens = (batch_size * seq_len) as f64 * dp.size() as f64;
     let ours = json!({
         "step_time_s": median(&mut times),
-        "tokens_per_s": (batch_size * seq_len) as f64 / median(&mut times),
+        "tokens_per_s": tokens / median(&mut times),
         "peak_memory_mib": match device {
             Device::Cpu => json!((peak_rss_kib()? - rss_before) as f64 / 1024.0),
             _ => Value::Null,
@@ -120,9 +140,12 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
         "loss_last": losses.last(),
     });
     let mut report = format!(
-        "bench {} ({}), batch {batch_size} × {seq_len} tokens, {:?}, checkpointing {}, {} timed steps after {} warmup, device {device:?}\n",
+        "bench {} ({}), batch {batch_size} × {seq_len} tokens × {} rank(s) of {} thread(s), ZeRO stage {}, {:?}, checkpointing {}, {} timed steps after {} warmup, device {device:?}\n",
         plan.recipe.name(),
         &plan.hash[..8],
+        dp.size(),
+        tch::get_num_threads(),
+        dp.zero_stage,
         t.precision,
         t.gradient_checkpointing,
         options.steps,
@@ -133,7 +156,7 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
         "", "step s", "tokens/s", "peak MiB"
     );
     report += &row("runner", &ours);
-    match (task.pytorch_reference(), options.pytorch) {
+    match (task.pytorch_reference(), options.pytorch && dp.size() == 1) {
         (Some(reference), true) => {
             let theirs = pytorch(reference, device, options)?;
             report += &row("pytorch", &theirs);
@@ -152,6 +175,9 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
                 "(no PyTorch reference for {} yet: scripts/bench_pytorch.py runs the Llama family)",
                 plan.recipe.kind()
             )
+        }
+        (_, false) if dp.size() > 1 => {
+            report += "(the PyTorch side runs one process: compare with this recipe at one rank)"
         }
         (_, false) => {}
     }
