@@ -46,6 +46,14 @@ pub fn run(out: &mut dyn Write) -> std::io::Result<i32> {
             "not available"
         }
     )?;
+    writeln!(
+        out,
+        "c10d            gloo (CPU){}",
+        match crate::distributed::c10d::has_nccl() {
+            true => ", nccl (CUDA)",
+            false => "; no nccl (this libtorch has no CUDA)",
+        }
+    )?;
     let names = gpu_names();
     for i in 0..Cuda::device_count() {
         let name = names

@@ -298,4 +298,12 @@ char* runner_tensor_drop_grad(at::Tensor* tensor) {
   });
 }
 
+// Gives a tensor without a gradient a zero one (every rank then reduces the same tensors).
+char* runner_tensor_zero_grad_if_none(at::Tensor* tensor) {
+  return guarded("zero_grad_if_none", [&] {
+    at::Tensor& t = tensor_of(tensor, "zero_grad_if_none");
+    if (!t.grad().defined()) t.mutable_grad() = at::zeros_like(t);
+  });
+}
+
 }  // extern "C"

@@ -47,6 +47,7 @@ extern "C" {
     ) -> *mut c_char;
     fn runner_c10d_barrier(group: *mut c_void) -> *mut c_char;
     fn runner_tensor_drop_grad(tensor: *mut C_tensor) -> *mut c_char;
+    fn runner_tensor_zero_grad_if_none(tensor: *mut C_tensor) -> *mut c_char;
 }
 
 /// How a reduction combines the ranks' values.
@@ -80,6 +81,16 @@ pub fn drop_grad(t: &Tensor) -> Result<()> {
         unsafe { runner_tensor_drop_grad(ptr(t)) },
         "dropping a gradient",
     )
+}
+
+/// A tensor's gradient, a zero one where it has none yet (backward reached it in no
+/// micro-batch of this rank), so that every rank reduces the same tensors.
+pub fn gradient(t: &Tensor) -> Result<Tensor> {
+    checked(
+        unsafe { runner_tensor_zero_grad_if_none(ptr(t)) },
+        "giving a gradient",
+    )?;
+    Ok(t.grad())
 }
 
 /// The ranks' process group.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
-use crate::distributed::c10d::{ProcessGroup, ReduceOp};
+use crate::distributed::c10d::{gradient, ProcessGroup, ReduceOp};
 use crate::distributed::world::World;
 use crate::plan::training::Distributed;
 
@@ -159,7 +159,10 @@ impl DataParallel {
         let Some(group) = &self.group else {
             return Ok(());
         };
-        let grads: Vec<Tensor> = params.iter().map(|p| gradient(p)).collect();
+        let grads = params
+            .iter()
+            .map(|p| gradient(p))
+            .collect::<Result<Vec<_>>>()?;
         let grads: Vec<&Tensor> = grads.iter().collect();
         let layout = Buckets::new(&grads, group.size);
         for k in 0..layout.count {
@@ -170,19 +173,6 @@ impl DataParallel {
         }
         Ok(())
     }
-}
-
-/// A parameter's gradient, allocated as zeros where backward gave it none (so that every
-/// rank reduces the same tensors).
-pub fn gradient(p: &Tensor) -> Tensor {
-    let g = p.grad();
-    if g.defined() {
-        return g;
-    }
-    // `p.grad` of a leaf is set by adding to an undefined gradient: zeros through backward.
-    let zero = (p * 0.0).sum(Kind::Float);
-    tch::with_grad(|| zero.backward());
-    p.grad()
 }
 
 /// Tensors laid end to end in one flat fp32 index space, cut into equal buckets (the last one

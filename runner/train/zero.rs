@@ -18,8 +18,8 @@ use anyhow::{anyhow, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::optimizer::{adam_update, clip_grad_norm, zero_grad, AdamW};
-use super::parallel::{gradient, Buckets, DataParallel};
-use crate::distributed::c10d::{drop_grad, ReduceOp};
+use super::parallel::{Buckets, DataParallel};
+use crate::distributed::c10d::{drop_grad, gradient, ReduceOp};
 
 pub enum Update {
     Replicated(AdamW),
@@ -137,7 +137,10 @@ impl Sharded {
         let (rank, ranks) = (dp.rank(), dp.size() as f64);
         let tensors: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
         // The averaged gradient of this rank's chunks, bucket by bucket.
-        let grads: Vec<Tensor> = tensors.iter().map(|p| gradient(p)).collect();
+        let grads = tensors
+            .iter()
+            .map(|p| gradient(p))
+            .collect::<Result<Vec<_>>>()?;
         let grad_refs: Vec<&Tensor> = grads.iter().collect();
         let mut shards = Vec::with_capacity(self.moments.len());
         for k in 0..self.buckets.count {
@@ -150,11 +153,9 @@ impl Sharded {
             shards.push(chunk / ranks);
         }
         drop(grads);
-        for (_, p) in params {
-            match self.drop_gradients {
-                true => drop_grad(p)?,
-                false => zero_grad(std::slice::from_ref(&(String::new(), p.shallow_clone()))),
-            }
+        match self.drop_gradients {
+            true => params.iter().try_for_each(|(_, p)| drop_grad(p))?,
+            false => zero_grad(params),
         }
         // The global norm, and clipping as `clip_grad_norm` does.
         let local: f64 = shards
