@@ -22,6 +22,17 @@ const SHORT: [&str; 7] = [
     "evaluation.passkey.trials=1",
 ];
 
+/// `SHORT` on two ranks with accumulation 2 (one rank's global batch of 4), and `extra`.
+fn two_ranks<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = SHORT.to_vec();
+    args.extend([
+        "training.grad_accumulation=2",
+        "training.distributed.devices=2",
+    ]);
+    args.extend(extra);
+    args
+}
+
 fn runner(recipe: &str, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
     c.args(["run", recipe])
@@ -126,16 +137,13 @@ fn two_ranks_train_a_longlora_recipe_as_one_rank_with_twice_the_accumulation() {
         1
     );
 
-    // ZeRO-1 and ZeRO-2 shard the optimizer (and the gradients) and take the same steps.
+    // ZeRO-1 and ZeRO-2 shard the optimizer (and the gradients) and take the same steps;
+    // stage 2 keeps its moments on the host (here the CPU already).
     for stage in [1, 2] {
         let dir = tmp.path().join(format!("zero{stage}"));
-        let mut args = SHORT.to_vec();
         let zero = format!("training.distributed.zero_stage={stage}");
-        args.extend([
-            "training.grad_accumulation=2",
-            "training.distributed.devices=2",
-            &zero,
-        ]);
+        let offload = format!("training.distributed.offload_optimizer={}", stage == 2);
+        let args = two_ranks(&[&zero, &offload]);
         run_ok(runner(LONGLORA, &dir, &args).args(["--nproc", "2"]));
         assert_same_run(&two, &dir, 1e-5);
     }
@@ -163,14 +171,7 @@ fn two_ranks_train_an_iag_recipe_as_one_rank_with_twice_the_accumulation() {
 #[test]
 fn torchrun_and_srun_launch_the_same_run_as_nproc() {
     let tmp = tempfile::tempdir().unwrap();
-    let args: Vec<&str> = SHORT
-        .iter()
-        .copied()
-        .chain([
-            "training.grad_accumulation=2",
-            "training.distributed.devices=2",
-        ])
-        .collect();
+    let args = two_ranks(&[]);
     let nproc = tmp.path().join("nproc");
     run_ok(runner(LONGLORA, &nproc, &args).args(["--nproc", "2"]));
 
@@ -190,30 +191,20 @@ fn torchrun_and_srun_launch_the_same_run_as_nproc() {
     assert_same_run(&nproc, &torchrun, 0.0);
 
     // srun: two tasks of a step on the one-node cluster the sweep tests use.
-    let _slurm = crate::slurm_lock();
-    let cluster = tmp.path().join("slurm");
-    let start = Command::new("scripts/slurm_local.sh")
-        .arg("start")
-        .arg(&cluster)
-        .output()
-        .unwrap();
-    assert!(start.status.success(), "{}", stdout(&start));
     let srun = tmp.path().join("srun");
-    let o = Command::new("srun")
-        .args(["-n", "2", "--cpus-per-task", "1", "--export", "ALL"])
-        .arg(env!("CARGO_BIN_EXE_runner"))
-        .args(["run", LONGLORA])
-        .args(&args)
-        .arg("--out")
-        .arg(&srun)
-        .args(["--device", "cpu"])
-        .env("SLURM_CONF", cluster.join("slurm.conf"))
-        .output()
-        .unwrap();
-    let _ = Command::new("scripts/slurm_local.sh")
-        .arg("stop")
-        .arg(&cluster)
-        .status();
+    let o = crate::with_local_slurm(&tmp.path().join("slurm"), |conf| {
+        Command::new("srun")
+            .args(["-n", "2", "--cpus-per-task", "1", "--export", "ALL"])
+            .arg(env!("CARGO_BIN_EXE_runner"))
+            .args(["run", LONGLORA])
+            .args(&args)
+            .arg("--out")
+            .arg(&srun)
+            .args(["--device", "cpu"])
+            .env("SLURM_CONF", conf)
+            .output()
+            .unwrap()
+    });
     assert!(o.status.success(), "{}", stdout(&o));
     assert_same_run(&nproc, &srun, 0.0);
 }
@@ -221,14 +212,7 @@ fn torchrun_and_srun_launch_the_same_run_as_nproc() {
 #[test]
 fn a_killed_rank_stops_the_launch_and_the_rerun_resumes_to_the_same_loss() {
     let tmp = tempfile::tempdir().unwrap();
-    let args: Vec<&str> = SHORT
-        .iter()
-        .copied()
-        .chain([
-            "training.grad_accumulation=2",
-            "training.distributed.devices=2",
-        ])
-        .collect();
+    let args = two_ranks(&[]);
     let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
     run_ok(runner(LONGLORA, &whole, &args).args(["--nproc", "2"]));
 
@@ -408,36 +392,25 @@ fn sweep_trials_of_two_ranks_run_locally_and_as_slurm_job_steps_alike() {
         stdout(&o)
     );
 
-    let _slurm = crate::slurm_lock();
-    let cluster = tmp.path().join("slurm");
-    let start = Command::new("scripts/slurm_local.sh")
-        .arg("start")
-        .arg(&cluster)
-        .output()
-        .unwrap();
-    assert!(start.status.success(), "{}", stdout(&start));
     let slurm = tmp.path().join("slurm-run");
-    let conf = cluster.join("slurm.conf");
-    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .arg("sweep")
-        .arg(&file)
-        .arg("--out")
-        .arg(&slurm)
-        .args([
-            "--device",
-            "cpu",
-            "--launcher",
-            "slurm",
-            "--cpus-per-task",
-            "1",
-        ])
-        .env("SLURM_CONF", &conf)
-        .output()
-        .unwrap();
-    let _ = Command::new("scripts/slurm_local.sh")
-        .arg("stop")
-        .arg(&cluster)
-        .status();
+    let o = crate::with_local_slurm(&tmp.path().join("slurm"), |conf| {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg("sweep")
+            .arg(&file)
+            .arg("--out")
+            .arg(&slurm)
+            .args([
+                "--device",
+                "cpu",
+                "--launcher",
+                "slurm",
+                "--cpus-per-task",
+                "1",
+            ])
+            .env("SLURM_CONF", conf)
+            .output()
+            .unwrap()
+    });
     assert!(o.status.success(), "{}", stdout(&o));
     let script = std::fs::read_to_string(slurm.join("slurm/array.sh")).unwrap();
     assert!(
@@ -500,15 +473,7 @@ fn each_zero_stage_lowers_the_measured_peak_and_the_plan_estimates_it() {
 #[test]
 fn a_zero_2_run_of_two_ranks_resumes_on_one_rank_with_the_same_global_batch() {
     let tmp = tempfile::tempdir().unwrap();
-    let two: Vec<&str> = SHORT
-        .iter()
-        .copied()
-        .chain([
-            "training.grad_accumulation=2",
-            "training.distributed.devices=2",
-            "training.distributed.zero_stage=2",
-        ])
-        .collect();
+    let two = two_ranks(&["training.distributed.zero_stage=2"]);
     let one: Vec<&str> = SHORT
         .iter()
         .copied()

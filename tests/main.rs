@@ -49,9 +49,21 @@ pub fn run_briefly(recipe: &str, steps: u32, extra: &[&str], out: &std::path::Pa
     assert_success(&o);
 }
 
-/// The one-node Slurm cluster of scripts/slurm_local.sh listens on fixed ports: one test at a
-/// time starts it.
-pub fn slurm_lock() -> std::sync::MutexGuard<'static, ()> {
+/// Runs `body` with the `SLURM_CONF` of a one-node Slurm cluster (scripts/slurm_local.sh)
+/// started in `dir` and stopped after. The cluster listens on fixed ports: one test at a time.
+pub fn with_local_slurm<T>(dir: &std::path::Path, body: impl FnOnce(&std::path::Path) -> T) -> T {
     static SLURM: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SLURM.lock().unwrap_or_else(|e| e.into_inner())
+    let _one_at_a_time = SLURM.lock().unwrap_or_else(|e| e.into_inner());
+    let start = std::process::Command::new("scripts/slurm_local.sh")
+        .arg("start")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert_success(&start);
+    let result = body(&dir.join("slurm.conf"));
+    let _ = std::process::Command::new("scripts/slurm_local.sh")
+        .arg("stop")
+        .arg(dir)
+        .status();
+    result
 }

@@ -329,50 +329,35 @@ fn a_sweep_runs_once_resumes_after_a_kill_and_matches_its_slurm_run() {
     assert_eq!(table(&third), reference);
 
     // The same sweep as a Slurm job array on a one-node cluster.
-    let _slurm = crate::slurm_lock();
-    let cluster = tmp.path().join("slurm");
-    let start = Command::new("scripts/slurm_local.sh")
-        .arg("start")
-        .arg(&cluster)
-        .output()
-        .unwrap();
-    assert!(
-        start.status.success(),
-        "starting the local Slurm cluster: {}{}",
-        String::from_utf8_lossy(&start.stdout),
-        String::from_utf8_lossy(&start.stderr)
-    );
-    let conf = cluster.join("slurm.conf");
     let slurm_out = tmp.path().join("slurm-run");
-    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .arg("sweep")
-        .arg(&file)
-        .arg("--out")
-        .arg(&slurm_out)
-        .args([
-            "--device",
-            "cpu",
-            "--launcher",
-            "slurm",
-            "--cpus-per-task",
-            "1",
-        ])
-        .env("SLURM_CONF", &conf)
-        .output()
-        .unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .arg("sweep")
-        .arg(&file)
-        .arg("--out")
-        .arg(&slurm_out)
-        .arg("--status")
-        .env("SLURM_CONF", &conf)
-        .output()
-        .unwrap();
-    let _ = Command::new("scripts/slurm_local.sh")
-        .arg("stop")
-        .arg(&cluster)
-        .status();
+    let (o, status) = crate::with_local_slurm(&tmp.path().join("slurm"), |conf| {
+        let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg("sweep")
+            .arg(&file)
+            .arg("--out")
+            .arg(&slurm_out)
+            .args([
+                "--device",
+                "cpu",
+                "--launcher",
+                "slurm",
+                "--cpus-per-task",
+                "1",
+            ])
+            .env("SLURM_CONF", conf)
+            .output()
+            .unwrap();
+        let status = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg("sweep")
+            .arg(&file)
+            .arg("--out")
+            .arg(&slurm_out)
+            .arg("--status")
+            .env("SLURM_CONF", conf)
+            .output()
+            .unwrap();
+        (o, status)
+    });
     crate::assert_success(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("submitted Slurm job array"));
     assert_eq!(table(&slurm_out), reference, "the local launcher's table");

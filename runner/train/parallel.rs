@@ -35,6 +35,8 @@ fn timeout() -> Duration {
 pub struct DataParallel {
     pub world: World,
     group: Option<ProcessGroup>,
+    /// The rank's device: collectives run on tensors there (NCCL takes only CUDA tensors).
+    device: Device,
     /// ZeRO stage (0: plain data parallelism).
     pub zero_stage: u8,
     /// Keep the optimizer's moments and its update in host memory.
@@ -47,6 +49,7 @@ impl DataParallel {
         DataParallel {
             world: World::single(),
             group: None,
+            device: Device::Cpu,
             zero_stage: 0,
             offload_optimizer: false,
         }
@@ -74,6 +77,7 @@ impl DataParallel {
         Ok(DataParallel {
             world,
             group,
+            device,
             zero_stage: plan.zero_stage,
             offload_optimizer: plan.offload_optimizer,
         })
@@ -116,7 +120,7 @@ impl DataParallel {
         let Some(group) = &self.group else {
             return Ok(values.to_vec());
         };
-        let t = Tensor::from_slice(values);
+        let t = Tensor::from_slice(values).to_device(self.device);
         group.all_reduce(&t, op)?;
         Ok(Vec::<f64>::try_from(&t)?)
     }
@@ -126,7 +130,7 @@ impl DataParallel {
         let Some(group) = &self.group else {
             return Ok(values.to_vec());
         };
-        let t = Tensor::from_slice(values);
+        let t = Tensor::from_slice(values).to_device(self.device);
         group.broadcast(&t, 0)?;
         Ok(Vec::<f64>::try_from(&t)?)
     }

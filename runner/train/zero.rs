@@ -36,6 +36,8 @@ pub struct Sharded {
     moments: Vec<(Tensor, Tensor)>,
     /// Where the moments and the update live (the host with `offload_optimizer`).
     device: Device,
+    /// Where the weights live, and so where the collectives run.
+    home: Device,
     drop_gradients: bool,
 }
 
@@ -47,9 +49,10 @@ impl Update {
         }
         let tensors: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
         let buckets = Buckets::new(&tensors, dp.size());
+        let home = tensors.first().map_or(Device::Cpu, |t| t.device());
         let device = match dp.offload_optimizer {
             true => Device::Cpu,
-            false => tensors.first().map_or(Device::Cpu, |t| t.device()),
+            false => home,
         };
         let chunk = buckets.size / dp.size() as i64;
         let moments = (0..buckets.count)
@@ -65,6 +68,7 @@ impl Update {
             buckets,
             moments,
             device,
+            home,
             drop_gradients: dp.zero_stage >= 2,
         })
     }
@@ -175,7 +179,6 @@ impl Sharded {
                 };
                 let range = self.buckets.chunk(k, rank);
                 let master = self.buckets.gather(&tensors, range.clone());
-                let home = master.device();
                 // Weight decay per parameter, on each parameter's piece of the chunk.
                 let decayed = master.to_device(self.device);
                 for (i, _, at, len) in self.buckets.pieces(&range) {
@@ -184,9 +187,10 @@ impl Sharded {
                 }
                 let (m, v) = &mut self.moments[k as usize];
                 let g = g.to_device(self.device);
-                let updated = adam_update(decayed, &g, (m, v), t, lr, betas, eps).to_device(home);
+                let updated =
+                    adam_update(decayed, &g, (m, v), t, lr, betas, eps).to_device(self.home);
                 let bucket = self.buckets.bucket(k);
-                let whole = Tensor::zeros([bucket.end - bucket.start], (Kind::Float, home));
+                let whole = Tensor::zeros([bucket.end - bucket.start], (Kind::Float, self.home));
                 group.all_gather(&whole, &updated)?;
                 self.buckets.scatter(&whole, bucket, &tensors);
             }
@@ -208,9 +212,8 @@ impl Sharded {
         for (k, (m, v)) in (0..self.buckets.count).zip(&self.moments) {
             let bucket = self.buckets.bucket(k);
             for (moment, whole) in [(m, &first), (v, &second)] {
-                let gathered =
-                    Tensor::zeros([bucket.end - bucket.start], (Kind::Float, m.device()));
-                group.all_gather(&gathered, moment)?;
+                let gathered = Tensor::zeros([bucket.end - bucket.start], (Kind::Float, self.home));
+                group.all_gather(&gathered, &moment.to_device(self.home))?;
                 let targets: Vec<&Tensor> = whole.iter().collect();
                 self.buckets.scatter(&gathered, bucket.clone(), &targets);
             }
