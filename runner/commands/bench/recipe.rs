@@ -176,7 +176,7 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
                 plan.recipe.kind()
             )
         }
-        (_, false) if dp.size() > 1 => {
+        (_, false) if options.pytorch => {
             report += "(the PyTorch side runs one process: compare with this recipe at one rank)"
         }
         (_, false) => {}
