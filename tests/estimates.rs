@@ -71,16 +71,19 @@ fn memory_follows_precision_sharding_and_checkpointing() {
         2 * 2 * 256 * 64 * 4 + layers / 2 + logits
     );
 
+    // ZeRO-2 over 4 devices: each holds a quarter of the gradients and moments, all weights
+    // (stage 3, which would shard those too, is refused across devices).
     let zero = count(
         "recipes/tiny/longlora_sft.yaml",
         &[
             "training.adapter={type: full}",
-            "training.distributed={devices: 4, zero_stage: 3}",
+            "training.distributed={devices: 4, zero_stage: 2}",
         ],
     );
+    assert_eq!(zero.memory_per_device.weights, 4 * e.total_params);
     assert_eq!(
-        zero.memory_per_device.weights,
-        (4 * e.total_params).div_ceil(4)
+        zero.memory_per_device.gradients,
+        (4 * e.trainable_params).div_ceil(4)
     );
     assert_eq!(
         zero.memory_per_device.optimizer,
