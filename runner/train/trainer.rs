@@ -184,13 +184,9 @@ pub fn train(
         let step_metrics = task.step_metrics();
         let grad_norm = optimizer.step(&params, lr, t.max_grad_norm, dp)?;
         // The global batch's loss (each rank's is the mean of its micro-batches) and counts.
-        let [loss_total, tokens_total, samples_total] =
-            dp.sum(&[loss_sum, tokens as f64, samples as f64])?[..]
-        else {
-            unreachable!("three values summed")
-        };
-        let loss_sum = loss_total / dp.size() as f64;
-        let (tokens, samples) = (tokens_total as i64, samples_total as i64);
+        let totals = dp.sum(&[loss_sum, tokens as f64, samples as f64])?;
+        let loss_sum = totals[0] / dp.size() as f64;
+        let (tokens, samples) = (totals[1] as i64, totals[2] as i64);
         state.step += 1;
         state.tokens += tokens;
         state.loss = Some(loss_sum);
