@@ -64,6 +64,23 @@ fn losses(dir: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// The run's evaluation metrics, by step and name, from metrics.csv.
+fn evaluations(dir: &Path) -> BTreeMap<(u64, String), f64> {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.len() == 4 && f[1] == "eval").then(|| {
+                (
+                    (f[0].parse().unwrap(), f[2].to_string()),
+                    f[3].parse().unwrap(),
+                )
+            })
+        })
+        .collect()
+}
+
 /// The trainable weights of the run's last checkpoint.
 fn weights(dir: &Path) -> BTreeMap<String, Tensor> {
     let mut steps: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoints"))
@@ -79,8 +96,19 @@ fn weights(dir: &Path) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
-/// Asserts two runs' loss curves and final weights agree within `tolerance`.
+/// Asserts two runs' loss curves, evaluations (relative to their size) and final weights
+/// agree within `tolerance`.
 fn assert_same_run(a: &Path, b: &Path, tolerance: f64) {
+    let (ea, eb) = (evaluations(a), evaluations(b));
+    assert_eq!(ea.keys().collect::<Vec<_>>(), eb.keys().collect::<Vec<_>>());
+    assert!(!ea.is_empty());
+    for (key, x) in &ea {
+        let y = eb[key];
+        assert!(
+            (x - y).abs() <= tolerance * x.abs().max(1.0),
+            "eval {key:?}: {x} vs {y}"
+        );
+    }
     let (la, lb) = (losses(a), losses(b));
     assert_eq!(la.len(), lb.len(), "{la:?} vs {lb:?}");
     assert!(!la.is_empty());

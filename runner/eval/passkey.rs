@@ -63,20 +63,27 @@ pub fn first_number(text: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Accuracy (0–1) over `trials` prompts of about `tokens` tokens each, keys and depths drawn
-/// from `seed`.
-pub fn accuracy(
+/// How many of `trials` prompts of about `tokens` tokens each (keys and depths drawn from
+/// `seed`) the model answers, among the trials `takes` picks (by their index), and how many it
+/// picked; every trial's prompt is drawn in order, so ranks that pick disjoint trials add up
+/// to the whole.
+pub fn correct(
     model: &Llama,
     tokenizer: &Tokenizer,
     tokens: usize,
     trials: u32,
     seed: u64,
-) -> Result<f64> {
+    takes: impl Fn(usize) -> bool,
+) -> Result<(f64, f64)> {
     let n_garbage = fit(tokenizer, tokens)?;
     let mut rng = SplitMix64::new(seed ^ tokens as u64);
-    let mut correct = 0;
-    for _ in 0..trials {
+    let (mut correct, mut tried) = (0, 0);
+    for trial in 0..trials as usize {
         let (text, key) = prompt(n_garbage, &mut rng);
+        if !takes(trial) {
+            continue;
+        }
+        tried += 1;
         let ids = tokenizer.encode(&text, true)?;
         let input = Tensor::from_slice(&ids)
             .view([1, -1])
@@ -95,5 +102,5 @@ pub fn accuracy(
             correct += 1;
         }
     }
-    Ok(correct as f64 / trials.max(1) as f64)
+    Ok((f64::from(correct), f64::from(tried)))
 }

@@ -11,12 +11,27 @@ use crate::models::Tape;
 /// Perplexity of `tokens` with windows of `context` tokens every `stride` tokens.
 /// None when the stream is shorter than one window.
 pub fn sliding_window(model: &Llama, tokens: &[i64], context: usize, stride: usize) -> Option<f64> {
+    window_losses(model, tokens, context, stride, |_| true)
+        .map(|(total, count)| (total / count).exp())
+}
+
+/// The summed loss of the windows `takes` picks (by their index) and their predicted tokens;
+/// ranks that pick disjoint windows add up to the whole stream's. None when the stream is
+/// shorter than one window.
+pub fn window_losses(
+    model: &Llama,
+    tokens: &[i64],
+    context: usize,
+    stride: usize,
+    takes: impl Fn(usize) -> bool,
+) -> Option<(f64, f64)> {
     if tokens.len() < context.max(2) {
         return None;
     }
     let (mut total, mut count) = (0.0, 0usize);
     tch::no_grad(|| {
-        for start in (0..=tokens.len() - context).step_by(stride.max(1)) {
+        let starts = (0..=tokens.len() - context).step_by(stride.max(1));
+        for (_, start) in starts.enumerate().filter(|(i, _)| takes(*i)) {
             let window = Tensor::from_slice(&tokens[start..start + context])
                 .view([1, -1])
                 .to_device(model.device());
@@ -26,5 +41,5 @@ pub fn sliding_window(model: &Llama, tokens: &[i64], context: usize, stride: usi
             count += context - 1;
         }
     });
-    Some((total / count as f64).exp())
+    Some((total, count as f64))
 }

@@ -29,7 +29,7 @@ use crate::plan::common::tokenizer_file;
 use crate::plan::kinds::iag::{AlphaOn, Method, Metric};
 use crate::plan::recipe::IagRecipe;
 use crate::plan::training::Adapter;
-use crate::train::task::{Evaluation, Task};
+use crate::train::task::{EvalShare, Evaluation, Partial, Reading, Task};
 
 /// One tokenized question: the teacher's passages, the student's input and the target.
 struct QaExample {
@@ -523,14 +523,19 @@ impl Task for IagTask {
 
     /// Student and teacher exact match and F1 (SQuAD/DPR normalisation, ×100) of greedy
     /// answers, the student's validation loss, and one question to look at.
-    fn evaluate(&self) -> Result<Evaluation> {
+    fn evaluate(&self, share: EvalShare) -> Result<Evaluation> {
+        // Whole batches are shared out, so that each batch's mean loss is the one rank's.
         let n = self.validation.len();
+        let size = self.eval_batch.max(1);
+        let batches: Vec<Vec<usize>> = (0..n.div_ceil(size))
+            .filter(|&k| share.takes(k))
+            .map(|k| (k * size..((k + 1) * size).min(n)).collect())
+            .collect();
         let (mut em, mut f, mut tem, mut tf) = (0.0, 0.0, 0.0, 0.0);
         let (mut loss, mut tloss) = (0.0, 0.0);
         let mut sample = String::new();
-        for start in (0..n).step_by(self.eval_batch.max(1)) {
-            let indices: Vec<usize> = (start..(start + self.eval_batch).min(n)).collect();
-            let batch = (self.make)(&indices).to_device(self.device);
+        for indices in &batches {
+            let batch = (self.make)(indices).to_device(self.device);
             let student = self.answers(&batch, false)?;
             let teacher = self.answers(&batch, true)?;
             self.condition(&batch);
@@ -576,19 +581,27 @@ impl Task for IagTask {
                 }
             }
         }
-        let pct = |x: f64| 100.0 * x / n.max(1) as f64;
+        let n = batches.iter().map(Vec::len).sum::<usize>() as f64;
+        let samples = match share.takes(0) {
+            true => vec![("answers".into(), sample)],
+            false => Vec::new(),
+        };
         Ok(Evaluation {
-            metrics: vec![
-                ("exact_match".into(), pct(em)),
-                ("f1".into(), pct(f)),
-                ("teacher_exact_match".into(), pct(tem)),
-                ("teacher_f1".into(), pct(tf)),
-                ("loss".into(), loss / n.max(1) as f64),
-                ("teacher_loss".into(), tloss / n.max(1) as f64),
+            partials: vec![
+                Partial::new("exact_match", em, n, Reading::Percent),
+                Partial::new("f1", f, n, Reading::Percent),
+                Partial::new("teacher_exact_match", tem, n, Reading::Percent),
+                Partial::new("teacher_f1", tf, n, Reading::Percent),
+                Partial::new("loss", loss, n, Reading::Mean),
+                Partial::new("teacher_loss", tloss, n, Reading::Mean),
             ],
-            samples: vec![("answers".into(), sample)],
-            files: Vec::new(),
+            samples,
+            ..Evaluation::default()
         })
+    }
+
+    fn shares_evaluation(&self) -> bool {
+        true
     }
 
     fn best_metric(&self) -> (&'static str, bool) {

@@ -22,7 +22,7 @@ use crate::plan::common::tokenizer_file;
 use crate::plan::kinds::longlora::{DataFormat, Metric, Passkey, Perplexity, Side, Template};
 use crate::plan::recipe::LongloraRecipe;
 use crate::plan::training::Precision;
-use crate::train::task::{Evaluation, Task};
+use crate::train::task::{EvalShare, Evaluation, Partial, Reading, Task};
 
 pub struct LongloraTask {
     store: ParamStore,
@@ -236,13 +236,17 @@ impl LongloraTask {
             .collect())
     }
 
-    /// Loss over every validation target token (token-weighted across batches).
-    fn validation_loss(&self) -> f64 {
+    /// Summed loss over the validation target tokens of `share`'s examples, and their count
+    /// (token-weighted across batches).
+    fn validation_loss(&self, share: EvalShare) -> (f64, f64) {
         let (mut total, mut tokens) = (0.0, 0i64);
+        let mine: Vec<&Example> = (self.validation.iter().enumerate())
+            .filter(|(i, _)| share.takes(*i))
+            .map(|(_, (_, e))| e)
+            .collect();
         tch::no_grad(|| {
-            for chunk in self.validation.chunks(self.eval_batch.max(1)) {
-                let members: Vec<&Example> = chunk.iter().map(|(_, e)| e).collect();
-                let batch = collate(&members, self.pad, self.side, 1).to_device(self.device);
+            for members in mine.chunks(self.eval_batch.max(1)) {
+                let batch = collate(members, self.pad, self.side, 1).to_device(self.device);
                 let logits = self.model.forward(
                     &batch.input_ids,
                     Some(&batch.attention_mask),
@@ -257,7 +261,7 @@ impl LongloraTask {
                 tokens += n;
             }
         });
-        total / tokens.max(1) as f64
+        (total, tokens as f64)
     }
 
     /// The model's greedy answer to an item, next to the expected one.
@@ -358,51 +362,66 @@ impl Task for LongloraTask {
     /// Validation loss (token-weighted over every example) and its perplexity, LongLoRA's
     /// sliding-window perplexity and passkey accuracy when the plan asks, and one greedy
     /// answer to look at.
-    fn evaluate(&self) -> Result<Evaluation> {
-        let mut metrics = Vec::new();
+    fn evaluate(&self, share: EvalShare) -> Result<Evaluation> {
+        let mut partials = Vec::new();
         let mut samples = Vec::new();
         if !self.validation.is_empty() {
-            let loss = self.validation_loss();
-            metrics.push(("loss".to_string(), loss));
-            metrics.push(("perplexity".to_string(), loss.exp()));
+            let (total, tokens) = self.validation_loss(share);
+            partials.push(Partial::new("loss", total, tokens, Reading::Mean));
+            partials.push(Partial::new(
+                "perplexity",
+                total,
+                tokens,
+                Reading::ExpOfMean,
+            ));
         }
-        if let Some((Some(item), _)) = self.validation.first() {
+        if let (Some((Some(item), _)), true) = (self.validation.first(), share.takes(0)) {
             samples.push(("generation".to_string(), self.answer(item)?));
         }
         if let Some((stream, p)) = &self.perplexity {
             for &length in &p.context_lengths {
-                let ppl = perplexity::sliding_window(
-                    &self.model,
-                    stream,
-                    length as usize,
-                    p.stride as usize,
-                );
-                if let Some(ppl) = ppl {
-                    metrics.push((format!("perplexity_{length}"), ppl));
+                let (length, stride) = (length as usize, p.stride as usize);
+                let sums = perplexity::window_losses(&self.model, stream, length, stride, |i| {
+                    share.takes(i)
+                });
+                if let Some((total, count)) = sums {
+                    let name = format!("perplexity_{length}");
+                    partials.push(Partial::new(name, total, count, Reading::ExpOfMean));
                 }
             }
         }
         if let Some(p) = &self.passkey {
-            let mut accuracies = Vec::new();
+            let (mut correct, mut trials) = (0.0, 0.0);
             for &length in &p.context_lengths {
-                let acc = passkey::accuracy(
+                let (c, t) = passkey::correct(
                     &self.model,
                     &self.tokenizer,
                     length as usize,
                     p.trials,
                     self.seed,
+                    |i| share.takes(i),
                 )?;
-                metrics.push((format!("passkey_accuracy_{length}"), acc));
-                accuracies.push(acc);
+                let name = format!("passkey_accuracy_{length}");
+                partials.push(Partial::new(name, c, t, Reading::Mean));
+                (correct, trials) = (correct + c, trials + t);
             }
-            let mean = accuracies.iter().sum::<f64>() / accuracies.len().max(1) as f64;
-            metrics.push(("passkey_accuracy".into(), mean));
+            // Every length has the same number of trials: the mean of the lengths' accuracies.
+            partials.push(Partial::new(
+                "passkey_accuracy",
+                correct,
+                trials,
+                Reading::Mean,
+            ));
         }
         Ok(Evaluation {
-            metrics,
+            partials,
             samples,
             ..Evaluation::default()
         })
+    }
+
+    fn shares_evaluation(&self) -> bool {
+        true
     }
 
     fn best_metric(&self) -> (&'static str, bool) {

@@ -17,7 +17,7 @@ use super::optimizer::AdamW;
 use super::parallel::DataParallel;
 use super::run_dir::{RunDir, RunState};
 use super::schedule::LrSchedule;
-use super::task::{self, Evaluation, Task};
+use super::task::{self, EvalShare, Evaluation, Task};
 use super::zero::Update;
 use crate::artifacts::tensorboard::HParamValue;
 use crate::data::loader::Share;
@@ -130,8 +130,8 @@ pub fn train(
         true => Checkpointing::Recompute,
         false => Checkpointing::Off,
     };
-    if main && resumed_from.is_none() && evaluation.at_start {
-        evaluate(task, &mut log, &run.path, 0)?;
+    if resumed_from.is_none() && evaluation.at_start {
+        evaluate(task, &mut log, &run.path, 0, dp)?;
     }
     // Each step's global batch: `accumulation` micro-batches for each rank, this rank's share.
     let share = Share {
@@ -218,8 +218,12 @@ pub fn train(
         ));
         let last = state.step == total;
         let (mut stop, mut improved) = (false, false);
-        if main && (eval_every.is_some_and(|n| state.step % n == 0) || last) {
-            let evaluation = evaluate(task, &mut log, &run.path, state.step)?;
+        let due = eval_every.is_some_and(|n| state.step % n == 0) || last;
+        if let Some(evaluation) = due
+            .then(|| evaluate(task, &mut log, &run.path, state.step, dp))
+            .transpose()?
+            .flatten()
+        {
             if let Some(&(_, value)) = evaluation.metrics.iter().find(|(n, _)| n == best_name) {
                 let better = state.best.is_none_or(|(best, _)| {
                     let delta = t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
@@ -285,9 +289,42 @@ pub fn train(
     Ok(summary)
 }
 
-/// Evaluates at `step` and logs the metrics, the samples and the evaluation's files.
-fn evaluate(task: &dyn Task, log: &mut MetricsLog, dir: &Path, step: u64) -> Result<Evaluation> {
-    let evaluation = task.evaluate()?;
+/// Evaluates at `step` and, on rank 0, logs the metrics, the samples and the evaluation's
+/// files, and returns the evaluation. A kind that shares its evaluation has every rank evaluate
+/// its part, the parts' sums added up; another evaluates on rank 0 alone.
+fn evaluate(
+    task: &dyn Task,
+    log: &mut MetricsLog,
+    dir: &Path,
+    step: u64,
+    dp: &DataParallel,
+) -> Result<Option<Evaluation>> {
+    let shared = task.shares_evaluation() && dp.size() > 1;
+    if !shared && !dp.is_main() {
+        return Ok(None);
+    }
+    let share = match shared {
+        true => EvalShare {
+            rank: dp.rank(),
+            size: dp.size(),
+        },
+        false => EvalShare::whole(),
+    };
+    let mut evaluation = task.evaluate(share)?;
+    let sums: Vec<f64> = (evaluation.partials.iter())
+        .flat_map(|p| [p.sum, p.weight])
+        .collect();
+    let sums = match shared {
+        true => dp.sum(&sums)?,
+        false => sums,
+    };
+    for (p, whole) in evaluation.partials.iter_mut().zip(sums.chunks(2)) {
+        (p.sum, p.weight) = (whole[0], whole[1]);
+        evaluation.metrics.push((p.name.clone(), p.value()));
+    }
+    if !dp.is_main() {
+        return Ok(None);
+    }
     log.record(step, "eval", &evaluation.metrics)?;
     for (tag, text) in &evaluation.samples {
         log.text(step, &format!("eval/{tag}"), text)?;
@@ -295,7 +332,7 @@ fn evaluate(task: &dyn Task, log: &mut MetricsLog, dir: &Path, step: u64) -> Res
     for (name, contents) in &evaluation.files {
         write_atomic(&dir.join(name), contents.as_bytes())?;
     }
-    Ok(evaluation)
+    Ok(Some(evaluation))
 }
 
 /// Optimizer steps: `max_steps`, or the steps that consume `epochs` passes of `batches`

@@ -101,6 +101,7 @@ impl CoeMultitask {
             metrics,
             samples,
             files,
+            ..Evaluation::default()
         })
     }
 

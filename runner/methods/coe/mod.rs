@@ -35,7 +35,7 @@ use crate::models::{ParamStore, Tape};
 use crate::plan::common::is_recipe;
 use crate::plan::kinds::coe::{Data, TextMetric};
 use crate::plan::recipe::CoeRecipe;
-use crate::train::task::{Evaluation, Task};
+use crate::train::task::{EvalShare, Evaluation, Task};
 use conversations::{batches, Items, Prompts};
 use model::Model;
 use retrieval::Retrieval;
@@ -289,7 +289,8 @@ impl Task for CoeMultitask {
     /// Validation loss (overall and per task); each generation task's text metrics (×100) over
     /// greedy generations, overall and by subgroup; the answering task's accuracy by its
     /// likeliest option, with `error_rates.json` per category; CoE's chain on the first item.
-    fn evaluate(&self) -> Result<Evaluation> {
+    /// CoE evaluates on one rank (its chain, per-category rates and files are whole-data).
+    fn evaluate(&self, _: EvalShare) -> Result<Evaluation> {
         self.evaluation()
     }
 
