@@ -56,6 +56,12 @@ Output: one line of JSON on stdout, everything else (warnings, progress) on stde
    "trainable_params": number of trainable parameters,
    "loss_first": loss of the first step (warmup included), "loss_last": loss of the last step}
 
+Under torchrun (WORLD_SIZE > 1: `torchrun --standalone --nproc-per-node N bench_pytorch.py
+SPEC.json`, as `runner bench recipe … --nproc N` runs it) every rank joins a process group (Gloo
+on CPU, NCCL on CUDA, device cuda:LOCAL_RANK), trains the same batch through
+DistributedDataParallel, and rank 0 alone prints the result, whose tokens_per_s counts every
+rank's batch.
+
 Step times end with torch.cuda.synchronize() on CUDA. Peak memory on CUDA is
 torch.cuda.max_memory_allocated() over the timed steps (the statistics are reset after warmup, so
 weights, gradients and optimizer state are included); on CPU it is the growth of the process's
@@ -70,6 +76,7 @@ failure (out of memory, for instance; the traceback goes to stderr).
 import contextlib
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -456,11 +463,22 @@ def bench(spec):
         import peft
 
         peft_version = peft.__version__
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if spec["device"] == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if spec["device"] == "cuda" else "gloo")
     rss_before = peak_rss_mib()
     model = build_model(spec, torch)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
     times, loss_first, loss_last, cuda_peak = train(spec, torch, model)
     rss_peak = peak_rss_mib()
+    if world > 1:
+        dist.destroy_process_group()
 
     median = statistics.median(times)
     return {
@@ -470,7 +488,8 @@ def bench(spec):
         "peft": peft_version,
         "step_time_s": median,
         "step_times_s": times,
-        "tokens_per_s": spec["batch_size"] * spec["seq_len"] / median,
+        "ranks": world,
+        "tokens_per_s": world * spec["batch_size"] * spec["seq_len"] / median,
         "peak_memory_mib": cuda_peak if cuda_peak is not None else rss_peak - rss_before,
         "memory_kind": "cuda_max_allocated" if cuda_peak is not None else "cpu_peak_rss_growth",
         "peak_rss_mib": rss_peak,
@@ -497,7 +516,8 @@ def main(argv):
         traceback.print_exc(file=sys.stderr)
         print("bench_pytorch: failed (traceback above)", file=sys.stderr)
         return 1
-    print(json.dumps(result), file=real_stdout, flush=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result), file=real_stdout, flush=True)
     return 0
 
 

@@ -156,9 +156,9 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
         "", "step s", "tokens/s", "peak MiB"
     );
     report += &row("runner", &ours);
-    match (task.pytorch_reference(), options.pytorch && dp.size() == 1) {
+    match (task.pytorch_reference(), options.pytorch) {
         (Some(reference), true) => {
-            let theirs = pytorch(reference, device, options)?;
+            let theirs = pytorch(reference, device, options, dp.size())?;
             report += &row("pytorch", &theirs);
             let ratio = |key: &str| {
                 ours[key].as_f64().unwrap_or(f64::NAN) / theirs[key].as_f64().unwrap_or(f64::NAN)
@@ -175,9 +175,6 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
                 "(no PyTorch reference for {} yet: scripts/bench_pytorch.py runs the Llama family)",
                 plan.recipe.kind()
             )
-        }
-        (_, false) if options.pytorch => {
-            report += "(the PyTorch side runs one process: compare with this recipe at one rank)"
         }
         (_, false) => {}
     }
@@ -211,27 +208,36 @@ fn sync(device: Device) {
     }
 }
 
-/// Runs scripts/bench_pytorch.py on the same spec and reads its JSON line.
 /// Runs scripts/bench_pytorch.py on the task's reference model and batch and reads its JSON
-/// line.
-fn pytorch(mut spec: Value, device: Device, options: BenchOptions) -> Result<Value> {
+/// line; with several ranks, under torchrun as as many DDP ranks (rank 0 reports).
+fn pytorch(mut spec: Value, device: Device, options: BenchOptions, ranks: usize) -> Result<Value> {
     spec["warmup_steps"] = json!(options.warmup);
     spec["steps"] = json!(options.steps);
     spec["device"] = json!(if device == Device::Cpu { "cpu" } else { "cuda" });
     spec["threads"] = json!(tch::get_num_threads());
-    let mut child = Command::new(".venv/bin/python")
-        .args(["scripts/bench_pytorch.py", "-"])
-        .stdin(Stdio::piped())
+    let mut command = match ranks {
+        1 => Command::new(".venv/bin/python"),
+        n => {
+            let mut c = Command::new(".venv/bin/torchrun");
+            c.args(["--standalone", "--nproc-per-node", &n.to_string()]);
+            c
+        }
+    };
+    // Every torchrun rank reads the spec, so it goes in a file rather than on stdin.
+    let spec_file = std::env::temp_dir().join(format!("runner-bench-{}.json", std::process::id()));
+    std::fs::write(&spec_file, spec.to_string())
+        .with_context(|| format!("cannot write {}", spec_file.display()))?;
+    let child = command
+        .arg("scripts/bench_pytorch.py")
+        .arg(&spec_file)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot start .venv/bin/python scripts/bench_pytorch.py (run from the repository root after ./dev run)")?;
-    child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow!("no stdin for the PyTorch benchmark"))?
-        .write_all(spec.to_string().as_bytes())?;
-    let output = child.wait_with_output()?;
+    let output = child.wait_with_output();
+    let _ = std::fs::remove_file(&spec_file);
+    let output = output?;
     let text = String::from_utf8_lossy(&output.stdout);
     let line = text.lines().last().unwrap_or("");
     serde_json::from_str(line).map_err(|_| {
