@@ -114,12 +114,16 @@ impl Target {
 
     /// The device of the rank with this local rank: its own GPU.
     pub fn device_of_rank(self, local_rank: usize) -> Result<Device> {
+        let gpus = tch::Cuda::device_count().max(0) as usize;
         Ok(match self {
-            Target::Auto if tch::Cuda::is_available() => Device::Cuda(local_rank),
-            Target::Auto | Target::Cpu => Device::Cpu,
-            Target::Cuda if tch::Cuda::is_available() => Device::Cuda(local_rank),
-            Target::Cuda => bail!(
+            Target::Cuda | Target::Auto if local_rank < gpus => Device::Cuda(local_rank),
+            Target::Auto if gpus == 0 => Device::Cpu,
+            Target::Cpu => Device::Cpu,
+            Target::Cuda if gpus == 0 => bail!(
                 "--device cuda: CUDA is not available here\n  hint: `runner doctor` says what libtorch sees"
+            ),
+            Target::Cuda | Target::Auto => bail!(
+                "local rank {local_rank} trains on cuda:{local_rank}, but {gpus} GPU(s) are visible\n  hint: start at most {gpus} rank(s) per node, or --device cpu"
             ),
         })
     }
