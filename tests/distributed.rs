@@ -422,22 +422,7 @@ fn sweep_trials_of_two_ranks_run_locally_and_as_slurm_job_steps_alike() {
 
     let slurm = tmp.path().join("slurm-run");
     let o = crate::with_local_slurm(&tmp.path().join("slurm"), |conf| {
-        Command::new(env!("CARGO_BIN_EXE_runner"))
-            .arg("sweep")
-            .arg(&file)
-            .arg("--out")
-            .arg(&slurm)
-            .args([
-                "--device",
-                "cpu",
-                "--launcher",
-                "slurm",
-                "--cpus-per-task",
-                "1",
-            ])
-            .env("SLURM_CONF", conf)
-            .output()
-            .unwrap()
+        crate::slurm_sweep(&file, &slurm, conf)
     });
     assert!(o.status.success(), "{}", stdout(&o));
     let script = std::fs::read_to_string(slurm.join("slurm/array.sh")).unwrap();

@@ -67,3 +67,27 @@ pub fn with_local_slurm<T>(dir: &std::path::Path, body: impl FnOnce(&std::path::
         .status();
     result
 }
+
+/// `runner sweep FILE --out OUT` on the CPU as a Slurm job array of the cluster at `conf`.
+pub fn slurm_sweep(
+    file: &std::path::Path,
+    out: &std::path::Path,
+    conf: &std::path::Path,
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("sweep")
+        .arg(file)
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--device",
+            "cpu",
+            "--launcher",
+            "slurm",
+            "--cpus-per-task",
+            "1",
+        ])
+        .env("SLURM_CONF", conf)
+        .output()
+        .unwrap()
+}

@@ -331,22 +331,7 @@ fn a_sweep_runs_once_resumes_after_a_kill_and_matches_its_slurm_run() {
     // The same sweep as a Slurm job array on a one-node cluster.
     let slurm_out = tmp.path().join("slurm-run");
     let (o, status) = crate::with_local_slurm(&tmp.path().join("slurm"), |conf| {
-        let o = Command::new(env!("CARGO_BIN_EXE_runner"))
-            .arg("sweep")
-            .arg(&file)
-            .arg("--out")
-            .arg(&slurm_out)
-            .args([
-                "--device",
-                "cpu",
-                "--launcher",
-                "slurm",
-                "--cpus-per-task",
-                "1",
-            ])
-            .env("SLURM_CONF", conf)
-            .output()
-            .unwrap();
+        let o = crate::slurm_sweep(&file, &slurm_out, conf);
         let status = Command::new(env!("CARGO_BIN_EXE_runner"))
             .arg("sweep")
             .arg(&file)

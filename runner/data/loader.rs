@@ -123,14 +123,6 @@ pub struct Share {
 }
 
 impl Share {
-    /// Every micro-batch (one rank).
-    pub fn all() -> Share {
-        Share {
-            period: 1,
-            mine: 0..1,
-        }
-    }
-
     fn takes(&self, index: u64) -> bool {
         self.mine.contains(&(index % self.period.max(1)))
     }

@@ -96,14 +96,6 @@ impl Update {
         }
     }
 
-    /// Optimizer steps taken.
-    pub fn steps(&self) -> u64 {
-        match self {
-            Update::Replicated(adamw) => adamw.steps,
-            Update::Sharded(s) => s.adamw.steps,
-        }
-    }
-
     /// The whole state, per parameter (`AdamW::state`'s names); under ZeRO gathered from every
     /// rank, so every rank must call it.
     pub fn state(&self, dp: &DataParallel) -> Result<Vec<(String, Tensor)>> {
