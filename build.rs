@@ -15,11 +15,14 @@ use std::path::{Path, PathBuf};
 
 const SHIM: &str = "runner/distributed/c10d.cpp";
 const SHIM_NCCL: &str = "runner/distributed/c10d_nccl.cpp";
+/// QLoRA's 4-bit linear layer: a torch::autograd::Function that dequantises in backward.
+const LINEAR_4BIT: &str = "runner/models/linear_4bit.cpp";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={SHIM}");
     println!("cargo:rerun-if-changed={SHIM_NCCL}");
+    println!("cargo:rerun-if-changed={LINEAR_4BIT}");
     for var in [
         "RUNNER_GLOO_INCLUDE",
         "RUNNER_CUDA_INCLUDE",
@@ -48,8 +51,9 @@ fn main() {
     }
 }
 
-/// Two translation units at most, compiled in parallel (cc's `parallel` feature): c10d.cpp
-/// (stores, Gloo, the C ABI) and, with CUDA, c10d_nccl.cpp (ProcessGroupNCCL's constructor).
+/// Three translation units at most, compiled in parallel (cc's `parallel` feature): c10d.cpp
+/// (stores, Gloo, the C ABI), linear_4bit.cpp (QLoRA's layer) and, with CUDA, c10d_nccl.cpp
+/// (ProcessGroupNCCL's constructor).
 fn compile_shim(lib: &Path, cuda: bool) {
     let torch = lib
         .parent()
@@ -84,7 +88,8 @@ fn compile_shim(lib: &Path, cuda: bool) {
         .include(gloo_config(&out, &gloo))
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
-        .file(SHIM);
+        .file(SHIM)
+        .file(LINEAR_4BIT);
     if gloo != Path::new("/usr/include") {
         // (GCC ignores -I/usr/include; it is searched anyway, after the folders above.)
         build.include(&gloo);

@@ -241,6 +241,7 @@ fn step_zero_names_every_trainable_parameter_without_a_usable_gradient() {
         dropout: 0.0,
         targets: vec!["q_proj".into()],
         also_train: vec!["norm".into()],
+        quantize: None,
     };
     lora::attach(&mut store, &spec, 0).unwrap();
     // A trainable tensor the model never uses, as a mistyped name would leave behind.

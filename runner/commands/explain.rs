@@ -39,6 +39,9 @@ pub fn run(recipe: &Path, overrides: &[String], out: &mut dyn Write) -> std::io:
             .as_ref()
             .map_or_else(|| "default".to_string(), |o| o.describe());
         write!(out, "{setting:<width$}  {origin}")?;
+        if let Some(bnb) = line.also_called {
+            write!(out, "  (BitsAndBytesConfig: {bnb})")?;
+        }
         if !line.replaced.is_empty() {
             let earlier: Vec<String> = line.replaced.iter().map(|o| o.describe()).collect();
             write!(out, "  (replaces {})", earlier.join(", "))?;

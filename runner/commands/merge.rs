@@ -59,8 +59,11 @@ fn merge(base: &Path, adapter: &Path, out_dir: &Path) -> Result<String> {
             out_dir.display()
         );
     }
-    // Merge in fp32; save in the kind the base checkpoint has (a bf16 model stays bf16).
+    // Merge in fp32; save in the kind the base checkpoint has (a bf16 model stays bf16). A
+    // base saved in 4 bits is dequantised first (into the kind it was quantised from), as
+    // QA-Expert's merge_weight.py merges into the bf16 base.
     let (_, mut store) = hf_model::load(base, Device::Cpu, Kind::Float)?;
+    store.dequantize_all()?;
     let spec = lora::load_peft(adapter, &mut store)?;
     let merged = lora::merge(&mut store)?;
     let kind = store.checkpoint_kind.unwrap_or(Kind::Float);
@@ -69,8 +72,11 @@ fn merge(base: &Path, adapter: &Path, out_dir: &Path) -> Result<String> {
         .into_iter()
         .map(|(n, t)| (n, t.to_kind(kind)))
         .collect();
-    let config =
+    let mut config =
         crate::files::read_json(&base.join(CONFIG), "the base must be an HF model folder")?;
+    if let Some(fields) = config.as_object_mut() {
+        fields.remove("quantization_config");
+    }
     hf_folder::write_folder(out_dir, &config, &tensors, hf_model::MAX_SHARD_BYTES)?;
     for name in CARRIED {
         let from = base.join(name);

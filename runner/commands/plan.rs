@@ -89,8 +89,12 @@ pub fn summary(e: &Estimate, checkpointing: bool) -> String {
     );
     let m = &e.memory_per_device;
     s += "# peak memory per device (estimate)\n";
+    let weights = match e.quantized_params {
+        0 => "weights".to_string(),
+        n => format!("weights ({} in 4 bits)", thousands(n)),
+    };
     for (name, bytes) in [
-        ("weights", m.weights),
+        (weights.as_str(), m.weights),
         ("gradients", m.gradients),
         ("optimizer state", m.optimizer),
     ] {

@@ -1,10 +1,13 @@
 //! The building blocks every model shares: linear layers (with an optional LoRA branch), RMS
 //! normalisation, embedding lookup.
 
+use std::rc::Rc;
+
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use super::adapters::hyperlora::HyperBranch;
+use super::four_bit::FourBit;
 use super::store::ParamStore;
 
 /// A LoRA branch (Hu et al.): `scale · B·A·dropout(x)`, with A `[rank, in]` and B `[out, rank]`.
@@ -15,10 +18,16 @@ pub struct LoraBranch {
     pub dropout: f64,
 }
 
+/// A linear layer's weight: a tensor, or QLoRA's frozen 4 bits.
+pub enum Weight {
+    Dense(Tensor),
+    FourBit(Rc<FourBit>),
+}
+
 /// `x·Wᵀ + b`, plus the LoRA branch or the HyperLoRA branch when the store holds one for this
 /// module.
 pub struct Linear {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraBranch>,
     pub hyper: Option<HyperBranch>,
@@ -41,8 +50,13 @@ impl Linear {
             }),
             _ => None,
         };
+        let weight = format!("{name}.weight");
+        let weight = match store.four_bit(&weight) {
+            Some(w) => Weight::FourBit(w),
+            None => Weight::Dense(store.get(&weight)?),
+        };
         Ok(Linear {
-            weight: store.get(&format!("{name}.weight"))?,
+            weight,
             bias: store.find(&format!("{name}.bias")),
             lora,
             hyper: HyperBranch::load(store, name)?,
@@ -53,7 +67,17 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let kind = x.kind();
         let bias = self.bias.as_ref().map(|b| b.to_kind(kind));
-        let y = x.linear(&self.weight.to_kind(kind), bias);
+        let y = match &self.weight {
+            Weight::Dense(w) => x.linear(&w.to_kind(kind), bias),
+            Weight::FourBit(w) => {
+                // Errors here are libtorch's own (shapes, devices), which tch ops panic on too.
+                let y = w.linear(x).unwrap_or_else(|e| panic!("{e:#}"));
+                match bias {
+                    Some(b) => y + b,
+                    None => y,
+                }
+            }
+        };
         if let Some(h) = &self.hyper {
             return y.dropout(h.dropout, train) + h.delta(x);
         }

@@ -10,6 +10,8 @@ pub mod bert;
 pub mod checkpoint;
 pub mod connector;
 pub mod fid;
+pub mod four_bit;
+pub mod four_bit_saved;
 pub mod generate;
 pub mod hf_folder;
 pub mod hf_model;

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::adapters::attached::HyperSettings;
+use super::four_bit::{self, FourBit};
 use super::hf_folder;
 use crate::plan::inventory::{Group, Param};
 
@@ -22,6 +24,8 @@ pub struct LoraSettings {
 /// Named parameter tensors, in name order.
 pub struct ParamStore {
     tensors: BTreeMap<String, (Tensor, Group)>,
+    /// QLoRA's frozen linear weights in 4 bits, by parameter name (not in `tensors`).
+    four_bit: BTreeMap<String, (Rc<FourBit>, Group)>,
     pub device: Device,
     pub kind: Kind,
     /// Set when LoRA adapters are attached.
@@ -81,6 +85,7 @@ impl ParamStore {
     pub fn empty(device: Device, kind: Kind) -> ParamStore {
         ParamStore {
             tensors: BTreeMap::new(),
+            four_bit: BTreeMap::new(),
             device,
             kind,
             lora: None,
@@ -141,21 +146,106 @@ impl ParamStore {
         }
     }
 
-    /// Total and trainable parameter counts per module group.
+    /// Total and trainable parameter counts per module group (4-bit weights count as frozen).
     pub fn counts(&self) -> Vec<GroupCount> {
         let mut by_group: BTreeMap<Group, GroupCount> = BTreeMap::new();
-        for (_, t, group) in self.iter() {
+        let dense = self
+            .iter()
+            .map(|(_, t, g)| (g, t.numel() as i64, t.requires_grad()));
+        let four_bit = self.four_bit.values().map(|(w, g)| (*g, w.numel(), false));
+        for (group, numel, trains) in dense.chain(four_bit) {
             let c = by_group.entry(group).or_insert(GroupCount {
                 group,
                 total: 0,
                 trainable: 0,
             });
-            c.total += t.numel() as i64;
-            if t.requires_grad() {
-                c.trainable += t.numel() as i64;
+            c.total += numel;
+            if trains {
+                c.trainable += numel;
             }
         }
         by_group.into_values().collect()
+    }
+
+    /// Bytes of every weight held, 4-bit ones with their quantisation state.
+    pub fn bytes(&self) -> u64 {
+        let dense: i64 = self
+            .iter()
+            .map(|(_, t, _)| (t.numel() * t.kind().elt_size_in_bytes()) as i64)
+            .sum();
+        let four_bit: i64 = self.four_bit.values().map(|(w, _)| w.bytes()).sum();
+        (dense + four_bit) as u64
+    }
+
+    /// The linear modules (by module name, without `.weight`), 4-bit ones included.
+    pub fn linear_modules(&self) -> Vec<String> {
+        let dense = self
+            .iter()
+            .filter(|(n, t, g)| t.dim() == 2 && is_linear(n, *g))
+            .map(|(n, _, _)| n);
+        let four_bit = self.four_bit.keys().map(String::as_str);
+        let mut modules: Vec<String> = dense
+            .chain(four_bit)
+            .filter_map(|n| n.strip_suffix(".weight").map(str::to_string))
+            .collect();
+        modules.sort();
+        modules
+    }
+
+    /// `[rows, cols]` of a dense or 4-bit weight matrix.
+    pub fn matrix_shape(&self, name: &str) -> Result<(i64, i64)> {
+        match self.four_bit.get(name) {
+            Some((w, _)) => Ok((w.rows, w.cols)),
+            None => Ok(self.get(name)?.size2()?),
+        }
+    }
+
+    /// The 4-bit weight `name`, if QLoRA holds it so.
+    pub fn four_bit(&self, name: &str) -> Option<Rc<FourBit>> {
+        self.four_bit.get(name).map(|(w, _)| Rc::clone(w))
+    }
+
+    /// Holds a weight in 4 bits, in place of its dense tensor.
+    pub fn insert_four_bit(&mut self, name: &str, weight: FourBit, group: Group) {
+        self.tensors.remove(name);
+        self.four_bit
+            .insert(name.to_string(), (Rc::new(weight), group));
+    }
+
+    /// QLoRA: every frozen linear weight goes to 4 bits (adapters, `also_train` modules,
+    /// embeddings, norms and the head keep their kind). Returns how many were quantised.
+    pub fn quantize_frozen_linears(&mut self, spec: four_bit::Spec) -> Result<usize> {
+        let frozen: Vec<(String, Group)> = self
+            .iter()
+            .filter(|(n, t, g)| {
+                t.dim() == 2 && is_linear(n, *g) && n.ends_with(".weight") && !t.requires_grad()
+            })
+            .map(|(n, _, g)| (n.to_string(), g))
+            .collect();
+        for (name, group) in &frozen {
+            let dense = self.remove(name).expect("listed above");
+            let weight =
+                four_bit::quantize(&dense, spec).with_context(|| format!("quantising `{name}`"))?;
+            drop(dense);
+            self.insert_four_bit(name, weight, *group);
+        }
+        // The dense weights' memory goes back to the system, not to malloc's free lists,
+        // where it would stay counted in the process's resident set.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        Ok(frozen.len())
+    }
+
+    /// Every 4-bit weight back to a dense fp32 tensor (frozen), for merging and export.
+    pub fn dequantize_all(&mut self) -> Result<()> {
+        for (name, (weight, group)) in std::mem::take(&mut self.four_bit) {
+            let dense = weight.dequantize()?;
+            self.insert(&name, dense.to_kind(self.kind), group);
+            let _ = self.tensors[&name].0.set_requires_grad(false);
+        }
+        Ok(())
     }
 
     /// Copies every tensor of an HF folder into the parameter of the same name (converting to
@@ -249,11 +339,21 @@ impl ParamStore {
         Ok(())
     }
 
-    /// The tensors to save in an HF folder: everything but the adapters.
+    /// The tensors to save in an HF folder: everything but the adapters (and 4-bit weights:
+    /// `dequantize_all` first).
     pub fn base_tensors(&self) -> Vec<(String, Tensor)> {
         self.iter()
             .filter(|(n, _, _)| !n.contains(".lora_") && !n.starts_with("hypernet."))
             .map(|(n, t, _)| (n.to_string(), t.detach()))
             .collect()
     }
+}
+
+/// Whether a 2-D parameter of `group` is the weight of a linear module (T5's relative
+/// attention bias is an embedding table in the attention group).
+fn is_linear(name: &str, group: Group) -> bool {
+    matches!(
+        group,
+        Group::Attention | Group::Mlp | Group::Connector | Group::Vision
+    ) && !name.contains("relative_attention_bias")
 }

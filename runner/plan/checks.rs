@@ -9,7 +9,9 @@ use super::arch::{head_problem, ArchProblem, DecoderArch, T5Arch, VisionArch};
 use super::common::{EvalSchedule, Output};
 use super::inventory;
 use super::parts::Part;
-use super::training::{Adapter, ScheduleKind, Training};
+use super::training::{
+    Adapter, ComputeDtype, Precision, Quantize, ScheduleKind, Training, BLOCK_SIZES,
+};
 use crate::config::diagnostic::did_you_mean;
 use crate::config::{Diagnostic, Node, Origin};
 
@@ -250,11 +252,57 @@ impl<'a> Checker<'a> {
                 );
             }
         }
+        if let Some(q) = t.adapter.quantize() {
+            self.quantize(q, t.precision);
+        }
         for (i, pattern) in t.adapter.also_train().iter().enumerate() {
             if !params.iter().any(|p| p.name.contains(pattern.as_str())) {
                 let key = format!("training.adapter.also_train.{i}");
                 self.fail(&[&key], format!("`{pattern}` matches no parameter name of the trained model, so it trains nothing"), "use a part of a parameter name, such as embed or norm (see `runner plan` for names)");
             }
+        }
+    }
+
+    /// QLoRA's settings: one spelling per key, a block size bitsandbytes has, and a compute
+    /// dtype that is the precision's compute kind.
+    fn quantize(&mut self, q: &Quantize, precision: Precision) {
+        const AT: &str = "training.adapter.quantize";
+        for (ours, bnb) in q.set_twice() {
+            self.fail(
+                &[&format!("{AT}.{ours}"), &format!("{AT}.{bnb}")],
+                format!("`{ours}` is set twice: also as `{bnb}`, BitsAndBytesConfig's name for it"),
+                "keep one of the two spellings",
+            );
+        }
+        if !BLOCK_SIZES.contains(&q.block_size()) {
+            self.fail(
+                &[&format!("{AT}.block_size")],
+                format!(
+                    "block size {} is not one bitsandbytes' 4-bit kernels have",
+                    q.block_size()
+                ),
+                format!("use one of {BLOCK_SIZES:?} (64 is QLoRA's)"),
+            );
+        }
+        let (dtype, compute) = if q.compute_dtype() == ComputeDtype::Bf16 {
+            (
+                "bf16",
+                [Precision::Bf16, Precision::Bf16Mixed].contains(&precision),
+            )
+        } else {
+            ("fp32", precision == Precision::Fp32)
+        };
+        if !compute {
+            let key = if q.bnb_4bit_compute_dtype.is_some() {
+                "bnb_4bit_compute_dtype"
+            } else {
+                "compute_dtype"
+            };
+            self.fail(
+                &[&format!("{AT}.{key}"), "training.precision"],
+                format!("4-bit weights are dequantised into {dtype}, but training.precision computes in another kind"),
+                "use compute_dtype bf16 with precision bf16 or bf16_mixed, fp32 with fp32",
+            );
         }
     }
 

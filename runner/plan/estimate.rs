@@ -13,7 +13,7 @@ use super::hypernet;
 use super::inventory::{self, Group, Param};
 use super::parts::Part;
 use super::recipe::Recipe;
-use super::training::{Adapter, Precision, Training};
+use super::training::{Adapter, Precision, Quantize, Training};
 
 /// Values a transformer layer keeps per token and hidden unit for its backward pass.
 const VALUES_PER_TOKEN_UNIT: u64 = 17;
@@ -30,6 +30,30 @@ pub fn trainable(part: &Part, param: &Param, adapter: &Adapter) -> bool {
             .iter()
             .any(|pattern| param.name.contains(pattern.as_str())),
     }
+}
+
+/// Whether QLoRA holds a base parameter in 4 bits: every frozen linear weight of the adapted
+/// model (not only the LoRA targets), as transformers' `load_in_4bit` quantises every
+/// `nn.Linear` but the head; embeddings, norms and `also_train` parameters keep their kind.
+pub fn quantized(part: &Part, param: &Param, adapter: &Adapter) -> bool {
+    adapter.quantize().is_some()
+        && part.adapted
+        && !trainable(part, param, adapter)
+        && param.linear_module().is_some()
+        && !param.name.contains("relative_attention_bias")
+}
+
+/// Bytes of `n` weights in 4 bits: packed nibbles, plus an fp32 absmax per block, or with
+/// double quantisation an 8-bit absmax per block plus an fp32 scale per 256 blocks and the
+/// offset (bitsandbytes' `QuantState`).
+pub fn quantized_bytes(n: u64, q: &Quantize) -> u64 {
+    let blocks = n.div_ceil(u64::from(q.block_size()));
+    let scales = if q.double_quant() {
+        blocks + blocks.div_ceil(256) * 4 + 4
+    } else {
+        blocks * 4
+    };
+    n.div_ceil(2) + scales
 }
 
 /// The parameters an adapter adds to a part (all trainable).
@@ -139,7 +163,17 @@ pub struct Estimate {
     /// Input tokens the trained model reads per optimizer step, all devices together.
     pub tokens_per_step: u64,
     pub examples_per_step: u64,
+    /// Base weights QLoRA holds in 4 bits.
+    pub quantized_params: u64,
     pub memory_per_device: Memory,
+}
+
+/// QLoRA's 4-bit weights: how many, their bytes, and the largest (dequantised one at a time).
+#[derive(Clone, Copy, Debug, Default)]
+struct FourBit {
+    params: u64,
+    bytes: u64,
+    largest: u64,
 }
 
 pub fn estimate(recipe: &Recipe) -> Estimate {
@@ -168,9 +202,19 @@ pub fn estimate(recipe: &Recipe) -> Estimate {
             groups[index].trainable += param.numel();
         }
     };
+    let mut four_bit = FourBit::default();
     for part in &parts {
         for param in &part.params {
             count(part.name, param, trainable(part, param, &training.adapter));
+            if let Some(q) = training
+                .adapter
+                .quantize()
+                .filter(|_| quantized(part, param, &training.adapter))
+            {
+                four_bit.params += param.numel();
+                four_bit.bytes += quantized_bytes(param.numel(), q);
+                four_bit.largest = four_bit.largest.max(param.numel());
+            }
         }
         for param in adapter_params(part, &training.adapter) {
             count(part.name, &param, true);
@@ -193,11 +237,18 @@ pub fn estimate(recipe: &Recipe) -> Estimate {
         groups,
         tokens_per_step: examples_per_step * trained_tokens,
         examples_per_step,
-        memory_per_device: memory(training, &parts, total_params, trainable_params),
+        quantized_params: four_bit.params,
+        memory_per_device: memory(training, &parts, total_params, trainable_params, four_bit),
     }
 }
 
-fn memory(training: &Training, parts: &[Part], total: u64, trainable: u64) -> Memory {
+fn memory(
+    training: &Training,
+    parts: &[Part],
+    total: u64,
+    trainable: u64,
+    four_bit: FourBit,
+) -> Memory {
     let value_bytes: u64 = if training.precision == Precision::Fp32 {
         4
     } else {
@@ -217,11 +268,10 @@ fn memory(training: &Training, parts: &[Part], total: u64, trainable: u64) -> Me
             bytes
         }
     };
-    let weights = if d.offload_params {
-        0
-    } else {
-        shard(total * weight_bytes, 3)
-    };
+    // A 4-bit weight is dequantised into the compute kind for its multiply, one at a time.
+    let dequantised = four_bit.largest * value_bytes;
+    let held = (total - four_bit.params) * weight_bytes + four_bit.bytes + dequantised;
+    let weights = if d.offload_params { 0 } else { shard(held, 3) };
     let gradients = shard(trainable * weight_bytes, 2);
     let optimizer = if d.offload_optimizer {
         0

@@ -2,6 +2,7 @@
 
 use serde_json::Value as J;
 
+use super::training::BNB_SYNONYMS;
 use super::Plan;
 use crate::config::emit;
 use crate::config::{Node, Origin};
@@ -15,6 +16,8 @@ pub struct Line {
     pub origin: Option<Origin>,
     /// Earlier layers it replaced, oldest first.
     pub replaced: Vec<Origin>,
+    /// What the key is called elsewhere (BitsAndBytesConfig's names of QLoRA's keys).
+    pub also_called: Option<&'static str>,
 }
 
 pub fn explain(plan: &Plan) -> Vec<Line> {
@@ -38,14 +41,32 @@ fn walk(value: &J, path: &mut Vec<String>, tree: &Node, out: &mut Vec<Line>) {
             }
         }
         leaf => {
-            let segments: Vec<&str> = path.iter().map(String::as_str).collect();
-            let node = tree.at(&segments);
+            let mut segments: Vec<&str> = path.iter().map(String::as_str).collect();
+            let also_called = bnb_name(&segments);
+            let mut node = tree.at(&segments);
+            if let (None, Some(bnb)) = (node, also_called) {
+                // Set under BitsAndBytesConfig's name: that is where it came from.
+                *segments.last_mut().expect("a leaf has a key") = bnb;
+                node = tree.at(&segments);
+            }
             out.push(Line {
                 key: path.join("."),
                 value: emit::to_yaml(leaf).trim_end().to_string(),
                 origin: node.map(|n| n.origin.clone()),
                 replaced: node.map(|n| n.replaced.clone()).unwrap_or_default(),
+                also_called,
             });
         }
     }
+}
+
+/// BitsAndBytesConfig's name of a `training.adapter.quantize` key, where it has another.
+fn bnb_name(path: &[&str]) -> Option<&'static str> {
+    let [.., "adapter", "quantize", key] = path else {
+        return None;
+    };
+    BNB_SYNONYMS
+        .iter()
+        .find(|(ours, _)| ours == key)
+        .map(|(_, bnb)| *bnb)
 }

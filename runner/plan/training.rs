@@ -208,6 +208,9 @@ pub enum Adapter {
         /// Also train parameters whose names contain any of these (LongLoRA: embed, norm).
         #[serde(default)]
         also_train: Vec<String>,
+        /// QLoRA (Dettmers et al.): hold the frozen base linear weights in 4 bits.
+        #[serde(default)]
+        quantize: Option<Quantize>,
     },
     /// IAG's HyperLoRA: a hypernetwork makes each target's LoRA factors from whitened,
     /// mean-pooled question features plus the layer index.
@@ -264,6 +267,144 @@ pub enum Stack {
     Decoder,
 }
 
+/// 4-bit frozen base weights, as bitsandbytes' `Linear4bit` holds them. Each key may also be
+/// spelled as transformers' `BitsAndBytesConfig` spells it (`bnb_4bit_quant_type`,
+/// `bnb_4bit_use_double_quant`, `bnb_4bit_compute_dtype`), so a Python config can be copied.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, into = "QuantizeResolved")]
+pub struct Quantize {
+    /// The 4-bit code book: nf4 (normal float, QLoRA's) or fp4. Default nf4.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub quant_type: Option<QuantType>,
+    /// `type` as BitsAndBytesConfig spells it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bnb_4bit_quant_type: Option<QuantType>,
+    /// Weights per absmax scale: 32, 64, …, 4096. Default 64 (bitsandbytes' for 4 bits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    /// Quantise the absmax scales too (8 bits, blocks of 256). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub double_quant: Option<bool>,
+    /// `double_quant` as BitsAndBytesConfig spells it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bnb_4bit_use_double_quant: Option<bool>,
+    /// The kind weights are dequantised into for each matrix multiply. Default bf16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_dtype: Option<ComputeDtype>,
+    /// `compute_dtype` as BitsAndBytesConfig spells it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bnb_4bit_compute_dtype: Option<ComputeDtype>,
+}
+
+/// A `Quantize` as the plan records it: every key under its own name, defaults filled, so
+/// both spellings give one plan (and one hash).
+#[derive(Serialize, JsonSchema)]
+struct QuantizeResolved {
+    #[serde(rename = "type")]
+    quant_type: QuantType,
+    block_size: u32,
+    double_quant: bool,
+    compute_dtype: ComputeDtype,
+}
+
+impl From<Quantize> for QuantizeResolved {
+    fn from(q: Quantize) -> Self {
+        QuantizeResolved {
+            quant_type: q.quant_type(),
+            block_size: q.block_size(),
+            double_quant: q.double_quant(),
+            compute_dtype: q.compute_dtype(),
+        }
+    }
+}
+
+/// Each `Quantize` key that BitsAndBytesConfig names differently, with that name.
+pub const BNB_SYNONYMS: [(&str, &str); 3] = [
+    ("type", "bnb_4bit_quant_type"),
+    ("double_quant", "bnb_4bit_use_double_quant"),
+    ("compute_dtype", "bnb_4bit_compute_dtype"),
+];
+
+impl Quantize {
+    pub fn quant_type(&self) -> QuantType {
+        self.quant_type
+            .or(self.bnb_4bit_quant_type)
+            .unwrap_or(QuantType::Nf4)
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.block_size.unwrap_or(64)
+    }
+
+    pub fn double_quant(&self) -> bool {
+        self.double_quant
+            .or(self.bnb_4bit_use_double_quant)
+            .unwrap_or(true)
+    }
+
+    pub fn compute_dtype(&self) -> ComputeDtype {
+        self.compute_dtype
+            .or(self.bnb_4bit_compute_dtype)
+            .map_or(ComputeDtype::Bf16, ComputeDtype::canonical)
+    }
+
+    /// The keys set under both spellings (each pair at most once).
+    pub fn set_twice(&self) -> Vec<(&'static str, &'static str)> {
+        let twice = [
+            self.quant_type.is_some() && self.bnb_4bit_quant_type.is_some(),
+            self.double_quant.is_some() && self.bnb_4bit_use_double_quant.is_some(),
+            self.compute_dtype.is_some() && self.bnb_4bit_compute_dtype.is_some(),
+        ];
+        BNB_SYNONYMS
+            .into_iter()
+            .zip(twice)
+            .filter_map(|(pair, both)| both.then_some(pair))
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantType {
+    /// QLoRA's 4-bit NormalFloat: quantiles of N(0, 1), exact zero.
+    Nf4,
+    /// bitsandbytes' 4-bit float (1 sign, 2 exponent, 1 mantissa bit).
+    Fp4,
+}
+
+impl QuantType {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantType::Nf4 => "nf4",
+            QuantType::Fp4 => "fp4",
+        }
+    }
+}
+
+/// The block sizes bitsandbytes' 4-bit kernels accept.
+pub const BLOCK_SIZES: [u32; 8] = [32, 64, 128, 256, 512, 1024, 2048, 4096];
+
+/// The dtype of a 4-bit layer's matrix multiplies; `bfloat16` and `float32` are
+/// BitsAndBytesConfig's (torch's) names of the same two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeDtype {
+    Bf16,
+    Fp32,
+    Bfloat16,
+    Float32,
+}
+
+impl ComputeDtype {
+    /// `bf16` or `fp32`, whichever name was used.
+    pub fn canonical(self) -> ComputeDtype {
+        match self {
+            ComputeDtype::Bf16 | ComputeDtype::Bfloat16 => ComputeDtype::Bf16,
+            ComputeDtype::Fp32 | ComputeDtype::Float32 => ComputeDtype::Fp32,
+        }
+    }
+}
+
 impl Adapter {
     pub fn targets(&self) -> &[String] {
         match self {
@@ -276,6 +417,14 @@ impl Adapter {
         match self {
             Adapter::Full => &[],
             Adapter::Lora { also_train, .. } | Adapter::Hyperlora { also_train, .. } => also_train,
+        }
+    }
+
+    /// The 4-bit setting of a QLoRA adapter.
+    pub fn quantize(&self) -> Option<&Quantize> {
+        match self {
+            Adapter::Lora { quantize, .. } => quantize.as_ref(),
+            _ => None,
         }
     }
 }

@@ -459,11 +459,7 @@ const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// Bytes of every weight the task holds (frozen ones too).
 fn weight_bytes(task: &dyn Task) -> u64 {
-    task.stores()
-        .iter()
-        .flat_map(|(_, store)| store.iter())
-        .map(|(_, t, _)| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
-        .sum()
+    task.stores().iter().map(|(_, store)| store.bytes()).sum()
 }
 
 /// `summary.json` in the run directory and one row appended to the table of runs.

@@ -82,6 +82,7 @@ fn llama_with_lora_dropout_recomputation_matches_kept_activations() {
         dropout: 0.2,
         targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
         also_train: vec!["embed".into(), "norm".into()],
+        quantize: None,
     });
 }
 
@@ -95,6 +96,7 @@ fn layers_below_the_first_adapter_are_not_back_propagated() {
         dropout: 0.1,
         targets: vec!["layers.1.mlp.down_proj".into()],
         also_train: vec![],
+        quantize: None,
     });
 }
 

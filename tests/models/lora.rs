@@ -19,6 +19,7 @@ fn spec() -> LoraSpec {
         dropout: 0.0,
         targets: vec!["q_proj".into(), "v_proj".into()],
         also_train: vec!["embed".into(), "norm".into()],
+        quantize: None,
     }
 }
 
@@ -211,6 +212,7 @@ fn runner_adapters_are_the_committed_peft_checked_fixture() {
         dropout: 0.0,
         targets: vec!["o_proj".into(), "up_proj".into()],
         also_train: vec!["norm".into()],
+        quantize: None,
     };
     lora::attach(&mut store, &spec, 1).unwrap();
     randomize_lora_b(&store);

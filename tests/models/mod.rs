@@ -4,6 +4,7 @@
 
 mod checkpointing;
 mod connector;
+mod four_bit;
 mod generation;
 mod hyperlora;
 mod lora;

@@ -17,7 +17,7 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 use tch::Device;
 
-use super::peak_rss_kib;
+use super::{peak_rss_kib, reset_peak_rss};
 use crate::commands::finish;
 use crate::commands::run::{launch_ranks, Target};
 use crate::distributed::world::World;
@@ -111,6 +111,8 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
     };
     let mut times = Vec::new();
     let mut losses = Vec::new();
+    // The step's peak: what the task holds plus what a step adds, not the building's transients.
+    reset_peak_rss();
     for step in 0..options.warmup + options.steps {
         sync(device);
         let start = Instant::now();

@@ -13,7 +13,6 @@ use anyhow::{bail, Context, Result};
 use tch::{Kind, Tensor};
 
 use super::attached::{Features, HyperSettings};
-use super::lora::linear_modules;
 use super::whitening::Whitening;
 use crate::files::write_atomic;
 use crate::models::hf_folder::write_safetensors;
@@ -111,7 +110,7 @@ pub fn attach(store: &mut ParamStore, adapter: &Adapter, seed: i64) -> Result<Fe
     };
     let mut sites = BTreeMap::new();
     let mut nets: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    for module in linear_modules(store) {
+    for module in store.linear_modules() {
         if let Some(site) = hypernet::site(adapter, &module) {
             let (output, input) = store.get(&format!("{module}.weight"))?.size2()?;
             nets.entry(site.net.clone())

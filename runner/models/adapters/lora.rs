@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
 use crate::files::{read_json, write_atomic};
+use crate::models::four_bit;
 use crate::models::hf_folder::write_safetensors;
 use crate::models::store::{LoraSettings, ParamStore};
 use crate::plan::inventory::{target_matches, Group};
@@ -30,6 +31,8 @@ pub struct LoraSpec {
     pub targets: Vec<String>,
     /// Parameters whose names contain one of these train too.
     pub also_train: Vec<String>,
+    /// QLoRA: the frozen linear weights are held in 4 bits.
+    pub quantize: Option<four_bit::Spec>,
 }
 
 impl LoraSpec {
@@ -42,12 +45,14 @@ impl LoraSpec {
                 dropout,
                 targets,
                 also_train,
+                quantize,
             } => Some(LoraSpec {
                 rank: *rank as i64,
                 alpha: *alpha,
                 dropout: *dropout,
                 targets: targets.clone(),
                 also_train: also_train.clone(),
+                quantize: quantize.as_ref().map(four_bit::Spec::of),
             }),
             _ => None,
         }
@@ -58,38 +63,28 @@ impl LoraSpec {
     }
 }
 
-/// The linear modules of a store (by module name, without `.weight`).
-pub fn linear_modules(store: &ParamStore) -> Vec<String> {
-    store
-        .iter()
-        .filter(|(n, t, g)| {
-            t.dim() == 2
-                && matches!(
-                    g,
-                    Group::Attention | Group::Mlp | Group::Connector | Group::Vision
-                )
-                && !n.contains("relative_attention_bias")
-        })
-        .filter_map(|(n, _, _)| n.strip_suffix(".weight").map(str::to_string))
-        .collect()
-}
-
 /// Adds zero-effect adapters (B = 0) to every module a target matches, A drawn after seeding
-/// the global generator with `seed`, and freezes all but adapters and `also_train`.
-/// Returns the adapted modules.
+/// the global generator with `seed`, and freezes all but adapters and `also_train`; with
+/// QLoRA, the frozen linear weights then go to 4 bits. Returns the adapted modules.
 pub fn attach(store: &mut ParamStore, spec: &LoraSpec, seed: i64) -> Result<Vec<String>> {
     tch::manual_seed(seed);
-    add_adapters(store, spec, true)
+    let modules = add_adapters(store, spec, true)?;
+    if let Some(quantize) = spec.quantize {
+        store.quantize_frozen_linears(quantize)?;
+    }
+    Ok(modules)
 }
 
 /// Adds the adapters; A is Kaiming-uniform when `draw`, else zero (to be loaded).
 fn add_adapters(store: &mut ParamStore, spec: &LoraSpec, draw: bool) -> Result<Vec<String>> {
-    let modules: Vec<String> = linear_modules(store)
+    let modules: Vec<String> = store
+        .linear_modules()
         .into_iter()
         .filter(|m| spec.targets.iter().any(|t| target_matches(t, m)))
         .collect();
     if modules.is_empty() {
-        let mut names: Vec<String> = linear_modules(store)
+        let mut names: Vec<String> = store
+            .linear_modules()
             .iter()
             .filter_map(|m| m.rsplit('.').next().map(str::to_string))
             .collect();
@@ -102,7 +97,7 @@ fn add_adapters(store: &mut ParamStore, spec: &LoraSpec, draw: bool) -> Result<V
         );
     }
     for module in &modules {
-        let (out, input) = store.get(&format!("{module}.weight"))?.size2()?;
+        let (out, input) = store.matrix_shape(&format!("{module}.weight"))?;
         let bound = 1.0 / (input as f64).sqrt();
         let options = (Kind::Float, store.device);
         let mut a = Tensor::zeros([spec.rank, input], options);
@@ -283,6 +278,7 @@ fn spec_from_config(v: &Value) -> Result<LoraSpec> {
         dropout: v["lora_dropout"].as_f64().unwrap_or(0.0),
         targets,
         also_train: Vec::new(),
+        quantize: None,
     })
 }
 
