@@ -9,6 +9,9 @@ What it generates (all under tests/fixtures/):
                               layers' rows are multiples of 64 values (see "A bitsandbytes CPU bug")
   models/llama-qlora-base-nf4/  that base loaded in 4 bits (NF4, double quantisation) and saved
                               by transformers' save_pretrained, with its logits
+  models/llama-qlora-runner-lora/ is not generated here: runner's Rust test writes it (a QLoRA
+                              adapter runner saved, with runner's logits on its own 4-bit base);
+                              this script checks that PEFT on bitsandbytes' 4-bit base agrees
   models/llama-qlora/         one QLoRA training step: a random LoRA adapter on every linear layer
                               of that 4-bit base; logits, loss and the LoRA gradients
 
@@ -100,7 +103,9 @@ a base whose in_features are 64 and 128, and the script asserts that bitsandbyte
 weights equal the flattened rule for every layer.
 
   models/llama-qlora-base/: config.json + model.safetensors of LlamaForCausalLM (vocab 96, hidden
-  64, intermediate 128, 2 layers, 4 heads of 16, 2 key/value heads, linear RoPE factor 2, std 0.2).
+  64, intermediate 128, 2 layers, 4 heads of 16, 2 key/value heads, linear RoPE factor 2, std 0.2),
+  and expected.safetensors with the batch every model fixture here uses (input_ids,
+  attention_mask, labels: int64 [2, 12]) and the fp32 model's eval logits.
 
   models/llama-qlora-base-nf4/: exactly what save_pretrained writes for llama-qlora-base loaded with
   BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -472,7 +477,15 @@ def make_base():
     model = LlamaForCausalLM._from_config(config, attn_implementation="eager")
     out_dir = fresh_dir(BASE_DIR)
     model.save_pretrained(out_dir, safe_serialization=True)
-    return causal_lm_batch(12)
+    input_ids, attention_mask, labels = causal_lm_batch(12)
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    save_tensors(
+        out_dir / "expected.safetensors",
+        {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "logits": logits},
+    )
+    return input_ids, attention_mask, labels
 
 
 def check_flattened_rule(model):
@@ -604,12 +617,26 @@ def adapter_logits_diff(base_dir, adapter_dir, expected_path, load_in_4bit):
 # ---------------------------------------------------------------------------------------------
 
 
+def check_runner_adapter():
+    """The other direction: a QLoRA adapter runner trained on the 4-bit base (committed by the
+    Rust test `runner_qlora_adapters_load_in_peft_on_the_4bit_base`, RUNNER_BLESS=1 rewrites it)
+    loads in PEFT on bitsandbytes' 4-bit base and gives the logits runner computed."""
+    adapter_dir = MODELS / "llama-qlora-runner-lora"
+    if not adapter_dir.is_dir():
+        print(f"{adapter_dir.name}: absent, run the Rust tests with RUNNER_BLESS=1 first")
+        return
+    diff = adapter_logits_diff(BASE_DIR, adapter_dir, adapter_dir / "expected.safetensors", load_in_4bit=True)
+    assert diff <= ADAPTER_TOLERANCE, f"runner's QLoRA adapter gives other logits in PEFT: {diff}"
+    print(f"{adapter_dir.name}: PEFT on the 4-bit base matches runner's logits, max abs diff {diff:.3g}")
+
+
 def generate_all():
     start = time.perf_counter()
     make_blocks()
     input_ids, attention_mask, labels = make_base()
     make_llama_nf4(input_ids, attention_mask)
     make_llama_qlora(input_ids, attention_mask, labels)
+    check_runner_adapter()
     print(f"done in {time.perf_counter() - start:.1f} s")
 
 

@@ -11,6 +11,7 @@ pub mod mixture;
 pub mod order;
 pub mod packing;
 pub mod qa;
+pub mod qa_expert;
 pub mod records;
 pub mod scienceqa;
 pub mod tokenizer;

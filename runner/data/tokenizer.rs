@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
 
+/// A token's byte range in the encoded text.
+pub type Offsets = (usize, usize);
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
@@ -31,6 +34,21 @@ impl Tokenizer {
             .encode(text, special)
             .map_err(|e| anyhow!("{}: cannot encode text: {e}", self.path.display()))?;
         Ok(encoding.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    /// As [`Tokenizer::encode`], with each token's byte range in `text` (empty for tokens the
+    /// post-processor adds).
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        special: bool,
+    ) -> Result<(Vec<i64>, Vec<Offsets>)> {
+        let encoding = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| anyhow!("{}: cannot encode text: {e}", self.path.display()))?;
+        let ids = encoding.get_ids().iter().map(|&i| i as i64).collect();
+        Ok((ids, encoding.get_offsets().to_vec()))
     }
 
     pub fn decode(&self, ids: &[i64], skip_special: bool) -> Result<String> {

@@ -10,12 +10,12 @@ use tch::{Device, Kind, Tensor};
 use crate::data::batch::{collate, Batch, Example};
 use crate::data::loader::Loader;
 use crate::data::tokenizer::Tokenizer;
-use crate::data::{instruction, packing};
+use crate::data::{instruction, packing, qa_expert};
 use crate::eval::{passkey, perplexity};
 use crate::models::adapters::lora::LoraSpec;
 use crate::models::generate::{self, GenerateOptions, Strategy};
 use crate::models::hf_folder::HfConfig;
-use crate::models::llama::{DecoderOptions, Llama};
+use crate::models::llama::{self, DecoderOptions, Llama};
 use crate::models::loss::{causal_lm_loss, IGNORE};
 use crate::models::{hf_model, Compute, ParamStore, Tape};
 use crate::plan::common::tokenizer_file;
@@ -89,6 +89,22 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
         }
         arch.vocab_size = (pad + 1) as u64;
     }
+    if recipe.data.format == DataFormat::QaExpert {
+        // QA-Expert adds its three markers to the tokenizer when it lacks them and resizes the
+        // embeddings (transformers 4.34: new rows drawn N(0, initializer_range²)).
+        for marker in qa_expert::MARKERS {
+            tokenizer.id_or_add(marker);
+        }
+        let added = tokenizer.vocab_size() as i64 - arch.vocab_size as i64;
+        if added > 0 {
+            tch::manual_seed(recipe.seed as i64);
+            store.grow_rows_normal("model.embed_tokens.weight", added, llama::INIT_STD)?;
+            if !arch.tie_word_embeddings {
+                store.grow_rows_normal("lm_head.weight", added, llama::INIT_STD)?;
+            }
+            arch.vocab_size = tokenizer.vocab_size() as u64;
+        }
+    }
     if tokenizer.vocab_size() as u64 > arch.vocab_size {
         bail!(
             "{}: {} tokens, more than model.arch.vocab_size {}\n  hint: use the model's own tokenizer",
@@ -120,6 +136,10 @@ pub fn build(recipe: &LongloraRecipe, device: Device) -> Result<LongloraTask> {
                     let e = instruction::encode(&tokenizer, template, &item, eos, max_length)?;
                     Ok((Some(item), e))
                 })
+                .collect(),
+            DataFormat::QaExpert => qa_expert::read(path)?
+                .iter()
+                .map(|item| Ok((None, qa_expert::encode(&tokenizer, item, max_length)?)))
                 .collect(),
             DataFormat::PretrainText => {
                 let texts = packing::read_texts(path)?;

@@ -339,6 +339,20 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Appends `n` rows drawn N(0, std²) from the global generator to the matrix `name`: what
+    /// transformers 4.34's `resize_token_embeddings` gave new tokens (QA-Expert's markers).
+    pub fn grow_rows_normal(&mut self, name: &str, n: i64, std: f64) -> Result<()> {
+        let (old, group) = match self.tensors.get(name) {
+            Some((t, g)) => (t.detach(), *g),
+            None => bail!("the model has no parameter `{name}` to grow"),
+        };
+        let width = old.size()[1];
+        let rows = Tensor::randn([n, width], (Kind::Float, old.device())) * std;
+        let grown = Tensor::cat(&[old.shallow_clone(), rows.to_kind(old.kind())], 0);
+        self.insert(name, grown, group);
+        Ok(())
+    }
+
     /// The tensors to save in an HF folder: everything but the adapters (and 4-bit weights:
     /// `dequantize_all` first).
     pub fn base_tensors(&self) -> Vec<(String, Tensor)> {

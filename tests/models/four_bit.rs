@@ -248,3 +248,59 @@ fn lora_on_a_quantised_base_trains_only_the_adapters() {
         .all(|n| n.contains("lora_") || n.contains("norm")));
     assert_eq!(trained.iter().filter(|n| n.contains("lora_")).count(), 8);
 }
+
+/// A QLoRA adapter runner saves (on its own 4-bit NF4 base) is committed with runner's logits;
+/// scripts/make_qlora_fixtures.py checks that PEFT on bitsandbytes' 4-bit base gives them.
+#[test]
+fn runner_qlora_adapters_load_in_peft_on_the_4bit_base() {
+    let spec = LoraSpec {
+        rank: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        targets: vec!["q_proj".into(), "down_proj".into()],
+        also_train: vec!["norm".into()],
+        quantize: Some(Spec {
+            quant_type: QuantType::Nf4,
+            block: 64,
+            double_quant: true,
+        }),
+    };
+    super::lora::check_committed_adapter("llama-qlora-base", "llama-qlora-runner-lora", &spec);
+}
+
+/// `runner merge` on a base saved in 4 bits folds the adapter into the dequantised weights
+/// (QA-Expert's merge_weight.py) and writes a plain HF folder with the QLoRA model's logits.
+#[test]
+fn runner_merge_folds_a_qlora_adapter_into_the_dequantised_base() {
+    let out = tempfile::tempdir().unwrap();
+    let merged = out.path().join("merged");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "merge",
+            "tests/fixtures/models/llama-qlora-base-nf4",
+            "tests/fixtures/models/llama-qlora",
+        ])
+        .arg(&merged)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{said}");
+    let config = std::fs::read_to_string(merged.join("config.json")).unwrap();
+    assert!(!config.contains("quantization_config"), "a plain HF folder");
+    let (config, store) = load_dir(&merged);
+    assert!(store
+        .four_bit("model.layers.0.self_attn.q_proj.weight")
+        .is_none());
+    let e = expected(&fixture("llama-qlora"));
+    let d = real_diff(&eval_logits(&llama(&config, &store, Kind::Float), &e), &e);
+    assert!(d < 1e-5, "merged logits differ by {d}");
+}
+
+fn load_dir(
+    dir: &Path,
+) -> (
+    runner::models::hf_folder::HfConfig,
+    runner::models::ParamStore,
+) {
+    runner::models::hf_model::load(dir, tch::Device::Cpu, Kind::Float).unwrap()
+}

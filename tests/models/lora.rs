@@ -204,8 +204,6 @@ fn runner_merge_writes_an_hf_folder_with_the_adapted_logits() {
 /// committed files equal to what runner writes today; `RUNNER_BLESS=1` rewrites them.
 #[test]
 fn runner_adapters_are_the_committed_peft_checked_fixture() {
-    let _rng = rng_lock();
-    let (config, mut store) = load("llama-gqa-rope", Kind::Float);
     let spec = LoraSpec {
         rank: 2,
         alpha: 4.0,
@@ -214,7 +212,15 @@ fn runner_adapters_are_the_committed_peft_checked_fixture() {
         also_train: vec!["norm".into()],
         quantize: None,
     };
-    lora::attach(&mut store, &spec, 1).unwrap();
+    check_committed_adapter("llama-gqa-rope", "llama-gqa-rope-runner-lora", &spec);
+}
+
+/// Attaches `spec` to the fixture model `base` (random B, perturbed trained norms), saves the
+/// adapter with the logits runner computes, and compares both with the fixture `committed`.
+pub fn check_committed_adapter(base: &str, committed: &str, spec: &LoraSpec) {
+    let _rng = rng_lock();
+    let (config, mut store) = load(base, Kind::Float);
+    lora::attach(&mut store, spec, 1).unwrap();
     randomize_lora_b(&store);
     tch::no_grad(|| {
         for (name, t, _) in store.iter() {
@@ -224,29 +230,23 @@ fn runner_adapters_are_the_committed_peft_checked_fixture() {
             }
         }
     });
-    let e = expected(&fixture("llama-gqa-rope"));
+    let e = expected(&fixture(base));
     let logits = eval_logits(&llama(&config, &store, Kind::Float), &e);
-    let committed = fixture("llama-gqa-rope-runner-lora");
+    let committed = fixture(committed);
     let written = tempfile::tempdir().unwrap();
     let dir = match std::env::var_os("RUNNER_BLESS") {
         Some(_) => committed.clone(),
         None => written.path().to_path_buf(),
     };
-    lora::save_peft(
-        &dir,
-        &store,
-        &spec,
-        "tests/fixtures/models/llama-gqa-rope",
-        "CAUSAL_LM",
-    )
-    .unwrap();
+    let base_path = format!("tests/fixtures/models/{base}");
+    lora::save_peft(&dir, &store, spec, &base_path, "CAUSAL_LM").unwrap();
     let inputs = [
         ("input_ids", e["input_ids"].shallow_clone()),
         ("attention_mask", e["attention_mask"].shallow_clone()),
         ("logits", logits),
     ];
     Tensor::write_safetensors(&inputs, dir.join("expected.safetensors")).unwrap();
-    let stale = "differs from the committed fixture: rerun with RUNNER_BLESS=1, then scripts/make_fixtures.py";
+    let stale = "differs from the committed fixture: rerun with RUNNER_BLESS=1, then the fixture script's check";
     for file in [lora::CONFIG, lora::WEIGHTS] {
         let (a, b) = (
             std::fs::read(dir.join(file)).unwrap(),

@@ -118,6 +118,9 @@ pub enum DataFormat {
     Instruction,
     /// Texts joined with EOS and cut into max_length blocks (LongLoRA's context-extension stage).
     PretrainText,
+    /// QA-Expert's multi-hop QA items ({question, final_answer, sub_questions [{question,
+    /// paragraph, long_answer}], src}) as its retrieve-call dialogue; loss on the assistant turns.
+    QaExpert,
 }
 
 #[derive(
