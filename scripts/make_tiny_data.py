@@ -45,13 +45,29 @@ What it makes (all under data/tiny/, deterministic: fixed seeds, no clock, no ha
     tokenizer.json         BPE, vocab exactly 512: <|endoftext|> 0 (pad), <|im_start|> 1,
                            <|im_end|> 2, <img> 3, </img> 4, <imgpad> 5; "\n" one token (ChatML).
 
+  qa_expert/  for QA-Expert-style recipes of kind longlora_sft (seed 002; khaimt/qa_expert)
+    train.json, dev.json   JSON lists in the item format of khaimaitien/qa-expert-multi-hop-qa-V1.0
+                           as its October 2023 card and the repo's train/README.md describe it:
+                           {src, question, final_answer, answer, sub_questions: [{question, answer?,
+                           paragraph, long_answer, unanswerable?}]}. Synthetic facts about made-up
+                           guilds, shops and people. Single questions (src squad.json, boolq.json)
+                           have exactly one sub-question (the reference code indexes
+                           sub_questions[0]); multi-hop ones (musicque.json: bridge questions of 2
+                           or 3 hops; gen_qa.json: comparisons of two entities) have one
+                           sub-question per hop, each paragraph holding its fact. Some questions are
+                           unanswerable from their paragraph (squad's and musique's negatives), and
+                           one item in ten is deliberately long (long paragraphs; three hops or a
+                           comparison) so that a length limit truncates it. 96 train and 16 dev
+                           items; dev entities are disjoint from train's. No tokenizer: one that
+                           knows <|bof|>, <|eof|> and <|eot|> is left to the recipe using the data.
+
 Tokenizers are trained on a separately drawn draft corpus of the same generator, then used to
 size the final items (so lengths are exact for the shipped tokenizer).
 
 How to run (from the repository root):
 
   .venv/bin/python scripts/make_tiny_data.py              # writes data/tiny/
-  .venv/bin/python scripts/make_tiny_data.py --out DIR    # writes DIR/longlora, DIR/iag
+  .venv/bin/python scripts/make_tiny_data.py --out DIR    # writes DIR/longlora, DIR/iag, ...
 
 It prints the length distributions and checks its own outputs (vocab sizes, special ids, that
 every answer is in its positive passages, that the tokenizers load with
@@ -62,6 +78,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import struct
 import sys
@@ -182,11 +199,13 @@ def longlora_length(tok, item, system=LLAMA2_SYSTEM):
     return len(source) + len(target) + 1
 
 
-def llama_tokenizer(corpus):
+def llama_tokenizer(corpus, specials=("<unk>", "<s>", "</s>", "[PAD]"), isolated=r"\[/?INST\]|<</?SYS>>|\n"):
+    """A 512-token BPE with Llama's conventions (Metaspace, single digits, BOS prepended);
+    `specials` take the first ids, `isolated` are split off before Metaspace."""
     tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(r"\[/?INST\]|<</?SYS>>|\n"), behavior="isolated"),
+            pre_tokenizers.Split(Regex(isolated), behavior="isolated"),
             pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True),
             pre_tokenizers.Digits(individual_digits=True),
         ]
@@ -195,7 +214,7 @@ def llama_tokenizer(corpus):
     trainer = trainers.BpeTrainer(
         vocab_size=512,
         min_frequency=2,
-        special_tokens=["<unk>", "<s>", "</s>", "[PAD]"],
+        special_tokens=list(specials),
         initial_alphabet=PRINTABLE + ["\u2581", "\n"],
         show_progress=False,
     )
@@ -685,6 +704,359 @@ def make_coe(out):
 
 
 # ---------------------------------------------------------------------------------------------
+# QA-Expert: multi-hop questions over synthetic facts (qa-expert-multi-hop-qa-V1.0's item format)
+# ---------------------------------------------------------------------------------------------
+
+# The system message of qa_expert/prompt_utils.py (khaimt/qa_expert), used here only to render
+# items as the reference trains on them when reporting lengths.
+QA_SYSTEM = (
+    "This is a conversation between user and an artificial intelligence assistant. "
+    "User will ask question and the assistant will use the function: `retrieve` "
+    "to retrieve the most relevant context to answer the question. "
+    "For complex question, assistant might need to use the function `retrieve` multiple times.\n"
+    "`retrieve`: this function is useful for retrieving the most relevant information given a query. "
+    "The only parameter of this function is: query(str): the query for retrieving relevant content.\n"
+)
+QA_KINDS = ["guild", "bakery", "library", "workshop", "theater", "school", "brewery", "museum"]
+QA_JOBS = ["weaver", "baker", "sailor", "painter", "miller", "potter", "singer", "smith"]
+# Sentences that carry no asked fact: the rest of a paragraph, many of them in a long one.
+QA_ORG_FILLER = [
+    "It has a small garden behind the main hall.",
+    "Its members meet every spring to elect a new leader.",
+    "The building was painted blue after a storm.",
+    "Visitors often stop there on market days.",
+    "A stone bridge leads to its front gate.",
+    "Its old records are kept in a wooden chest.",
+    "The roof was rebuilt twice in its history.",
+    "Children from nearby villages come to see it.",
+    "A bell rings there every evening at sunset.",
+    "Its cellar is said to be very cold in winter.",
+]
+QA_PERSON_FILLER = [
+    "{p} liked long walks by the river.",
+    "Friends said {p} was quiet but kind.",
+    "{p} kept a diary for many years.",
+    "{p} travelled to the coast once a year.",
+    "Late in life {p} moved to a small farm.",
+    "{p} had two brothers and a sister.",
+    "{p} wrote letters to an old teacher.",
+    "Neighbours remember {p} singing at the harvest fair.",
+]
+QA_LONG_EVERY = 10  # one item in ten is long (QA_CYCLE's fifth)
+
+
+def qa_world(rng, n_orgs):
+    """Made-up organisations, each founded by its own made-up person."""
+    seen, towns = set(), []
+    while len(towns) < 14:
+        n = name(rng, 2)
+        if n not in seen and 4 <= len(n) <= 8:
+            seen.add(n)
+            towns.append(n)
+    people = []
+    while len(people) < n_orgs:
+        full = f"{name(rng, 2)} {name(rng, 1)}"
+        if full not in seen and len(full) <= 16:
+            seen.add(full)
+            people.append({"name": full, "town": rng.choice(towns), "job": rng.choice(QA_JOBS),
+                           "born": str(rng.randint(1450, 1950))})
+    orgs, pairs = [], set()
+    while len(orgs) < n_orgs:
+        n = name(rng, 2)
+        kind, known = rng.choice(QA_KINDS), rng.choice(KNOWN_FOR)
+        if n in seen or len(n) > 9 or (kind, known) in pairs:
+            continue
+        seen.add(n)
+        pairs.add((kind, known))  # "the {kind} known for its {known}" names one organisation
+        person = people[len(orgs)]
+        orgs.append({"name": n, "kind": kind, "known": known, "town": rng.choice(towns),
+                     "year": str(int(person["born"]) + rng.randint(20, 50)), "founder": person})
+    return orgs
+
+
+# Fact sentences (the first of each list is the one answers repeat) and questions.
+QA_FACT = {
+    "year": ["{e} was founded in {v}.", "{e} was established in {v}."],
+    "town": ["{e} is a {k} in {v}.", "{e} is a {k} based in the town of {v}."],
+    "founder": ["{e} was founded by {v}.", "{v} started {e}."],
+    "known": ["{e} is known for its {v}.", "{e} is famous for its {v}."],
+    "born": ["{p} was born in {v}.", "{p} was born in the town of {v}."],
+    "job": ["{p} worked as a {v}.", "{p} was a {v} by trade."],
+}
+QA_ASK = {
+    "year": "When was {e} founded?",
+    "town": "In which town is {e}?",
+    "founder": "Who founded {e}?",
+    "born": "Where was {p} born?",
+    "which": "Which {k} is known for its {v}?",
+}
+QA_UNKNOWN = {
+    "year": "The context does not say when {e} was founded.",
+    "town": "The context does not say in which town {e} is.",
+    "founder": "The context does not say who founded {e}.",
+    "born": "The context does not say where {p} was born.",
+}
+QA_LEAD = ["According to the context, ", "The context says that "]
+
+
+def qa_fact(attr, ent, rng=None):
+    """A sentence stating `attr` of an organisation (or of a person, for born/job)."""
+    forms = QA_FACT[attr]
+    form = forms[0] if rng is None else rng.choice(forms)
+    if attr in ("born", "job"):
+        return form.format(p=ent["name"], v=ent["town" if attr == "born" else "job"])
+    v = ent["founder"]["name"] if attr == "founder" else ent[attr]
+    return form.format(e=ent["name"], k=ent["kind"], v=v)
+
+
+def qa_paragraph(rng, ent, attr, long, person=False, state=True):
+    """A retrieved paragraph about `ent`: its other facts and filler, and `attr` if `state`."""
+    own = ["born", "job"] if person else ["year", "town", "founder", "known"]
+    others = [a for a in own if a != attr]
+    n_other = len(others) if long else min(len(others), rng.randint(1, 2))
+    sentences = [qa_fact(a, ent, rng) for a in rng.sample(others, n_other)]
+    if person:
+        filler = [f.format(p=ent["name"]) for f in QA_PERSON_FILLER]
+    else:
+        filler = list(QA_ORG_FILLER)
+    sentences += rng.sample(filler, min(len(filler), rng.randint(6, 8)) if long else rng.randint(0, 1))
+    rng.shuffle(sentences)
+    if state:
+        sentences.insert(rng.randint(0, min(1, len(sentences))), qa_fact(attr, ent, rng))
+    return f"{ent['name']}. " + " ".join(sentences)  # titled, as Musique's paragraphs
+
+
+def qa_sub(rng, question, ent, attr, long, person=False, answerable=True, span=True):
+    """One sub-question: its paragraph, the complete answer, the span answer."""
+    key = "town" if attr == "born" else attr
+    value = ent["founder"]["name"] if attr == "founder" else ent[key]
+    if answerable:
+        sub = {"question": question, "paragraph": qa_paragraph(rng, ent, attr, long, person),
+               "long_answer": rng.choice(QA_LEAD) + qa_fact(attr, ent)}
+        if span:
+            sub["answer"] = value
+    else:
+        fmt = {"p": ent["name"]} if person else {"e": ent["name"]}
+        sub = {"question": question, "paragraph": qa_paragraph(rng, ent, attr, long, person, state=False),
+               "long_answer": QA_UNKNOWN[attr].format(**fmt), "unanswerable": True}
+        if span:
+            sub["answer"] = None
+    return sub
+
+
+def qa_single(rng, org, long):
+    """A single question (squad.json), sometimes unanswerable from its paragraph."""
+    attr = rng.choice(["year", "town", "founder"] + (["born"] if rng.random() < 0.3 else []))
+    ent, person = (org["founder"], True) if attr == "born" else (org, False)
+    q = QA_ASK[attr].format(e=ent["name"], p=ent["name"])
+    answerable = rng.random() >= 0.25
+    sub = qa_sub(rng, q, ent, attr, long, person, answerable)
+    return {"src": "squad.json", "question": q, "final_answer": sub["long_answer"],
+            "answer": sub["answer"], "sub_questions": [sub]}
+
+
+def qa_boolq(rng, org, towns, long):
+    """A yes/no single question (boolq.json): reasoning, then the answer."""
+    yes = rng.random() < 0.5
+    town = org["town"] if yes else rng.choice([t for t in towns if t != org["town"]])
+    q = f"Is {org['name']} in {town}?"
+    sub = {"question": q, "paragraph": qa_paragraph(rng, org, "town", long)}
+    verdict = "So the answer is yes." if yes else f"It is not in {town}, so the answer is no."
+    sub["long_answer"] = f"{rng.choice(QA_LEAD)}{qa_fact('town', org)} {verdict}"
+    return {"src": "boolq.json", "question": q, "final_answer": sub["long_answer"],
+            "answer": "yes" if yes else "no", "sub_questions": [sub]}
+
+
+def qa_bridge(rng, org, long):
+    """A bridge question (musicque.json): each hop's answer names the next hop's entity."""
+    p, k, known = org["founder"], org["kind"], org["known"]
+    which = QA_ASK["which"].format(k=k, v=known)
+    kind = "three" if long else rng.choice(["founder_born", "which_year"])
+    # Musique's negatives: the last hop's paragraph lacks its fact.
+    answerable = rng.random() >= 0.25
+    if kind == "founder_born":
+        q = f"In which town was the founder of {org['name']} born?"
+        subs = [qa_sub(rng, QA_ASK["founder"].format(e=org["name"]), org, "founder", long),
+                qa_sub(rng, QA_ASK["born"].format(p=p["name"]), p, "born", long, True, answerable)]
+        known_part = f"{p['name']} founded {org['name']}"
+        if answerable:
+            thought = f"{known_part}, and {p['name']} was born in {p['town']}."
+            final = f"The founder of {org['name']} was born in {p['town']}."
+        else:
+            thought = f"{known_part}, but the context does not say where {p['name']} was born."
+            final = f"I cannot tell where the founder of {org['name']} was born."
+    elif kind == "which_year":
+        q = f"When was the {k} known for its {known} founded?"
+        subs = [qa_sub(rng, which, org, "known", long),
+                qa_sub(rng, QA_ASK["year"].format(e=org["name"]), org, "year", long, False, answerable)]
+        subs[0]["answer"] = org["name"]
+        subs[0]["long_answer"] = f"{rng.choice(QA_LEAD)}{org['name']} is the {k} known for its {known}."
+        known_part = f"{org['name']} is the {k} known for its {known}"
+        if answerable:
+            thought = f"{known_part}, and it was founded in {org['year']}."
+            final = f"The {k} known for its {known} was founded in {org['year']}."
+        else:
+            thought = f"{known_part}, but the context does not say when it was founded."
+            final = f"I cannot tell when the {k} known for its {known} was founded."
+    else:  # three hops
+        q = f"In which town was the founder of the {k} known for its {known} born?"
+        subs = [qa_sub(rng, which, org, "known", long),
+                qa_sub(rng, QA_ASK["founder"].format(e=org["name"]), org, "founder", long),
+                qa_sub(rng, QA_ASK["born"].format(p=p["name"]), p, "born", long, True, answerable)]
+        subs[0]["answer"] = org["name"]
+        subs[0]["long_answer"] = f"{rng.choice(QA_LEAD)}{org['name']} is the {k} known for its {known}."
+        known_part = f"{org['name']} is the {k} known for its {known} and {p['name']} founded it"
+        if answerable:
+            thought = f"{known_part}; {p['name']} was born in {p['town']}."
+            final = f"The founder of the {k} known for its {known} was born in {p['town']}."
+        else:
+            thought = f"{known_part}, but the context does not say where {p['name']} was born."
+            final = f"I cannot tell where the founder of the {k} known for its {known} was born."
+    for sub in subs:
+        sub.setdefault("unanswerable", False)
+    return {"src": "musicque.json", "question": q, "final_answer": f"{thought}\nFinal answer: {final}",
+            "answer": subs[-1].get("answer"), "sub_questions": subs}
+
+
+def qa_compare(rng, a, b, long):
+    """A comparison of two entities (gen_qa.json); sub-questions carry no span answer."""
+    if rng.random() < 0.5:
+        q = f"Which was founded earlier, {a['name']} or {b['name']}?"
+        subs = [qa_sub(rng, QA_ASK["year"].format(e=e["name"]), e, "year", long, span=False) for e in (a, b)]
+        first = a if int(a["year"]) < int(b["year"]) else b
+        thought = (f"{a['name']} was founded in {a['year']} and {b['name']} was founded in {b['year']}, "
+                   f"so {first['name']} is older.")
+        final = f"{first['name']} was founded earlier."
+    else:
+        q = f"Are {a['name']} and {b['name']} in the same town?"
+        subs = [qa_sub(rng, QA_ASK["town"].format(e=e["name"]), e, "town", long, span=False) for e in (a, b)]
+        thought = f"{a['name']} is in {a['town']} and {b['name']} is in {b['town']}."
+        same = a["town"] == b["town"]
+        final = f"Yes, both are in {a['town']}." if same else "No, they are in different towns."
+    return {"src": "gen_qa.json", "question": q, "final_answer": f"{thought}\nFinal answer: {final}",
+            "answer": None, "sub_questions": subs}
+
+
+# The kinds of ten consecutive items: 40% single questions (squad, boolq), 60% multi-hop; the
+# fifth is long, a three-hop bridge or a comparison of two long paragraphs, in turn.
+QA_CYCLE = ["squad", "bridge", "compare", "squad", "long", "boolq", "bridge", "squad", "compare", "bridge"]
+
+
+def qa_item(rng, orgs, org, towns, kind, long):
+    if kind == "squad":
+        return qa_single(rng, org, long)
+    if kind == "boolq":
+        return qa_boolq(rng, org, towns, long)
+    if kind == "bridge":
+        return qa_bridge(rng, org, long)
+    # Same-town pairs now and then, so that "the same town?" is not always no; never equal years.
+    same = [o for o in orgs if o is not org and o["town"] == org["town"] and o["year"] != org["year"]]
+    others = same if same and rng.random() < 0.3 else [o for o in orgs if o is not org and o["year"] != org["year"]]
+    return qa_compare(rng, org, rng.choice(others), long)
+
+
+def qa_items(rng, orgs, towns, count):
+    """`count` items over `orgs` in QA_CYCLE's proportions, no question twice."""
+    items, asked = [], set()
+    for i in range(count):
+        kind = QA_CYCLE[i % len(QA_CYCLE)]
+        long = kind == "long"
+        if long:
+            kind = "bridge" if (i // len(QA_CYCLE)) % 2 == 0 else "compare"
+        item = qa_item(rng, orgs, orgs[i % len(orgs)], towns, kind, long)
+        while item["question"] in asked:
+            item = qa_item(rng, orgs, rng.choice(orgs), towns, kind, long)
+        asked.add(item["question"])
+        items.append(item)
+    return items
+
+
+def qa_expert_text(item):
+    """The training text khaimt/qa_expert (commit 88c788a) builds from an item, as written before
+    tokenization: "{role}: {content}<|eot|>\n" per message, the system message first."""
+    msgs = [("user", item["question"])]
+    subs = item["sub_questions"]
+    if len(subs) > 1:
+        before = None
+        for sub in subs:
+            call = "<|bof|>retrieve:\n" + json.dumps({"query": sub["question"]}, ensure_ascii=False) + "<|eof|>"
+            msgs.append(("assistant", call if before is None else f"{before}\n{call}"))
+            msgs.append(("retrieved context", sub["paragraph"]))
+            before = sub["long_answer"].strip()
+        msgs.append(("assistant", f"{before}\nSummary: {item['final_answer'].strip()}"))
+    else:
+        call = "<|bof|>retrieve:\n" + json.dumps({"query": item["question"]}, ensure_ascii=False) + "<|eof|>"
+        msgs += [("assistant", call), ("retrieved context", subs[0]["paragraph"]), ("assistant", item["final_answer"])]
+    return "".join(f"{role}: {text}<|eot|>\n" for role, text in [("system", QA_SYSTEM)] + msgs)
+
+
+QA_MARKERS = ["<|bof|>", "<|eof|>", "<|eot|>"]
+
+
+def qa_expert_stripped(item):
+    """The text as QA-Expert's tokenizer saw it: transformers 4.34's legacy added tokens strip the
+    whitespace on both sides of each marker (runner/data/qa_expert.rs does the same)."""
+    return re.sub(r"\s*(<\|bof\|>|<\|eof\|>|<\|eot\|>)\s*", r"\1", qa_expert_text(item))
+
+
+def make_qa_expert(out):
+    rng = random.Random(5005)
+    orgs = qa_world(rng, 48)
+    towns = sorted({o["town"] for o in orgs} | {o["founder"]["town"] for o in orgs})
+    data = {"train": qa_items(rng, orgs[:38], towns, 96), "dev": qa_items(rng, orgs[38:], towns, 16)}
+
+    # Checks: the format the reference reads, facts where they belong, no entity in both splits.
+    for split, items in data.items():
+        for it in items:
+            subs = it["sub_questions"]
+            assert it["question"] and it["final_answer"] and subs, it
+            assert (len(subs) == 1) == (it["src"] in ("squad.json", "boolq.json")), it
+            for sub in subs:
+                assert sub["question"] and sub["paragraph"] and sub["long_answer"], sub
+                if sub.get("answer") and not sub.get("unanswerable"):
+                    assert sub["answer"] in sub["paragraph"], sub
+                if sub.get("unanswerable"):
+                    assert "does not say" in sub["long_answer"], sub
+        questions = [it["question"] for it in items]
+        assert len(set(questions)) == len(questions), split
+    train_names = {o["name"] for o in orgs[:38]} | {o["founder"]["name"] for o in orgs[:38]}
+    dev_text = json.dumps(data["dev"])
+    assert not any(n in dev_text for n in train_names)
+
+    out.mkdir(parents=True, exist_ok=True)
+    for split, items in data.items():
+        write_json(out / f"{split}.json", items)
+
+    # A tokenizer in which the three markers are single tokens (ids 3-5; QA-Expert pads with
+    # </s>, so there is no [PAD]), trained on the training dialogues.
+    tok = llama_tokenizer(
+        [qa_expert_stripped(it) for it in data["train"]],
+        specials=["<unk>", "<s>", "</s>"] + QA_MARKERS,
+        isolated=r"<\|bof\|>|<\|eof\|>|<\|eot\|>|\n",
+    )
+    assert tok.get_vocab_size(with_added_tokens=True) == 512, tok.get_vocab_size()
+    assert [tok.token_to_id(m) for m in QA_MARKERS] == [3, 4, 5]
+    tok.save(str(out / "tokenizer.json"))
+    for split, items in data.items():
+        lengths = [len(tok.encode(qa_expert_stripped(it)).ids) for it in items]
+        over = {n: sum(n < x for x in lengths) for n in (384, 512)}
+        print(f"qa_expert {split}: tokens (BOS included) {stats(lengths)}; longer than 384: {over[384]}, 512: {over[512]}")
+
+    for split, items in data.items():
+        srcs = {s: sum(it["src"] == s for it in items) for s in ("squad.json", "boolq.json", "musicque.json", "gen_qa.json")}
+        hops = [len(it["sub_questions"]) for it in items]
+        unans = sum(any(s.get("unanswerable") for s in it["sub_questions"]) for it in items)
+        texts = [qa_expert_text(it) for it in items]
+        chars = [len(t) for t in texts]
+        words = [len(t.split()) for t in texts]
+        print(f"qa_expert {split}: {len(items)} items, src {srcs}; sub-questions 1: {hops.count(1)}, "
+              f"2: {hops.count(2)}, 3: {hops.count(3)}; with an unanswerable sub-question: {unans}")
+        print(f"  rendered training text (system message included), characters: {stats(chars)}")
+        print(f"  rendered training text, whitespace-separated words:            {stats(words)}")
+        print(f"    histogram (words): {histogram(words, [150, 200, 250, 300, 350, 400])}")
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def write_json(path, items):
@@ -728,6 +1100,7 @@ def main():
     make_longlora(args.out / "longlora")
     make_iag(args.out / "iag")
     make_coe(args.out / "coe")
+    make_qa_expert(args.out / "qa_expert")
     total = sum(p.stat().st_size for p in sorted(args.out.rglob("*")) if p.is_file())
     print(f"wrote {args.out}: {total} bytes")
     for p in sorted(args.out.rglob("*")):

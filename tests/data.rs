@@ -637,3 +637,107 @@ fn the_tiny_coe_tokenizer_has_chatmls_tokens() {
         (1, 2, 3, 4, 5)
     );
 }
+
+fn qa_item(json: &str) -> runner::data::qa_expert::Item {
+    serde_json::from_str(json).unwrap()
+}
+
+const TWO_HOP: &str = r#"{"src": "musicque.json", "question": "When was the museum known for its pear cider founded?",
+  "final_answer": " Bouxglain was founded in 1595.\nFinal answer: 1595. ",
+  "sub_questions": [
+    {"question": "Which museum is known for its \"pear\" cider?", "paragraph": "Bouxglain. It is known for its pear cider.",
+     "long_answer": " The context says that it is Bouxglain. "},
+    {"question": "When was Bouxglain founded?", "paragraph": "Bouxglain. Bouxglain was founded in 1595.",
+     "long_answer": "According to the context, Bouxglain was founded in 1595."}]}"#;
+
+/// The text QA-Expert's prompt_utils.py renders for a two-hop item (khaimt/qa_expert 88c788a),
+/// with the whitespace around the markers gone as transformers 4.34's added tokens strip it.
+#[test]
+fn a_qa_expert_dialogue_renders_as_prompt_utils_with_marker_whitespace_stripped() {
+    use runner::data::qa_expert::render;
+    let (text, targets) = render(&qa_item(TWO_HOP));
+    let system = "This is a conversation between user and an artificial intelligence assistant. User will ask question and the assistant will use the function: `retrieve` to retrieve the most relevant context to answer the question. For complex question, assistant might need to use the function `retrieve` multiple times.\n`retrieve`: this function is useful for retrieving the most relevant information given a query. The only parameter of this function is: query(str): the query for retrieving relevant content.";
+    let expected = format!(
+        "system: {system}<|eot|>user: When was the museum known for its pear cider founded?<|eot|>\
+         assistant:<|bof|>retrieve:\n{{\"query\": \"Which museum is known for its \\\"pear\\\" cider?\"}}<|eof|><|eot|>\
+         retrieved context: Bouxglain. It is known for its pear cider.<|eot|>\
+         assistant: The context says that it is Bouxglain.<|bof|>retrieve:\n{{\"query\": \"When was Bouxglain founded?\"}}<|eof|><|eot|>\
+         retrieved context: Bouxglain. Bouxglain was founded in 1595.<|eot|>\
+         assistant: According to the context, Bouxglain was founded in 1595.\nSummary: Bouxglain was founded in 1595.\nFinal answer: 1595.<|eot|>"
+    );
+    assert_eq!(text, expected);
+    let supervised: Vec<&str> = targets.iter().map(|r| &text[r.clone()]).collect();
+    assert_eq!(
+        supervised,
+        [
+            "<|bof|>retrieve:\n{\"query\": \"Which museum is known for its \\\"pear\\\" cider?\"}<|eof|><|eot|>",
+            " The context says that it is Bouxglain.<|bof|>retrieve:\n{\"query\": \"When was Bouxglain founded?\"}<|eof|><|eot|>",
+            " According to the context, Bouxglain was founded in 1595.\nSummary: Bouxglain was founded in 1595.\nFinal answer: 1595.<|eot|>",
+        ]
+    );
+}
+
+#[test]
+fn a_single_hop_item_calls_retrieve_with_its_own_question_and_answers_unstripped() {
+    let item = qa_item(
+        r#"{"question": "Where is X?", "final_answer": "X is in Y. ", "sub_questions": [
+            {"question": "ignored", "paragraph": "X. X is in Y.", "long_answer": "unused"}]}"#,
+    );
+    let (text, targets) = runner::data::qa_expert::render(&item);
+    assert!(text.ends_with(
+        "user: Where is X?<|eot|>assistant:<|bof|>retrieve:\n{\"query\": \"Where is X?\"}<|eof|><|eot|>\
+         retrieved context: X. X is in Y.<|eot|>assistant: X is in Y.<|eot|>"
+    ), "{text}");
+    assert_eq!(targets.len(), 2);
+}
+
+#[test]
+fn qa_expert_labels_cover_the_assistant_turns_and_an_empty_item_is_refused_with_its_place() {
+    use runner::data::qa_expert;
+    let tok = Tokenizer::load(std::path::Path::new("data/tiny/qa_expert/tokenizer.json")).unwrap();
+    let item = qa_item(TWO_HOP);
+    let e = qa_expert::encode(&tok, &item, usize::MAX).unwrap();
+    assert_eq!(e.ids[0], tok.id("<s>").unwrap(), "BOS first");
+    assert_eq!(*e.ids.last().unwrap(), tok.id("<|eot|>").unwrap(), "no EOS");
+    // The supervised tokens decode to the assistant turns, each through its <|eot|>.
+    let eot = tok.id("<|eot|>").unwrap();
+    let mut turns = Vec::new();
+    let mut current = Vec::new();
+    for (&id, &label) in e.ids.iter().zip(&e.labels) {
+        if label != runner::models::loss::IGNORE {
+            assert_eq!(label, id);
+            current.push(id);
+            if id == eot {
+                turns.push(tok.decode(&current, false).unwrap());
+                current.clear();
+            }
+        }
+    }
+    assert_eq!(turns.len(), 3, "{turns:?}");
+    assert!(
+        turns[0].starts_with("<|bof|>") && turns[0].ends_with("<|eof|><|eot|>"),
+        "{}",
+        turns[0]
+    );
+    assert!(
+        turns[2].contains("Summary: Bouxglain was founded in 1595."),
+        "{}",
+        turns[2]
+    );
+    // Truncation keeps the labels up to the cut.
+    let cut = qa_expert::encode(&tok, &item, 40).unwrap();
+    assert_eq!((cut.ids.len(), &cut.labels[..]), (40, &e.labels[..40]));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.json");
+    std::fs::write(
+        &path,
+        r#"[{"question": "q", "final_answer": "a", "sub_questions": []}]"#,
+    )
+    .unwrap();
+    let err = format!("{:#}", qa_expert::read(&path).unwrap_err());
+    assert!(
+        err.contains("bad.json (item 1): sub_questions is empty"),
+        "{err}"
+    );
+}
