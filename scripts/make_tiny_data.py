@@ -58,8 +58,12 @@ What it makes (all under data/tiny/, deterministic: fixed seeds, no clock, no ha
                            unanswerable from their paragraph (squad's and musique's negatives), and
                            one item in ten is deliberately long (long paragraphs; three hops or a
                            comparison) so that a length limit truncates it. 96 train and 16 dev
-                           items; dev entities are disjoint from train's. No tokenizer: one that
-                           knows <|bof|>, <|eof|> and <|eot|> is left to the recipe using the data.
+                           items; dev entities are disjoint from train's.
+    tokenizer.json         BPE, vocab exactly 512: <unk> 0, <s> 1, </s> 2, <|bof|> 3, <|eof|> 4,
+                           <|eot|> 5 (no [PAD]: QA-Expert pads with </s>); llama_tokenizer's
+                           Metaspace with "\\n" split off and single digits; post-processor
+                           prepends <s>. Trained on the training dialogues as QA-Expert tokenized
+                           them (qa_expert_stripped: no whitespace around the markers).
 
 Tokenizers are trained on a separately drawn draft corpus of the same generator, then used to
 size the final items (so lengths are exact for the shipped tokenizer).
@@ -1028,19 +1032,45 @@ def make_qa_expert(out):
         write_json(out / f"{split}.json", items)
 
     # A tokenizer in which the three markers are single tokens (ids 3-5; QA-Expert pads with
-    # </s>, so there is no [PAD]), trained on the training dialogues.
+    # </s>, so there is no [PAD]), trained on the training dialogues. Training does not split
+    # added tokens off, so each marker is given to it as "\n": a split of its own that BPE cannot
+    # merge, after which the next word gets no Metaspace prefix, as after a marker when encoding.
+    # The markers' own characters then take no merges ("<|", "|>", ...).
+    marker = re.compile("|".join(re.escape(m) for m in QA_MARKERS))
     tok = llama_tokenizer(
-        [qa_expert_stripped(it) for it in data["train"]],
+        [marker.sub("\n", qa_expert_stripped(it)) for it in data["train"]],
         specials=["<unk>", "<s>", "</s>"] + QA_MARKERS,
-        isolated=r"<\|bof\|>|<\|eof\|>|<\|eot\|>|\n",
+        isolated=r"\n",
     )
     assert tok.get_vocab_size(with_added_tokens=True) == 512, tok.get_vocab_size()
-    assert [tok.token_to_id(m) for m in QA_MARKERS] == [3, 4, 5]
-    tok.save(str(out / "tokenizer.json"))
+    tok.save(str(out / "tokenizer.json"), pretty=False)
+
+    # Checks: the ids, each marker one token, offsets that slice the text into the tokens, no
+    # token across the end of "assistant:" (the label boundary), no <unk>; then the lengths.
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    specials = ["<unk>", "<s>", "</s>"] + QA_MARKERS
+    assert [tok.token_to_id(t) for t in specials] == list(range(6)), specials
+    assert not any("|" in t and t not in QA_MARKERS and len(t) > 1 for t in tok.get_vocab()), "a marker's merge"
     for split, items in data.items():
-        lengths = [len(tok.encode(qa_expert_stripped(it)).ids) for it in items]
+        lengths = []
+        for it in items:
+            text = qa_expert_stripped(it)
+            enc = tok.encode(text)
+            assert enc.ids[0] == 1 and enc.ids[-1] == 5 and 0 not in enc.ids and 2 not in enc.ids, enc.tokens
+            spans = [(m.start(), m.end()) for m in marker.finditer(text)]
+            assert [o for i, o in zip(enc.ids, enc.offsets) if 3 <= i <= 5] == spans
+            end = 0
+            for token, (a, b) in zip(enc.tokens[1:], enc.offsets[1:]):
+                piece = token.replace("\u2581", " ")
+                assert a == end and text[a:b] == (piece[1:] if a == 0 else piece), (token, text[a:b])
+                end = b
+            assert end == len(text)
+            cuts = [m.end() for m in re.finditer("assistant:", text)]
+            assert not any(a < c < b for c in cuts for a, b in enc.offsets), it["question"]
+            lengths.append(len(enc.ids))
         over = {n: sum(n < x for x in lengths) for n in (384, 512)}
         print(f"qa_expert {split}: tokens (BOS included) {stats(lengths)}; longer than 384: {over[384]}, 512: {over[512]}")
+    check_transformers(out / "tokenizer.json", specials)
 
     for split, items in data.items():
         srcs = {s: sum(it["src"] == s for it in items) for s in ("squad.json", "boolq.json", "musicque.json", "gen_qa.json")}

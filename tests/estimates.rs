@@ -111,3 +111,34 @@ fn tied_t5_embeddings_are_named_once_as_shared() {
     let branch = (256 * 8 + 8) + (8 * 768 * 32 + 768 * 32);
     assert_eq!(adapters, 2 * branch);
 }
+
+#[test]
+fn qlora_counts_frozen_linear_weights_at_half_a_byte_plus_their_absmax() {
+    use runner::plan::estimate::quantized_bytes;
+    use runner::plan::training::Quantize;
+    let nf4 = Quantize::default(); // nf4, blocks of 64, double quantisation
+                                   // A 4096 × 4096 weight: 8,388,608 packed bytes; 262,144 blocks with an 8-bit absmax each;
+                                   // 1,024 nested fp32 scales; the fp32 offset.
+    assert_eq!(
+        quantized_bytes(4096 * 4096, &nf4),
+        8_388_608 + 262_144 + 1_024 * 4 + 4
+    );
+    let plain = Quantize {
+        double_quant: Some(false),
+        block_size: Some(128),
+        ..Quantize::default()
+    };
+    // An odd count: ceil(1001 / 2) bytes, ceil(1001 / 128) fp32 absmax.
+    assert_eq!(quantized_bytes(1001, &plain), 501 + 8 * 4);
+
+    // Seed 002's recipe: every linear weight of Mistral-7B in 4 bits, nothing else.
+    let e = count("recipes/paper/qa_expert_mistral_7b_qlora.yaml", &[]);
+    let (attention, mlp) = (4096 * (4096 + 1024 + 1024 + 4096), 3 * 4096 * 14336);
+    assert_eq!(e.quantized_params, 32 * (attention + mlp));
+    let dense = count(
+        "recipes/paper/qa_expert_mistral_7b_qlora.yaml",
+        &["training.adapter.quantize=null"],
+    );
+    let (q, d) = (e.memory_per_device.weights, dense.memory_per_device.weights);
+    assert!(q * 5 < d, "4-bit weights {q} against {d}");
+}
