@@ -9,11 +9,12 @@ use std::path::Path;
 use runner::models::adapters::lora::{self, LoraSpec};
 use runner::models::four_bit::{self, Spec};
 use runner::models::loss::causal_lm_loss;
-use runner::models::Tape;
 use runner::plan::training::QuantType;
 use tch::{Kind, Tensor};
 
-use super::{eval_logits, expected, fixture, grads, llama, load, max_diff, real_diff};
+use super::{
+    eval_logits, expected, fixture, grads, llama, load, max_diff, real_diff, train_logits,
+};
 
 fn blocks() -> HashMap<String, Tensor> {
     Tensor::read_safetensors(Path::new("tests/fixtures/nf4/blocks.safetensors"))
@@ -167,12 +168,7 @@ fn a_qlora_step_matches_transformers_bitsandbytes_and_peft() {
     assert_eq!(d, 0.0, "the quantised-at-load weight is bitsandbytes'");
 
     let model = llama(&config, &store, Kind::Float);
-    let logits = model.forward(
-        &e["input_ids"],
-        Some(&e["attention_mask"]),
-        &Tape::plain(),
-        true,
-    );
+    let logits = train_logits(&model, &e);
     let d = real_diff(&logits, &e);
     assert!(d < 1e-5, "logits differ by {d}");
     let loss = causal_lm_loss(&logits, &e["labels"]);
@@ -232,15 +228,7 @@ fn lora_on_a_quantised_base_trains_only_the_adapters() {
     );
     let model = llama(&config, &store, Kind::Float);
     let e = expected(&fixture("llama-gqa-rope"));
-    let loss = causal_lm_loss(
-        &model.forward(
-            &e["input_ids"],
-            Some(&e["attention_mask"]),
-            &Tape::plain(),
-            true,
-        ),
-        &e["labels"],
-    );
+    let loss = causal_lm_loss(&train_logits(&model, &e), &e["labels"]);
     loss.backward();
     let trained: Vec<String> = grads(&store).into_iter().map(|(n, _)| n).collect();
     assert!(trained

@@ -95,6 +95,17 @@ pub fn eval_logits(model: &Llama, e: &HashMap<String, Tensor>) -> Tensor {
     })
 }
 
+/// Training-mode logits of a decoder fixture's batch, with a graph (every fixture's dropout
+/// is 0, so they equal the evaluation logits).
+pub fn train_logits(model: &Llama, e: &HashMap<String, Tensor>) -> Tensor {
+    model.forward(
+        &e["input_ids"],
+        Some(&e["attention_mask"]),
+        &runner::models::Tape::plain(),
+        true,
+    )
+}
+
 /// The largest difference from the fixture's logits over real tokens (padded positions'
 /// logits are meaningless in both implementations).
 pub fn real_diff(logits: &Tensor, e: &HashMap<String, Tensor>) -> f64 {

@@ -7,7 +7,9 @@ use runner::models::t5::shift_right;
 use runner::models::{fid, ParamStore, Tape};
 use tch::{Kind, Tensor};
 
-use super::{eval_logits, expected, fixture, grads, llama, load, max_diff, real_diff, t5};
+use super::{
+    eval_logits, expected, fixture, grads, llama, load, max_diff, real_diff, t5, train_logits,
+};
 
 const BOUND: f64 = 1e-4;
 
@@ -284,15 +286,7 @@ fn qwen_vl_layout_with_fused_c_attn_matches_transformers_qwen2() {
     let e = expected(&fixture(name));
     let d = real_diff(&eval_logits(&model, &e), &e);
     assert!(d < BOUND, "logits differ by {d}");
-    let loss = causal_lm_loss(
-        &model.forward(
-            &e["input_ids"],
-            Some(&e["attention_mask"]),
-            &Tape::plain(),
-            true,
-        ),
-        &e["labels"],
-    );
+    let loss = causal_lm_loss(&train_logits(&model, &e), &e["labels"]);
     assert!(max_diff(&loss.view([1]), &e["loss"]) < BOUND);
     loss.backward();
     let g = |n: &str| store.get(n).unwrap().grad();
