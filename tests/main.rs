@@ -7,6 +7,7 @@ mod data;
 mod distributed;
 mod estimates;
 mod evaluation;
+mod hostile;
 mod iag;
 mod meteor;
 mod metrics;

@@ -159,6 +159,23 @@ fn a_stopped_run_resumes_to_the_same_curve_and_weights() {
     );
 }
 
+/// Killed after its last checkpoint (marked finished) but before its result was written: the
+/// rerun writes the result from that checkpoint, and the table of runs keeps one row.
+#[test]
+fn a_run_killed_before_its_result_was_written_is_completed_by_a_rerun() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run(&dir, &[]);
+    let whole = adapter(&dir);
+    std::fs::remove_file(dir.join("summary.json")).unwrap();
+    std::fs::remove_dir_all(dir.join("adapter")).unwrap();
+    run(&dir, &[]);
+    assert!(dir.join("summary.json").is_file(), "the result is written");
+    assert!(adapter(&dir) == whole, "from the last checkpoint's weights");
+    let table = std::fs::read_to_string(tmp.path().join("runs.csv")).unwrap();
+    assert_eq!(table.lines().count(), 2, "a header and one row:\n{table}");
+}
+
 #[test]
 fn a_run_killed_at_a_random_step_resumes_to_the_same_curve_and_weights() {
     let tmp = tempfile::tempdir().unwrap();

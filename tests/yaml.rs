@@ -52,3 +52,45 @@ fn anchors_and_aliases_are_copied_with_positions() {
         "t.yaml:1:12"
     );
 }
+
+/// A "billion laughs" file: 7 levels of 9 aliases each would be 4.8 million values.
+#[test]
+fn nested_aliases_stop_at_a_bound_with_a_located_error() {
+    let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+    for level in 1..8 {
+        let refs = vec![format!("*a{}", level - 1); 9].join(", ");
+        text += &format!("a{level}: &a{level} [{refs}]\n");
+    }
+    let started = std::time::Instant::now();
+    let err = runner::config::yaml::parse_with(&text, &|line, col| {
+        runner::config::Origin::file(&std::sync::Arc::new("bomb.yaml".into()), line, col)
+    })
+    .unwrap_err();
+    assert!(started.elapsed().as_secs_f64() < 1.0, "{:?}", started.elapsed());
+    assert!(
+        err.message
+            .contains("aliases copy more than 100000 values into this document"),
+        "{}",
+        err.message
+    );
+    assert_eq!(err.origin.as_ref().map(|o| o.describe()).as_deref(), Some("bomb.yaml:6:10"));
+}
+
+/// Duplicate keys are found in linear time: 100,000 keys parse quickly, and a duplicate among
+/// them is still named with both places.
+#[test]
+fn a_hundred_thousand_keys_parse_in_linear_time() {
+    let mut text: String = (0..100_000).map(|i| format!("k{i}: {i}\n")).collect();
+    let parse = |t: &str| {
+        runner::config::yaml::parse_with(t, &|line, col| {
+            runner::config::Origin::file(&std::sync::Arc::new("many.yaml".into()), line, col)
+        })
+    };
+    let started = std::time::Instant::now();
+    assert!(parse(&text).is_ok());
+    // Debug builds are several times slower than the release binary (0.1 s there).
+    assert!(started.elapsed().as_secs_f64() < 5.0, "{:?}", started.elapsed());
+    text += "k5: again\n";
+    let err = parse(&text).unwrap_err();
+    assert!(err.message.contains("duplicate key `k5`"), "{}", err.message);
+}

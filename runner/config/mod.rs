@@ -12,6 +12,7 @@ pub mod load;
 pub mod merge;
 pub mod node;
 pub mod overrides;
+pub mod safe;
 pub mod yaml;
 
 pub use check::{Mode, Schema};

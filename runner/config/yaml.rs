@@ -5,6 +5,12 @@
 //! YAML 1.2 core schema: `1e-4` is a number, `yes` is a string.
 
 use std::collections::HashMap;
+
+/// Values aliases may copy into one document, in all: far beyond any recipe, and a bound on
+/// what a "billion laughs" file of nested aliases can cost (each level multiplying the last).
+pub const MAX_ALIASED_VALUES: usize = 100_000;
+/// The largest YAML text read, in bytes.
+pub const MAX_DOCUMENT_BYTES: usize = 16 << 20;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,11 +25,23 @@ pub fn parse_with(
     text: &str,
     origin_at: &dyn Fn(usize, usize) -> Origin,
 ) -> Result<Node, Diagnostic> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(Diagnostic::error(
+            origin_at(1, 1),
+            format!(
+                "the document has {} bytes, more than the {} a recipe or sweep may have",
+                text.len(),
+                MAX_DOCUMENT_BYTES
+            ),
+        )
+        .with_hint("a recipe names its data files; it does not hold the data"));
+    }
     let mut builder = Builder {
         stack: Vec::new(),
         anchors: HashMap::new(),
         root: None,
         documents: 0,
+        aliased: 0,
         origin_at,
     };
     for event in Parser::new_from_str(text) {
@@ -55,6 +73,8 @@ enum Frame {
     },
     Map {
         entries: Vec<Entry>,
+        /// Where each key was first set, to find a duplicate in constant time.
+        seen: HashMap<String, Origin>,
         origin: Origin,
         anchor: usize,
         key: Option<(String, Origin)>,
@@ -63,9 +83,12 @@ enum Frame {
 
 struct Builder<'a> {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
+    /// Each anchored node, and how many values it holds.
+    anchors: HashMap<usize, (Node, usize)>,
     root: Option<Node>,
     documents: usize,
+    /// Values copied by aliases so far.
+    aliased: usize,
     origin_at: &'a dyn Fn(usize, usize) -> Origin,
 }
 
@@ -95,10 +118,19 @@ impl Builder<'_> {
                 self.complete(node, anchor)?;
             }
             Event::Alias(id) => {
-                let node = self.anchors.get(&id).cloned().ok_or_else(|| {
+                let (node, size) = self.anchors.get(&id).ok_or_else(|| {
                     Diagnostic::error(origin.clone(), "alias to an unknown anchor")
                         .with_hint("define the anchor with `&name` before using `*name`")
                 })?;
+                self.aliased += size;
+                if self.aliased > MAX_ALIASED_VALUES {
+                    return Err(Diagnostic::error(
+                        origin,
+                        format!("aliases copy more than {MAX_ALIASED_VALUES} values into this document"),
+                    )
+                    .with_hint("aliases nested in aliases multiply; write the values out, or use `extends:`"));
+                }
+                let node = node.clone();
                 self.complete(node, 0)?;
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
@@ -108,6 +140,7 @@ impl Builder<'_> {
             }),
             Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
                 entries: Vec::new(),
+                seen: HashMap::new(),
                 origin,
                 anchor,
                 key: None,
@@ -137,12 +170,14 @@ impl Builder<'_> {
     /// A finished node goes into its parent: a sequence item, a mapping key, or a mapping value.
     fn complete(&mut self, node: Node, anchor: usize) -> Result<(), Diagnostic> {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), values(&node)));
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, key, .. }) => match key.take() {
+            Some(Frame::Map {
+                entries, seen, key, ..
+            }) => match key.take() {
                 None => {
                     let name = match (&node.value, &node.raw) {
                         (Value::Str(s), _) => s.clone(),
@@ -162,11 +197,12 @@ impl Builder<'_> {
                         )
                         .with_hint("use `extends:` to build on another file or mapping"));
                     }
-                    if let Some(first) = entries.iter().find(|e| e.key == name) {
+                    if let Some(first) = seen.get(&name) {
                         return Err(Diagnostic::error(node.origin, format!("duplicate key `{name}`"))
                             .with_hint("remove one of the two; a later file or override can replace a value instead")
-                            .with_note(first.key_origin.clone(), "first set here"));
+                            .with_note(first.clone(), "first set here"));
                     }
+                    seen.insert(name.clone(), node.origin.clone());
                     *key = Some((name, node.origin));
                 }
                 Some((name, key_origin)) => entries.push(Entry {
@@ -177,6 +213,15 @@ impl Builder<'_> {
             },
         }
         Ok(())
+    }
+}
+
+/// How many values a node holds, itself included.
+fn values(node: &Node) -> usize {
+    1 + match &node.value {
+        Value::Seq(items) => items.iter().map(values).sum(),
+        Value::Map(entries) => entries.iter().map(|e| values(&e.value)).sum(),
+        _ => 0,
     }
 }
 

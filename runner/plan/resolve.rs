@@ -9,6 +9,7 @@ use super::recipe::{Recipe, KINDS};
 use super::schema::{def_for_kind, schema};
 use super::Plan;
 use crate::config::diagnostic::did_you_mean;
+use crate::config::safe::name_problem;
 use crate::config::{load, Diagnostic, Mode, Node, Origin, Override};
 
 /// The `kind` of sweep files, which `runner sweep` runs (a recipe file is run by `runner run`).
@@ -125,6 +126,13 @@ fn check(plan: &Plan) -> Vec<Diagnostic> {
         &parts,
     );
     recipe.check(&mut c);
+    if let Some(problem) = name_problem(plan.recipe.name()) {
+        c.fail(
+            &["name"],
+            format!("the name names the run's folder, and {problem}"),
+            "use letters, digits, _ - and . (one folder name, such as tiny-qlora_2)",
+        );
+    }
     for input in recipe.input_recipes() {
         input_recipe(&mut c, plan, &input);
     }

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use super::spec::{Distribution, Method, Parameter, SweepSpec};
 use crate::config::diagnostic::did_you_mean;
+use crate::config::safe::{name_problem, slurm_value_problem};
 use crate::config::{Diagnostic, Mode, Node, Origin, Override, Schema};
 use crate::plan::resolve::{load_tree, plan_from_tree};
 use crate::plan::schema::{def_for_kind, schema};
@@ -28,6 +29,30 @@ pub fn check(path: &Path, tree: &mut Node) -> Result<SweepSpec, Vec<Diagnostic>>
         tree.at(keys)
             .map_or_else(|| Origin::start_of(path), |n| n.origin.clone())
     };
+
+    // Values that reach a folder name or the Slurm job script.
+    if let Some(problem) = name_problem(&spec.name) {
+        errors.push(
+            Diagnostic::error(
+                at(&["name"]),
+                format!("the name names the sweep's folder, and {problem}"),
+            )
+            .with_hint("use letters, digits, _ - and . (one folder name)"),
+        );
+    }
+    if let Some(slurm) = &spec.slurm {
+        for (key, value) in slurm.text_values() {
+            if let Some(problem) = value.and_then(slurm_value_problem) {
+                errors.push(
+                    Diagnostic::error(at(&["slurm", key]), problem)
+                        .with_hint("write the value as sbatch takes it on its command line"),
+                );
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
 
     // The base recipe, with the fixed overrides.
     let recipe_path = path.parent().unwrap_or(Path::new("")).join(&spec.recipe);

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::local::{Ended, Job};
 use super::record::Status;
 use super::spec::Slurm;
+use crate::config::safe::{shell_quote, slurm_value_problem};
 use crate::files::{read_json, write_atomic};
 
 /// Slurm resources given on the command line; each one set replaces the sweep file's.
@@ -92,11 +93,11 @@ fn script(
         s += "#SBATCH --gpus-per-task=1\n";
     }
     s += "set -euo pipefail\n";
-    s += &format!("cd '{}'\n", cwd.display());
+    s += &format!("cd {}\n", shell_quote(&cwd.display().to_string()));
     s += "export OMP_NUM_THREADS=\"${SLURM_CPUS_PER_TASK:-1}\"\n";
     s += &format!(
-        "mapfile -t ARGS < '{}/slurm/trial-'\"$SLURM_ARRAY_TASK_ID\"'.args'\n",
-        dir.display()
+        "mapfile -t ARGS < {}\"$SLURM_ARRAY_TASK_ID\"'.args'\n",
+        shell_quote(&format!("{}/slurm/trial-", dir.display()))
     );
     // Several ranks are the tasks of one job step (runner reads srun's variables).
     let launch = match ranks > 1 {
@@ -104,8 +105,8 @@ fn script(
         false => "",
     };
     s += &format!(
-        "exec {launch}'{}' \"${{ARGS[@]:1}}\" > \"${{ARGS[0]}}\" 2>&1\n",
-        runner.display()
+        "exec {launch}{} \"${{ARGS[@]:1}}\" > \"${{ARGS[0]}}\" 2>&1\n",
+        shell_quote(&runner.display().to_string())
     );
     s
 }
@@ -125,9 +126,23 @@ pub fn run(
     max_parallel: u32,
     mut ended: impl FnMut(Ended) -> Result<()>,
 ) -> Result<()> {
+    for (key, value) in resources.text_values() {
+        if let Some(problem) = value.and_then(slurm_value_problem) {
+            bail!("--{key}: {problem}\n  hint: write the value as sbatch takes it on its command line");
+        }
+    }
     let dir = absolute(dir)?;
     let cwd = std::env::current_dir()?;
     let runner = std::env::current_exe().context("locating the runner executable")?;
+    // `#SBATCH` lines are read by sbatch, not the shell: a line break would start a new one.
+    for path in [&dir, &cwd, &runner] {
+        if path.display().to_string().contains(['\n', '\r']) {
+            bail!(
+                "{:?}: a path with a line break cannot go into a Slurm job script",
+                path
+            );
+        }
+    }
     let slurm_dir = dir.join("slurm");
     std::fs::create_dir_all(dir.join("logs"))?;
     std::fs::create_dir_all(&slurm_dir)?;

@@ -139,3 +139,14 @@ pub struct Slurm {
     #[serde(default)]
     pub mem: Option<String>,
 }
+
+impl Slurm {
+    /// The resources written as text into the job script, by key.
+    pub fn text_values(&self) -> [(&'static str, Option<&str>); 3] {
+        [
+            ("partition", self.partition.as_deref()),
+            ("time", self.time.as_deref()),
+            ("mem", self.mem.as_deref()),
+        ]
+    }
+}

@@ -87,13 +87,33 @@ pub fn train(
     let resumed_from = checkpoint.as_ref().map(|c| c.state.step);
     if let Some(c) = checkpoint.as_ref().filter(|c| c.state.finished) {
         // A finished run is reported, not trained again.
-        return Ok(Summary {
+        let summary = Summary {
             dir: run.path.clone(),
             steps: c.state.step,
             final_loss: c.state.loss.unwrap_or(f64::NAN),
             best: c.state.best,
             resumed_from,
-        });
+        };
+        if !main || run.path.join(SUMMARY).exists() {
+            return Ok(summary);
+        }
+        // Killed after its last checkpoint, before its result was written (summary.json is
+        // written last): write the result from that checkpoint.
+        let state = c.state.clone();
+        let c = checkpoint.expect("matched above");
+        restore(&params, c.trainable)
+            .with_context(|| format!("completing from {}", c.dir.display()))?;
+        task.save(&run.path)?;
+        write_summary(
+            plan,
+            task,
+            &summary,
+            &state,
+            runs_table(options),
+            inputs,
+            None,
+        )?;
+        return Ok(summary);
     }
     if let Some(c) = checkpoint {
         restore(&params, c.trainable)
@@ -280,13 +300,27 @@ pub fn train(
         return Ok(summary);
     }
     task.save(&run.path)?;
-    // The table of runs: results/runs.csv, or beside an explicit --out directory.
-    let index = match &options.out {
+    write_summary(
+        plan,
+        task,
+        &summary,
+        &state,
+        runs_table(options),
+        inputs,
+        peak_memory,
+    )?;
+    Ok(summary)
+}
+
+/// A finished run's mark, written after everything else it writes.
+const SUMMARY: &str = "summary.json";
+
+/// The table of runs: results/runs.csv, or beside an explicit --out directory.
+fn runs_table(options: &RunOptions) -> PathBuf {
+    match &options.out {
         Some(out) => out.parent().unwrap_or(Path::new(".")).join("runs.csv"),
         None => PathBuf::from("results/runs.csv"),
-    };
-    write_summary(plan, task, &summary, &state, index, inputs, peak_memory)?;
-    Ok(summary)
+    }
 }
 
 /// Evaluates at `step` and, on rank 0, logs the metrics, the samples and the evaluation's
@@ -462,7 +496,8 @@ fn weight_bytes(task: &dyn Task) -> u64 {
     task.stores().iter().map(|(_, store)| store.bytes()).sum()
 }
 
-/// `summary.json` in the run directory and one row appended to the table of runs.
+/// One row appended to the table of runs (once per run directory), then `summary.json` in the
+/// run directory: last, as the mark that the run's results are all written.
 /// `peak_memory` is the measured peak of a rank (bytes beyond what the process held before its
 /// weights), written beside the plan's estimate.
 fn write_summary(
@@ -509,11 +544,11 @@ fn write_summary(
         "parameters": counts,
         "versions": { "runner": env!("CARGO_PKG_VERSION"), "tch": "0.24.0", "libtorch": "2.11.0" },
     });
+    append_run_row(&index, plan, s, state)?;
     write_atomic(
-        &s.dir.join("summary.json"),
+        &s.dir.join(SUMMARY),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    append_run_row(&index, plan, s, state)
+    )
 }
 
 fn append_run_row(path: &Path, plan: &Plan, s: &Summary, state: &RunState) -> Result<()> {
@@ -521,6 +556,15 @@ fn append_run_row(path: &Path, plan: &Plan, s: &Summary, state: &RunState) -> Re
         std::fs::create_dir_all(parent)?;
     }
     let new = !path.exists();
+    // A run completed after a kill may have appended its row already.
+    let dir = s.dir.display().to_string();
+    if !new
+        && std::fs::read_to_string(path)?
+            .lines()
+            .any(|l| l.split(',').nth(3) == Some(dir.as_str()))
+    {
+        return Ok(());
+    }
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
@@ -539,7 +583,7 @@ fn append_run_row(path: &Path, plan: &Plan, s: &Summary, state: &RunState) -> Re
         plan.recipe.name(),
         plan.recipe.kind(),
         &plan.hash[..12],
-        s.dir.display(),
+        dir,
         s.steps,
         s.final_loss,
         state.seconds

@@ -1,0 +1,105 @@
+//! Hostile values that reach a folder name or a generated shell script: each is refused where it
+//! is written, and the one quoting function passes any text through a shell unexpanded.
+
+use std::path::Path;
+use std::process::Command;
+
+use runner::config::safe::shell_quote;
+
+/// Texts that would run something, or leave a folder, if they reached a script or path raw.
+const HOSTILE: [&str; 7] = [
+    "a\nb",
+    "x'; touch PWNED; '",
+    "$(touch PWNED)",
+    "`touch PWNED`",
+    "a;touch PWNED",
+    "\"quoted\" name",
+    "../../outside",
+];
+
+fn validate(file: &Path) -> (i32, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("validate")
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    (o.status.code().unwrap_or(-1), text)
+}
+
+fn yaml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+#[test]
+fn hostile_names_and_slurm_values_are_refused_at_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = std::fs::canonicalize("recipes/tiny/longlora_sft.yaml").unwrap();
+    for value in HOSTILE {
+        // A recipe's name names its run folder.
+        let file = dir.path().join("recipe.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "extends: {}\nname: {}\n",
+                recipe.display(),
+                yaml_string(value)
+            ),
+        )
+        .unwrap();
+        let (code, text) = validate(&file);
+        assert_eq!(code, 1, "{value:?}: {text}");
+        assert!(
+            text.contains("recipe.yaml:2:7: error: the name names the run's folder"),
+            "{value:?}: {text}"
+        );
+
+        // A sweep's name, and each Slurm value the job script holds.
+        for (line, key) in [(2, "name"), (8, "partition"), (9, "time"), (10, "mem")] {
+            let mut fields = [
+                ("name", "s".to_string()),
+                ("partition", "debug".to_string()),
+                ("time", "00:10:00".to_string()),
+                ("mem", "1G".to_string()),
+            ];
+            fields.iter_mut().find(|(k, _)| *k == key).unwrap().1 = yaml_string(value);
+            let [name, partition, time, mem] = fields.map(|(_, v)| v);
+            let sweep = dir.path().join("sweep.yaml");
+            std::fs::write(
+                &sweep,
+                format!(
+                    "kind: sweep\nname: {name}\nrecipe: {}\nparameters:\n  training.optimizer.lr:\n    values: [1.0e-3]\nslurm:\n  partition: {partition}\n  time: {time}\n  mem: {mem}\nmetric:\n  name: eval/loss\n  goal: minimize\n",
+                    recipe.display()
+                ),
+            )
+            .unwrap();
+            let (code, text) = validate(&sweep);
+            assert_eq!(code, 1, "{key} = {value:?}: {text}");
+            let column = if key == "name" { 7 } else { key.len() + 5 };
+            assert!(
+                text.contains(&format!("sweep.yaml:{line}:{column}: error:")),
+                "{key} = {value:?}: {text}"
+            );
+        }
+    }
+    assert!(!Path::new("PWNED").exists());
+}
+
+#[test]
+fn quoted_words_reach_a_shell_unexpanded() {
+    let dir = tempfile::tempdir().unwrap();
+    for value in HOSTILE
+        .iter()
+        .chain(&["", "'", "''\\'", "a b\tc", "$HOME", "~"])
+    {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", shell_quote(value)))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{value:?}");
+        assert_eq!(String::from_utf8_lossy(&o.stdout), *value);
+    }
+    assert!(!dir.path().join("PWNED").exists(), "nothing ran");
+}
