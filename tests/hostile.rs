@@ -103,3 +103,29 @@ fn quoted_words_reach_a_shell_unexpanded() {
     }
     assert!(!dir.path().join("PWNED").exists(), "nothing ran");
 }
+
+/// 100,000 unknown keys: the first 100 are reported with their hints, the rest counted, and
+/// the check stays linear (0.6 s with the release binary; debug builds are slower).
+#[test]
+fn a_file_of_a_hundred_thousand_unknown_keys_is_checked_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.yaml");
+    let keys: String = (0..100_000).map(|i| format!("k{i}: {i}\n")).collect();
+    std::fs::write(&file, format!("kind: longlora_sft\n{keys}")).unwrap();
+    let started = std::time::Instant::now();
+    let (code, text) = validate(&file);
+    assert!(
+        started.elapsed().as_secs_f64() < 15.0,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, 1);
+    assert!(
+        text.contains("many.yaml:2:1: error: unknown key `k0` at the top level"),
+        "{text}"
+    );
+    assert!(
+        text.contains("… and 99905 more problems like those above"),
+        "{text}"
+    );
+}

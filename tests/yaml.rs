@@ -66,14 +66,21 @@ fn nested_aliases_stop_at_a_bound_with_a_located_error() {
         runner::config::Origin::file(&std::sync::Arc::new("bomb.yaml".into()), line, col)
     })
     .unwrap_err();
-    assert!(started.elapsed().as_secs_f64() < 1.0, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed().as_secs_f64() < 1.0,
+        "{:?}",
+        started.elapsed()
+    );
     assert!(
         err.message
             .contains("aliases copy more than 100000 values into this document"),
         "{}",
         err.message
     );
-    assert_eq!(err.origin.as_ref().map(|o| o.describe()).as_deref(), Some("bomb.yaml:6:10"));
+    assert_eq!(
+        err.origin.as_ref().map(|o| o.describe()).as_deref(),
+        Some("bomb.yaml:6:10")
+    );
 }
 
 /// Duplicate keys are found in linear time: 100,000 keys parse quickly, and a duplicate among
@@ -89,8 +96,16 @@ fn a_hundred_thousand_keys_parse_in_linear_time() {
     let started = std::time::Instant::now();
     assert!(parse(&text).is_ok());
     // Debug builds are several times slower than the release binary (0.1 s there).
-    assert!(started.elapsed().as_secs_f64() < 5.0, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed().as_secs_f64() < 5.0,
+        "{:?}",
+        started.elapsed()
+    );
     text += "k5: again\n";
     let err = parse(&text).unwrap_err();
-    assert!(err.message.contains("duplicate key `k5`"), "{}", err.message);
+    assert!(
+        err.message.contains("duplicate key `k5`"),
+        "{}",
+        err.message
+    );
 }

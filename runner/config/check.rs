@@ -75,8 +75,15 @@ impl Schema {
             mode,
             path: Vec::new(),
             errors: Vec::new(),
+            more: 0,
         };
         walk.node(node, schema, at);
+        if walk.more > 0 {
+            walk.errors.push(Diagnostic::error(
+                at.clone(),
+                format!("… and {} more problems like those above", walk.more),
+            ));
+        }
         walk.errors
     }
 
@@ -221,11 +228,17 @@ fn format_bounds(format: &str) -> Option<(f64, f64)> {
     })
 }
 
+/// Problems reported one by one; beyond them a file gets one line counting the rest (a file
+/// of 100,000 unknown keys would otherwise cost a did-you-mean search each).
+const MAX_REPORTED: usize = 100;
+
 struct Walk<'a> {
     schema: &'a Schema,
     mode: Mode,
     path: Vec<String>,
     errors: Vec<Diagnostic>,
+    /// Problems found beyond `MAX_REPORTED`.
+    more: usize,
 }
 
 impl Walk<'_> {
@@ -238,8 +251,17 @@ impl Walk<'_> {
     }
 
     fn error(&mut self, origin: &Origin, message: String, hint: String) {
-        self.errors
-            .push(Diagnostic::error(origin.clone(), message).with_hint(hint));
+        if !self.counted_only() {
+            self.errors
+                .push(Diagnostic::error(origin.clone(), message).with_hint(hint));
+        }
+    }
+
+    /// True, and counted, once `MAX_REPORTED` problems are reported.
+    fn counted_only(&mut self) -> bool {
+        let full = self.errors.len() >= MAX_REPORTED;
+        self.more += usize::from(full);
+        full
     }
 
     /// `at` is where to report problems of the node as a whole (its key, if it has one).
@@ -390,6 +412,7 @@ impl Walk<'_> {
                     self.node(&mut entry.value, sub, &entry.key_origin);
                     self.path.pop();
                 }
+                None if extra == Some(&J::Bool(false)) && self.counted_only() => {}
                 None if extra == Some(&J::Bool(false)) => {
                     let names: Vec<&str> = properties
                         .map(|p| p.keys().map(String::as_str).collect())
@@ -592,7 +615,7 @@ impl Walk<'_> {
 
     /// Untagged alternatives: the first that fits, or else the errors of the closest one.
     fn best_of(&mut self, node: &mut Node, alts: &[&J], at: &Origin) {
-        let mut best: Option<(Vec<Diagnostic>, Node)> = None;
+        let mut best: Option<(Vec<Diagnostic>, usize, Node)> = None;
         for alt in alts {
             let mut trial = node.clone();
             let mut walk = Walk {
@@ -600,21 +623,24 @@ impl Walk<'_> {
                 mode: self.mode,
                 path: self.path.clone(),
                 errors: Vec::new(),
+                more: 0,
             };
             walk.node(&mut trial, alt, at);
             if walk.errors.is_empty() {
                 *node = trial;
                 return;
             }
+            let count = walk.errors.len() + walk.more;
             if best
                 .as_ref()
-                .is_none_or(|(errors, _)| walk.errors.len() < errors.len())
+                .is_none_or(|(errors, more, _)| count < errors.len() + more)
             {
-                best = Some((walk.errors, trial));
+                best = Some((walk.errors, walk.more, trial));
             }
         }
-        if let Some((errors, _)) = best {
+        if let Some((errors, more, _)) = best {
             self.errors.extend(errors);
+            self.more += more;
         }
     }
 }
