@@ -244,6 +244,53 @@ fn a_diverging_run_stops_naming_the_step_and_the_last_checkpoint() {
     );
 }
 
+/// An infinite gradient norm (lr 100) stops the run before the update, naming a checkpoint
+/// whose weights are all finite; with `training.skip_nonfinite_steps` such steps are skipped
+/// and counted instead.
+#[test]
+fn a_non_finite_gradient_stops_before_the_update_or_is_skipped_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "training.optimizer.lr=100",
+        "training.schedule.warmup_steps=1",
+        "training.max_grad_norm=null",
+        "output.checkpoint_every_steps=1",
+    ];
+    let o = runner(&tmp.path().join("stop"), &args).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("the gradient norm is inf; the step was not applied"),
+        "{text}"
+    );
+    let named = text
+        .split("the last good checkpoint is ")
+        .nth(1)
+        .map(|rest| rest.lines().next().unwrap_or_default().trim().to_string())
+        .unwrap();
+    let tensors =
+        tch::Tensor::read_safetensors(Path::new(&named).join("trainable.safetensors")).unwrap();
+    for (name, t) in tensors {
+        assert_eq!(
+            t.isfinite().all().int64_value(&[]),
+            1,
+            "{named}: {name} is not finite"
+        );
+    }
+
+    let skipping = tmp.path().join("skip");
+    let mut extra = args.to_vec();
+    extra.push("training.skip_nonfinite_steps=true");
+    let o = run(&skipping, &extra);
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(text.contains("step skipped"), "{text}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(skipping.join("summary.json")).unwrap())
+            .unwrap();
+    let skipped = summary["skipped_steps"].as_u64().unwrap();
+    assert!(skipped > 0 && skipped <= 12, "{summary}");
+}
+
 #[test]
 fn step_zero_names_every_trainable_parameter_without_a_usable_gradient() {
     use runner::models::adapters::lora::{self, LoraSpec};

@@ -44,6 +44,10 @@ pub struct Training {
     /// Stop when the evaluation metric has not improved for `patience` evaluations.
     #[serde(default)]
     pub early_stopping: Option<EarlyStopping>,
+    /// Skip (and count) a step whose gradient norm is not finite, as mixed-precision loss
+    /// scalers do, instead of stopping the run.
+    #[serde(default)]
+    pub skip_nonfinite_steps: bool,
 }
 
 fn one() -> u32 {

@@ -127,6 +127,13 @@ impl MetricsLog {
         let _ = err.flush();
     }
 
+    /// A warning on its own line (the progress line is redrawn after it).
+    pub fn warn(&self, line: &str) {
+        let mut err = std::io::stderr().lock();
+        let clear = if self.terminal { "\r\x1b[2K" } else { "" };
+        let _ = writeln!(err, "{clear}warning: {line}");
+    }
+
     pub fn end_progress(&self) {
         if self.terminal {
             eprintln!();

@@ -43,6 +43,9 @@ pub struct RunState {
     /// Training ended here (all steps, or early stopping): running the plan again only reports.
     #[serde(default)]
     pub finished: bool,
+    /// Steps whose gradient was not finite and were skipped (`training.skip_nonfinite_steps`).
+    #[serde(default)]
+    pub skipped_steps: u64,
 }
 
 pub struct Checkpoint {

@@ -188,11 +188,12 @@ pub fn train(
             if !value.is_finite() {
                 bail!(
                     "step {}: the loss is {value} (micro-batch {} of epoch {})\n  hint: lower training.optimizer.lr or use fp32; the last good checkpoint is {}",
-                    state.step,
+                    state.step + 1,
                     position.offset,
                     position.epoch,
                     last_checkpoint.as_ref().map_or("none (no checkpoint yet)".into(), |p| p.display().to_string())
                 );
+                // Every checkpoint was written with finite weights (checked each step).
             }
             tape.backward(&(loss / accumulation as f64));
             loss_sum += value / accumulation as f64;
@@ -203,6 +204,34 @@ pub fn train(
         // A kind's own training metrics (CoE's per-task losses) are rank 0's micro-batches'.
         let step_metrics = task.step_metrics();
         let grad_norm = optimizer.step(&params, lr, t.max_grad_norm, dp)?;
+        let last_good = || {
+            last_checkpoint
+                .as_ref()
+                .map_or("none (no checkpoint yet)".into(), |p| {
+                    p.display().to_string()
+                })
+        };
+        if !grad_norm.is_finite() {
+            if !t.skip_nonfinite_steps {
+                bail!(
+                    "step {}: the gradient norm is {grad_norm}; the step was not applied\n  hint: lower training.optimizer.lr or use fp32 (or set training.skip_nonfinite_steps to skip such steps); the last good checkpoint is {}",
+                    state.step + 1,
+                    last_good()
+                );
+            }
+            state.skipped_steps += 1;
+            log.warn(&format!(
+                "step {}: gradient norm {grad_norm}, step skipped ({} so far)",
+                state.step + 1,
+                state.skipped_steps
+            ));
+        } else if !all_finite(&params) {
+            bail!(
+                "step {}: the update made weights non-finite (gradient norm {grad_norm})\n  hint: lower training.optimizer.lr; the last good checkpoint is {}",
+                state.step + 1,
+                last_good()
+            );
+        }
         // The global batch's loss (each rank's is the mean of its micro-batches) and counts.
         let totals = dp.sum(&[loss_sum, tokens as f64, samples as f64])?;
         let loss_sum = totals[0] / dp.size() as f64;
@@ -410,6 +439,14 @@ pub fn restore(params: &[(String, Tensor)], saved: Vec<(String, Tensor)>) -> Res
     Ok(())
 }
 
+/// Whether every trainable weight is finite (checked after each update, so that no checkpoint
+/// holds a NaN).
+fn all_finite(params: &[(String, Tensor)]) -> bool {
+    params
+        .iter()
+        .all(|(_, p)| p.isfinite().all().int64_value(&[]) == 1)
+}
+
 /// After the first backward pass, every trainable parameter must have a finite gradient, and a
 /// non-zero one unless it is a LoRA A whose B is still zero (PEFT's init makes that so).
 pub fn check_gradients(params: &[(String, Tensor)]) -> Result<()> {
@@ -540,6 +577,7 @@ fn write_summary(
             },
         },
         "train_seconds": state.seconds,
+        "skipped_steps": state.skipped_steps,
         "device": format!("{:?}", task.device()),
         "parameters": counts,
         "versions": { "runner": env!("CARGO_PKG_VERSION"), "tch": "0.24.0", "libtorch": "2.11.0" },

@@ -75,7 +75,7 @@ impl Update {
 
     /// One optimizer step at learning rate `lr` on the gradients backward left: averaged over
     /// the ranks, clipped to `max_norm`; gradients are zeroed (or dropped) after. Returns the
-    /// global gradient norm before clipping.
+    /// global gradient norm before clipping; when it is not finite, nothing is updated.
     pub fn step(
         &mut self,
         params: &[(String, Tensor)],
@@ -88,7 +88,10 @@ impl Update {
                 let tensors: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
                 dp.average_gradients(&tensors)?;
                 let norm = clip_grad_norm(params, max_norm);
-                adamw.step(params, lr);
+                // A non-finite gradient is not applied (the caller stops, or skips the step).
+                if norm.is_finite() {
+                    adamw.step(params, lr);
+                }
                 zero_grad(params);
                 Ok(norm)
             }
@@ -159,6 +162,10 @@ impl Sharded {
             .map(|s| s.square().sum(Kind::Float).double_value(&[]))
             .sum();
         let norm = dp.sum(&[local])?[0].sqrt();
+        if !norm.is_finite() {
+            // Every rank has the same norm, so every rank skips the update alike.
+            return Ok(norm);
+        }
         let scale = max_norm.map_or(1.0, |max| max / (norm + 1e-6));
         self.adamw.steps += 1;
         let t = self.adamw.steps;
