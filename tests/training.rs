@@ -176,6 +176,43 @@ fn a_run_killed_before_its_result_was_written_is_completed_by_a_rerun() {
     assert_eq!(table.lines().count(), 2, "a header and one row:\n{table}");
 }
 
+/// A checkpoint that fails verification (a truncated file, a flipped byte) is skipped for the
+/// one before it, and the run still ends with the uninterrupted run's weights.
+#[test]
+fn a_damaged_checkpoint_is_skipped_for_the_newest_good_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    run(&whole, &[]);
+    for damage in ["truncate", "flip"] {
+        let parts = tmp.path().join(damage);
+        run(&parts, &["--stop-after", "7"]);
+        let file = parts.join("checkpoints/step-00000006/trainable.safetensors");
+        let mut bytes = std::fs::read(&file).unwrap();
+        match damage {
+            "truncate" => bytes.truncate(bytes.len() / 2),
+            _ => {
+                let at = bytes.len() - 3;
+                bytes[at] ^= 0x40;
+            }
+        }
+        std::fs::write(&file, bytes).unwrap();
+        let o = run(&parts, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("warning: skipping checkpoint"),
+            "{damage}: {err}"
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("resumed from step 3"),
+            "{damage}"
+        );
+        assert!(
+            adapter(&parts) == adapter(&whole),
+            "{damage}: the final weights"
+        );
+    }
+}
+
 #[test]
 fn a_run_killed_at_a_random_step_resumes_to_the_same_curve_and_weights() {
     let tmp = tempfile::tempdir().unwrap();

@@ -128,10 +128,19 @@ impl RunDir {
         .latest()
     }
 
+    /// The newest checkpoint that verifies (its files' digests, finite weights); one that does
+    /// not is skipped, saying so on stderr, for the one before it.
     fn latest(self) -> Result<(RunDir, Option<Checkpoint>)> {
-        let latest = self.checkpoints()?.pop();
-        let checkpoint = latest.map(|(_, dir)| load(&dir)).transpose()?;
-        Ok((self, checkpoint))
+        for (_, dir) in self.checkpoints()?.into_iter().rev() {
+            match load(&dir) {
+                Ok(checkpoint) => return Ok((self, Some(checkpoint))),
+                Err(e) => eprintln!(
+                    "warning: skipping checkpoint {}: {e:#}; resuming from the one before",
+                    dir.display()
+                ),
+            }
+        }
+        Ok((self, None))
     }
 
     /// Whole checkpoints, oldest first, with their step.
@@ -185,6 +194,20 @@ impl RunDir {
             &partial.join("state.json"),
             serde_json::to_string_pretty(state)?.as_bytes(),
         )?;
+        // Written last inside the checkpoint: what a resume verifies the files against.
+        let digests: serde_json::Map<String, Value> = CHECKED
+            .iter()
+            .map(|name| {
+                Ok((
+                    (*name).to_string(),
+                    Value::from(digest(&partial.join(name))?),
+                ))
+            })
+            .collect::<Result<_>>()?;
+        write_atomic(
+            &partial.join(DIGESTS),
+            serde_json::to_string_pretty(&digests)?.as_bytes(),
+        )?;
         if dir.exists() {
             fs::remove_dir_all(&dir)?;
         }
@@ -206,11 +229,45 @@ impl RunDir {
     }
 }
 
-/// Reads a whole checkpoint directory (`checkpoints/step-N`).
+/// The files of a checkpoint whose digests it records.
+const CHECKED: [&str; 3] = [
+    "trainable.safetensors",
+    "optimizer.safetensors",
+    "state.json",
+];
+const DIGESTS: &str = "digests.json";
+
+/// blake3 of a file, hex.
+fn digest(path: &Path) -> Result<String> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(blake3::hash(&bytes).to_hex().to_string())
+}
+
+/// Reads a whole checkpoint directory (`checkpoints/step-N`), verified: each file has the
+/// digest recorded when it was written (checkpoints older than digests are taken as they are),
+/// and every weight and moment is finite.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let digests = dir.join(DIGESTS);
+    if digests.is_file() {
+        let recorded: Value = serde_json::from_str(&fs::read_to_string(&digests)?)
+            .with_context(|| format!("{}: not valid JSON", digests.display()))?;
+        for name in CHECKED {
+            if recorded[name].as_str() != Some(digest(&dir.join(name))?.as_str()) {
+                bail!("{name} is not the file that was written (its digest differs)");
+            }
+        }
+    }
     let read = |name: &str| {
         let path = dir.join(name);
-        Tensor::read_safetensors(&path).with_context(|| format!("cannot read {}", path.display()))
+        let tensors = Tensor::read_safetensors(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if let Some((bad, _)) = tensors
+            .iter()
+            .find(|(_, t)| t.isfinite().all().int64_value(&[]) == 0)
+        {
+            bail!("{}: `{bad}` holds non-finite values", path.display());
+        }
+        Ok(tensors)
     };
     let state_path = dir.join("state.json");
     let state: RunState = serde_json::from_str(&fs::read_to_string(&state_path)?)

@@ -85,6 +85,8 @@ pub fn train(
     let mut optimizer = Update::new(AdamW::new(&t.optimizer), &params, dp);
     let mut state = RunState::default();
     let resumed_from = checkpoint.as_ref().map(|c| c.state.step);
+    // The checkpoint resumed from was verified; a newer one that failed verification is not it.
+    let resumed_dir = checkpoint.as_ref().map(|c| c.dir.clone());
     if let Some(c) = checkpoint.as_ref().filter(|c| c.state.finished) {
         // A finished run is reported, not trained again.
         let summary = Summary {
@@ -159,7 +161,7 @@ pub fn train(
         mine: dp.micro_batches(accumulation),
     };
     let batches = task.loader().stream(state.position, share.clone());
-    let mut last_checkpoint: Option<PathBuf> = run.checkpoints()?.pop().map(|(_, p)| p);
+    let mut last_checkpoint: Option<PathBuf> = resumed_dir;
     // What the process held before the weights, so that the measured peak is training's own.
     let base = memory::usage(task.device()).map(|(now, _)| now.saturating_sub(weight_bytes(task)));
     let mut peak_memory: Option<f64> = None;
