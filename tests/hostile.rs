@@ -129,3 +129,76 @@ fn a_file_of_a_hundred_thousand_unknown_keys_is_checked_quickly() {
         "{text}"
     );
 }
+
+/// A sweep file with `body` after its kind, name and recipe: the exit code and output of
+/// `runner validate`.
+fn validate_sweep(body: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = std::fs::canonicalize("recipes/tiny/longlora_sft.yaml").unwrap();
+    let file = dir.path().join("sweep.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "kind: sweep\nname: s\nrecipe: {}\nmetric:\n  name: eval/loss\n  goal: minimize\n{body}",
+            recipe.display()
+        ),
+    )
+    .unwrap();
+    validate(&file)
+}
+
+#[test]
+fn sweeps_without_bounds_or_with_repeated_axes_are_refused_at_their_line() {
+    let grid = |n: usize| {
+        let values: Vec<String> = (0..n).map(|i| format!("{}.0e-4", i + 1)).collect();
+        format!(
+            "parameters:\n  training.optimizer.lr:\n    values: [{}]\n",
+            values.join(", ")
+        )
+    };
+    let cases: [(String, &str); 7] = [
+        (
+            "method: random\ncount: 0\nparameters:\n  training.optimizer.lr:\n    values: [1.0e-3]\n".into(),
+            "sweep.yaml:8:8: error:",
+        ),
+        (grid(2) + "seeds: []\n", "sweep.yaml:10:8: error:"),
+        (
+            "parameters:\n  training.optimizer.lr:\n    values: [1.0e-3, 2.0e-3, 1.0e-3]\n".into(),
+            "lists 0.001 twice",
+        ),
+        (
+            grid(2) + "paired:\n  - training.optimizer.lr: [1.0e-3]\n    training.seed: [1]\n",
+            "`training.optimizer.lr` is both a paired key and a parameter",
+        ),
+        (
+            grid(100) + "seeds: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]\n",
+            "the sweep has 1100 trials, more than 1000",
+        ),
+        (
+            "method: random\ncount: 10000000\nparameters:\n  training.optimizer.lr:\n    values: [1.0e-3]\n".into(),
+            "sweep.yaml:8:8: error: the sweep has 10000000 trials",
+        ),
+        (
+            grid(100) + "seeds: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]\nmax_trials: 1000\n",
+            "more than its max_trials 1000",
+        ),
+    ];
+    for (body, expected) in &cases {
+        let started = std::time::Instant::now();
+        let (code, text) = validate_sweep(body);
+        assert_eq!(code, 1, "{body}: {text}");
+        assert!(
+            text.contains(expected),
+            "{body}\nexpected {expected:?} in:\n{text}"
+        );
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "{body}: {:?}",
+            started.elapsed()
+        );
+    }
+    let (code, text) = validate_sweep(
+        &(grid(100) + "seeds: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]\nmax_trials: 1100\n"),
+    );
+    assert_eq!(code, 0, "{text}");
+}

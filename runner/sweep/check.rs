@@ -5,11 +5,15 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use super::spec::{Distribution, Method, Parameter, SweepSpec};
+use super::trials;
 use crate::config::diagnostic::did_you_mean;
 use crate::config::safe::{name_problem, slurm_value_problem};
 use crate::config::{Diagnostic, Mode, Node, Origin, Override, Schema};
 use crate::plan::resolve::{load_tree, plan_from_tree};
 use crate::plan::schema::{def_for_kind, schema};
+
+/// Trials a sweep may have without saying `max_trials`.
+pub const MAX_TRIALS_UNASKED: u64 = 1_000;
 
 pub fn check(path: &Path, tree: &mut Node) -> Result<SweepSpec, Vec<Diagnostic>> {
     let sweeps = sweep_schema();
@@ -185,6 +189,56 @@ pub fn check(path: &Path, tree: &mut Node) -> Result<SweepSpec, Vec<Diagnostic>>
             Diagnostic::error(Origin::start_of(path), "the sweep varies nothing")
                 .with_hint("add `parameters`, `paired` groups or several `seeds`"),
         );
+    }
+    // Each value once, each key on one axis.
+    for (name, parameter) in &spec.parameters {
+        let values = parameter.values.as_deref().unwrap_or_default();
+        if let Some(i) = (1..values.len()).find(|&i| values[..i].contains(&values[i])) {
+            errors.push(
+                Diagnostic::error(
+                    at(&["parameters", name, "values", &i.to_string()]),
+                    format!(
+                        "parameter `{name}` lists {} twice, which would run the same trials twice",
+                        values[i]
+                    ),
+                )
+                .with_hint("list each value once"),
+            );
+        }
+    }
+    for (i, group) in spec.paired.iter().enumerate() {
+        for key in group.keys().filter(|k| spec.parameters.contains_key(*k)) {
+            errors.push(
+                Diagnostic::error(
+                    at(&["paired", &i.to_string(), key]),
+                    format!("`{key}` is both a paired key and a parameter"),
+                )
+                .with_hint("vary a key on one axis: in `parameters` or in one `paired` group"),
+            );
+        }
+    }
+    let trials = trials::count(&spec);
+    match spec.max_trials {
+        Some(max) if trials > max => errors.push(
+            Diagnostic::error(
+                at(&["max_trials"]),
+                format!("the sweep has {trials} trials, more than its max_trials {max}"),
+            )
+            .with_hint("narrow the search, or raise max_trials"),
+        ),
+        None if trials > MAX_TRIALS_UNASKED => errors.push(
+            Diagnostic::error(
+                at(&[match spec.method {
+                    Method::Random => "count",
+                    Method::Grid => "parameters",
+                }]),
+                format!("the sweep has {trials} trials, more than {MAX_TRIALS_UNASKED}"),
+            )
+            .with_hint(format!(
+                "set `max_trials: {trials}` if that many are meant, or narrow the search"
+            )),
+        ),
+        _ => {}
     }
     let mut seeds = spec.seeds.clone();
     seeds.sort();

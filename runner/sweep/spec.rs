@@ -35,6 +35,7 @@ pub struct SweepSpec {
     pub method: Method,
     /// Trials drawn by `random`.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub count: Option<u32>,
     /// Seed of the random search (not of the trials).
     #[serde(default)]
@@ -47,7 +48,12 @@ pub struct SweepSpec {
     pub paired: Vec<BTreeMap<String, Vec<serde_json::Value>>>,
     /// Seed replicates: each configuration runs once per seed (sets the recipe's `seed`).
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub seeds: Vec<u64>,
+    /// The most trials the sweep may have: above 1,000 it must be set, so that a sweep that
+    /// size is meant.
+    #[serde(default)]
+    pub max_trials: Option<u64>,
     pub metric: Metric,
     /// Trials run at once by the local launcher.
     #[serde(default = "one")]

@@ -38,6 +38,25 @@ impl Trial {
     }
 }
 
+/// How many trials [`expand`] makes, without making them.
+pub fn count(spec: &SweepSpec) -> u64 {
+    let configurations = match spec.method {
+        Method::Grid => {
+            let parameters = spec
+                .parameters
+                .values()
+                .map(|p| p.values.as_ref().map_or(1, Vec::len) as u64);
+            let groups = spec
+                .paired
+                .iter()
+                .map(|g| g.values().next().map_or(1, Vec::len) as u64);
+            parameters.chain(groups).fold(1u64, u64::saturating_mul)
+        }
+        Method::Random => u64::from(spec.count.unwrap_or(0)),
+    };
+    configurations.saturating_mul(spec.seeds.len().max(1) as u64)
+}
+
 /// Every trial of the sweep, in a stable order.
 pub fn expand(spec: &SweepSpec) -> Vec<Trial> {
     let configurations = match spec.method {
