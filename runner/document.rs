@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use crate::config::{Diagnostic, Mode, Node, Schema};
+use crate::config::{Diagnostic, Mode, Node, Schema, Value};
 use crate::plan::recipe::KINDS;
 use crate::plan::resolve::{kind_of, load_tree, plan_from_tree, SWEEP};
 use crate::plan::Plan;
@@ -71,6 +71,15 @@ pub fn document(path: &Path, overrides: &[String]) -> Result<Document, Vec<Diagn
 fn fragment(tree: &mut Node) -> Result<String, Vec<Diagnostic>> {
     let schema = schema();
     let at = tree.origin.clone();
+    let what = match &tree.value {
+        Value::Map(entries) if !entries.is_empty() => None,
+        Value::Map(_) | Value::Null => Some("no settings (it is empty, or only comments)"),
+        _ => Some("a single value, not a mapping of keys"),
+    };
+    if let Some(what) = what {
+        return Err(vec![Diagnostic::error(at, format!("the file holds {what}"))
+            .with_hint("a recipe starts with `kind:`; a file other recipes extend holds keys such as `hidden_size: 64`")]);
+    }
     let mut best: Option<(String, Vec<Diagnostic>)> = None;
     // Whole recipes first, so a partial recipe is reported as one rather than as a part.
     let mut names: Vec<&str> = schema.def_names();

@@ -64,6 +64,8 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
+    Case { name: "negative LoRA alpha", edits: &[(29, "    alpha: -16")], files: &[], overrides: &[], at: At::Recipe(29, 12), message: "alpha -16 is not positive", hint: Some("use a positive alpha") },
+    Case { name: "zero steps", edits: &[(19, "  max_steps: 0")], files: &[], overrides: &[], at: At::Recipe(19, 14), message: "`training.max_steps` must be at least 1, found 0", hint: None },
     Case { name: "typo at the top level", edits: &[(2, "nmae: t")], files: &[], overrides: &[], at: At::Recipe(2, 1), message: "unknown key `nmae` at the top level", hint: Some("did you mean `name`?") },
     Case { name: "typo at depth 2", edits: &[(17, "  max_lenght: 256")], files: &[], overrides: &[], at: At::Recipe(17, 3), message: "unknown key `max_lenght` in `data`", hint: Some("did you mean `max_length`?") },
     Case { name: "typo at depth 3", edits: &[(22, "    lrr: 1.0e-3")], files: &[], overrides: &[], at: At::Recipe(22, 5), message: "unknown key `lrr` in `training.optimizer`", hint: Some("did you mean `lr`?") },
@@ -78,7 +80,7 @@ const CASES: &[Case] = &[
     Case { name: "misspelt adapter type", edits: &[(27, "    type: lroa")], files: &[], overrides: &[], at: At::Recipe(27, 11), message: "`training.adapter.type` must be one of full, lora, hyperlora", hint: Some("did you mean `lora`?") },
     Case { name: "misspelt kind", edits: &[(1, "kind: longlora_stf")], files: &[], overrides: &[], at: At::Recipe(1, 7), message: "`kind` must be one of", hint: Some("did you mean `longlora_sft`?") },
     Case { name: "missing required key", edits: &[(20, "")], files: &[], overrides: &[], at: At::Recipe(18, 1), message: "missing required key `training.micro_batch_size`", hint: Some("add `micro_batch_size:` under `training`") },
-    Case { name: "negative count", edits: &[(19, "  max_steps: -5")], files: &[], overrides: &[], at: At::Recipe(19, 14), message: "`training.max_steps` must be at least 0", hint: None },
+    Case { name: "negative count", edits: &[(19, "  max_steps: -5")], files: &[], overrides: &[], at: At::Recipe(19, 14), message: "`training.max_steps` must be at least 1, found -5", hint: None },
     Case { name: "three betas", edits: &[(22, "    lr: 1.0e-3\n    betas: [0.9, 0.95, 0.99]")], files: &[], overrides: &[], at: At::Recipe(23, 12), message: "`training.optimizer.betas` takes exactly 2 items, found 3", hint: None },
     Case { name: "unclosed list", edits: &[(30, "    targets: [q_proj, v_proj")], files: &[], overrides: &[], at: At::Recipe(31, 15), message: "YAML syntax error: illegal placement of ':' indicator", hint: None },
     Case { name: "bad indentation", edits: &[(7, "     hidden_size: 64")], files: &[], overrides: &[], at: At::Recipe(7, 17), message: "YAML syntax error: mapping values are not allowed", hint: None },

@@ -202,3 +202,18 @@ fn sweeps_without_bounds_or_with_repeated_axes_are_refused_at_their_line() {
     );
     assert_eq!(code, 0, "{text}");
 }
+
+#[test]
+fn an_empty_or_comment_only_file_is_not_a_valid_fragment() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [("empty.yaml", ""), ("comments.yaml", "# nothing here\n")] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let (code, out) = validate(&file);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains(&format!("{name}:1:1: error: the file holds no settings")),
+            "{out}"
+        );
+    }
+}

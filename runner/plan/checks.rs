@@ -252,6 +252,15 @@ impl<'a> Checker<'a> {
                 );
             }
         }
+        if let Adapter::Lora { alpha, rank, .. } = &t.adapter {
+            if !(alpha.is_finite() && *alpha > 0.0) {
+                self.fail(
+                    &["training.adapter.alpha"],
+                    format!("alpha {alpha} is not positive: the adapters' scale alpha / rank would be {}", alpha / f64::from(*rank)),
+                    "use a positive alpha (LongLoRA and QLoRA use 16 to 64; alpha = rank scales by 1)",
+                );
+            }
+        }
         if let Some(q) = t.adapter.quantize() {
             self.quantize(q, t.precision);
         }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct Training {
     /// Stop after this many optimizer steps. Set this or `epochs`; with both, the first reached stops.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub max_steps: Option<u64>,
     /// Stop after this many passes over the training data (fractions allowed).
     #[serde(default)]
