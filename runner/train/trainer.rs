@@ -105,16 +105,7 @@ pub fn train(
         let c = checkpoint.expect("matched above");
         restore(&params, c.trainable)
             .with_context(|| format!("completing from {}", c.dir.display()))?;
-        task.save(&run.path)?;
-        write_summary(
-            plan,
-            task,
-            &summary,
-            &state,
-            runs_table(options),
-            inputs,
-            None,
-        )?;
+        write_result(plan, task, &summary, &state, options, inputs, None)?;
         return Ok(summary);
     }
     if let Some(c) = checkpoint {
@@ -330,17 +321,31 @@ pub fn train(
     if !main {
         return Ok(summary);
     }
-    task.save(&run.path)?;
+    write_result(plan, task, &summary, &state, options, inputs, peak_memory)?;
+    Ok(summary)
+}
+
+/// The trained weights (`adapter/` or `model/`), then the row of the table of runs and
+/// `summary.json`, the mark that the run is whole.
+fn write_result(
+    plan: &Plan,
+    task: &dyn Task,
+    summary: &Summary,
+    state: &RunState,
+    options: &RunOptions,
+    inputs: &[(String, String)],
+    peak_memory: Option<f64>,
+) -> Result<()> {
+    task.save(&summary.dir)?;
     write_summary(
         plan,
         task,
-        &summary,
-        &state,
+        summary,
+        state,
         runs_table(options),
         inputs,
         peak_memory,
-    )?;
-    Ok(summary)
+    )
 }
 
 /// A finished run's mark, written after everything else it writes.
