@@ -50,6 +50,8 @@ pub fn document(path: &Path, overrides: &[String]) -> Result<Document, Vec<Diagn
         }
     };
     let document = match kind.as_deref() {
+        // A file that did not load (a syntax error) is not also checked as a fragment.
+        None if !errors.is_empty() => Err(Vec::new()),
         None => fragment(&mut tree).map(Document::Fragment),
         Some(SWEEP) => {
             crate::sweep::check::check(path, &mut tree).map(|s| Document::Sweep(Box::new(s)))

@@ -217,3 +217,46 @@ fn an_empty_or_comment_only_file_is_not_a_valid_fragment() {
         );
     }
 }
+
+#[test]
+fn invalid_utf8_and_out_of_range_lengths_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("latin1.yaml");
+    std::fs::write(&file, b"kind: longlora_sft\nname: caf\xe9\n").unwrap();
+    let (code, text) = validate(&file);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("latin1.yaml:2:10: error: byte 0xe9 (offset 28) is not UTF-8"),
+        "{text}"
+    );
+
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "plan",
+            "recipes/tiny/iag_distill.yaml",
+            "evaluation.max_new_tokens=4294967296",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("`evaluation.max_new_tokens` must be at most 65536"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_syntax_error_is_the_only_error_of_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tab.yaml");
+    std::fs::write(
+        &file,
+        "kind: longlora_sft\nname: t\ntraining:\n\tmax_steps: 3\n",
+    )
+    .unwrap();
+    let (code, text) = validate(&file);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("tab.yaml:4:"), "{text}");
+    assert!(text.contains("(1 errors)"), "{text}");
+}

@@ -264,6 +264,27 @@ fn another_plan_in_the_same_directory_is_refused_with_what_changed() {
     run(&dir, &["training.optimizer.lr=0.002", "--force"]);
 }
 
+/// A run directory whose plan.json hash was edited by hand is refused with what happened, not
+/// with an empty list of changed settings.
+#[test]
+fn an_edited_plan_hash_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run(&dir, &["--stop-after", "1"]);
+    let path = dir.join("plan.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["hash"] = serde_json::json!("0000");
+    std::fs::write(&path, v.to_string()).unwrap();
+    let o = runner(&dir, &[]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("changed: no setting: plan.json's hash \"0000\" was edited"),
+        "{out}"
+    );
+}
+
 #[test]
 fn a_diverging_run_stops_naming_the_step_and_the_last_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();

@@ -38,12 +38,31 @@ impl Loader {
             Some(origin) => Diagnostic::error(origin.clone(), message),
             None => Diagnostic::unplaced(message),
         };
-        let text = match fs::read_to_string(path) {
-            Ok(text) => text,
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
             Err(e) => {
                 self.errors.push(
                     place(format!("cannot read {}: {e}", path.display()))
                         .with_hint("check the path"),
+                );
+                return None;
+            }
+        };
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                // The first byte that is not UTF-8, by line and column (in characters).
+                let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                let before = std::str::from_utf8(valid).unwrap_or_default();
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+                let byte = e.as_bytes()[valid.len()];
+                self.errors.push(
+                    Diagnostic::error(
+                        Origin::file(&Arc::new(path.to_path_buf()), line, column),
+                        format!("byte 0x{byte:02x} (offset {}) is not UTF-8", valid.len()),
+                    )
+                    .with_hint("save the file as UTF-8 (it may be Latin-1 or UTF-16)"),
                 );
                 return None;
             }

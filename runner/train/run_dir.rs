@@ -82,6 +82,12 @@ impl RunDir {
             if before["hash"].as_str() != Some(plan.hash.as_str()) && !force {
                 let mut changed = Vec::new();
                 differences("", &before["plan"], &json, &mut changed);
+                if changed.is_empty() {
+                    changed.push(format!(
+                        "no setting: plan.json's hash {} was edited (this plan's is {})",
+                        before["hash"], plan.hash
+                    ));
+                }
                 let ranks = match changed.iter().any(|c| c.starts_with("training.distributed.")) {
                     true => "; checkpoints hold whole optimizer state, so --force continues on another number of ranks (keep micro_batch_size × grad_accumulation × devices to keep the global batch)",
                     false => "",

@@ -106,7 +106,7 @@ pub struct Evaluation {
     #[serde(default)]
     pub every_epochs: Option<f64>,
     #[serde(default = "new_tokens")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 65536))]
     pub max_new_tokens: u64,
     #[serde(default = "metrics")]
     pub metrics: Vec<TextMetric>,

@@ -133,7 +133,7 @@ pub struct Evaluation {
     pub batch_size: u32,
     /// Greedy decoding length.
     #[serde(default = "fifty")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 65536))]
     pub max_new_tokens: u64,
     /// The metric that picks the best checkpoint.
     #[serde(default)]
