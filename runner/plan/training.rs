@@ -47,7 +47,8 @@ pub struct Training {
     pub early_stopping: Option<EarlyStopping>,
     /// Skip (and count) a step whose gradient norm is not finite, as mixed-precision loss
     /// scalers do, instead of stopping the run.
-    #[serde(default)]
+    // Left out of the plan when off, so existing runs keep their plan hashes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_nonfinite_steps: bool,
 }
 
@@ -214,7 +215,8 @@ pub enum Adapter {
         #[serde(default)]
         also_train: Vec<String>,
         /// QLoRA (Dettmers et al.): hold the frozen base linear weights in 4 bits.
-        #[serde(default)]
+        // Left out of the plan when unset, so plans from before QLoRA keep their hashes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         quantize: Option<Quantize>,
     },
     /// IAG's HyperLoRA: a hypernetwork makes each target's LoRA factors from whitened,
