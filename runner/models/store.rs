@@ -312,6 +312,18 @@ impl ParamStore {
                 unexpected[..unexpected.len().min(5)].join(", ")
             );
         }
+        // A config.json (or model.arch) with more layers than the weights: say so by name.
+        let (wanted, held) = (depths(&missing), depths(&present));
+        if let Some((stack, model)) = wanted.iter().max_by_key(|(_, d)| **d) {
+            let have = held.get(stack).copied().unwrap_or(0);
+            if *model > have {
+                bail!(
+                    "{}: the weights hold {have} layers of `{stack}`, the model has {model}: {} parameter(s) missing\n  hint: set num_hidden_layers (T5: num_layers, num_decoder_layers) in config.json and model.arch to the weights' {have}",
+                    dir.display(),
+                    missing.len(),
+                );
+            }
+        }
         if !missing.is_empty() {
             bail!(
                 "{}: {} parameter(s) missing from the checkpoint, first: {}\n  hint: the checkpoint is incomplete or of another architecture",
@@ -361,6 +373,21 @@ impl ParamStore {
             .map(|(n, t, _)| (n.to_string(), t.detach()))
             .collect()
     }
+}
+
+/// Each layer stack among `names` (`model.layers`, `encoder.block`, …) and its depth: the
+/// highest layer index + 1.
+fn depths<S: AsRef<str>>(names: &[S]) -> BTreeMap<String, usize> {
+    let mut depth: BTreeMap<String, usize> = BTreeMap::new();
+    for name in names {
+        let parts: Vec<&str> = name.as_ref().split('.').collect();
+        if let Some(i) = (1..parts.len()).find(|&i| parts[i].parse::<usize>().is_ok()) {
+            let index: usize = parts[i].parse().expect("found above");
+            let d = depth.entry(parts[..i].join(".")).or_default();
+            *d = (*d).max(index + 1);
+        }
+    }
+    depth
 }
 
 /// Whether a 2-D parameter of `group` is the weight of a linear module (T5's relative

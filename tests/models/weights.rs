@@ -90,6 +90,17 @@ fn bad_folders_give_errors_that_name_the_file() {
         "{e}"
     );
 
+    // A config with more layers than the weights hold names the key and both depths.
+    let config = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let config = config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3");
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    let e = err(dir.path());
+    assert!(
+        e.contains("the weights hold 2 layers of `model.layers`, the model has 3")
+            && e.contains("num_hidden_layers"),
+        "{e}"
+    );
+
     // No weights.
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
     let e = err(dir.path());
