@@ -59,17 +59,6 @@ fn stats(
     // Instruction and QA-Expert data count what training sees; anything else counts each text
     // with the tokenizer's special tokens.
     let (what, mut lengths) = match instruction::read(data) {
-        Err(_) if qa_expert::read(data).is_ok() => {
-            // As training: the markers are single tokens (added when the tokenizer lacks them).
-            for marker in qa_expert::MARKERS {
-                tok.id_or_add(marker);
-            }
-            let mut lengths = Vec::new();
-            for item in &qa_expert::read(data)? {
-                lengths.push(qa_expert::encode(&tok, item, usize::MAX)?.ids.len());
-            }
-            ("QA-Expert dialogues (BOS + turns)", lengths)
-        }
         Ok(items) => {
             // The example training builds, untruncated (the EOS id does not change lengths).
             let eos = tok.id("</s>").unwrap_or(0);
@@ -83,14 +72,27 @@ fn stats(
             }
             ("instruction examples (prompt + output + EOS)", lengths)
         }
-        Err(_) => {
-            let texts = packing::read_texts(data)?;
-            let lengths = texts
-                .iter()
-                .map(|t| tok.encode(t, true).map(|ids| ids.len()))
-                .collect::<Result<Vec<_>>>()?;
-            ("texts", lengths)
-        }
+        Err(_) => match qa_expert::read(data) {
+            Ok(items) => {
+                // As training: the markers are single tokens (added when the tokenizer lacks them).
+                for marker in qa_expert::MARKERS {
+                    tok.id_or_add(marker);
+                }
+                let mut lengths = Vec::new();
+                for item in &items {
+                    lengths.push(qa_expert::encode(&tok, item, usize::MAX)?.ids.len());
+                }
+                ("QA-Expert dialogues (BOS + turns)", lengths)
+            }
+            Err(_) => {
+                let texts = packing::read_texts(data)?;
+                let lengths = texts
+                    .iter()
+                    .map(|t| tok.encode(t, true).map(|ids| ids.len()))
+                    .collect::<Result<Vec<_>>>()?;
+                ("texts", lengths)
+            }
+        },
     };
     if lengths.is_empty() {
         return Ok(format!("{}: no examples", data.display()));

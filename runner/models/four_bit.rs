@@ -14,6 +14,7 @@
 //! autograd function that dequantises again in backward, so no dequantised weight is kept.
 
 use std::ffi::{c_char, CStr};
+use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Result};
 use tch::{Device, Kind, Tensor};
@@ -126,7 +127,7 @@ pub fn quantize(weight: &Tensor, spec: Spec) -> Result<FourBit> {
     let (scaled, absmax) = tch::no_grad(|| scale_blocks(&flat, spec.block));
     let code = Tensor::from_slice(code_book(spec.quant_type)).to_device(device);
     let packed = tch::no_grad(|| pack(&nearest_code(&scaled, &code)));
-    let nested = spec.double_quant.then(|| nest(&absmax));
+    let nested = spec.double_quant.then(|| nest(&absmax)).transpose()?;
     let absmax = match &nested {
         Some((q, _)) => q.shallow_clone(),
         None => absmax,
@@ -188,26 +189,29 @@ fn pack(indices: &Tensor) -> Tensor {
 }
 
 /// Double quantisation: the absmax values minus their mean, in 8 bits.
-fn nest(absmax: &Tensor) -> (Tensor, Nested) {
+fn nest(absmax: &Tensor) -> Result<(Tensor, Nested)> {
     let device = absmax.device();
     let offset = absmax.mean(Kind::Float);
-    let centred =
-        Vec::<f32>::try_from(&(absmax - &offset).to_device(Device::Cpu)).unwrap_or_default();
-    let map = dynamic_map();
-    let (codes, scales) = quantize_blockwise(&centred, &map, NESTED_BLOCK as usize);
+    let centred = Vec::<f32>::try_from(&(absmax - &offset).to_device(Device::Cpu))?;
+    let (codes, scales) = quantize_blockwise(&centred, NESTED_BLOCK as usize);
     let nested = Nested {
         absmax: Tensor::from_slice(&scales).to_device(device),
-        code: Tensor::from_slice(&map).to_device(device),
+        code: Tensor::from_slice(dynamic_map()).to_device(device),
         offset: offset.reshape([1]),
         block: NESTED_BLOCK,
     };
-    (Tensor::from_slice(&codes).to_device(device), nested)
+    Ok((Tensor::from_slice(&codes).to_device(device), nested))
 }
 
 /// bitsandbytes' `create_dynamic_map(signed=True)`: for each decimal exponent 10⁻⁶ … 10⁰, the
 /// midpoints of `2^i + 1` points from 0.1 to 1 (fp32, as torch computes them), both signs,
-/// plus 0 and 1, sorted.
-pub fn dynamic_map() -> Vec<f32> {
+/// plus 0 and 1, sorted. Made once.
+pub fn dynamic_map() -> &'static [f32] {
+    static MAP: OnceLock<Vec<f32>> = OnceLock::new();
+    MAP.get_or_init(make_dynamic_map)
+}
+
+fn make_dynamic_map() -> Vec<f32> {
     const SCALES: [f64; 7] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
     let mut values = vec![0.0f32, 1.0];
     for (i, scale) in SCALES.iter().enumerate() {
@@ -216,17 +220,18 @@ pub fn dynamic_map() -> Vec<f32> {
         let means = (bounds.narrow(0, 0, steps - 1) + bounds.narrow(0, 1, steps - 1)) / 2.0;
         for sign in [1.0, -1.0] {
             let scaled = means.g_mul_scalar(sign * scale);
-            values.extend(Vec::<f32>::try_from(&scaled).unwrap_or_default());
+            values.extend(Vec::<f32>::try_from(&scaled).expect("an fp32 CPU tensor"));
         }
     }
     values.sort_by(f32::total_cmp);
     values
 }
 
-/// bitsandbytes' CPU `quantize_blockwise`: per block, the absmax, then each value scaled by
+/// bitsandbytes' CPU `quantize_blockwise` with the dynamic map: per block, the absmax, then each value scaled by
 /// its reciprocal and looked up in a 65,536-bin table of nearest codes over [−1, 1].
-fn quantize_blockwise(values: &[f32], code: &[f32], block: usize) -> (Vec<u8>, Vec<f32>) {
-    let lut = lookup_table(code);
+fn quantize_blockwise(values: &[f32], block: usize) -> (Vec<u8>, Vec<f32>) {
+    static LUT: OnceLock<Vec<u8>> = OnceLock::new();
+    let lut = LUT.get_or_init(|| lookup_table(dynamic_map()));
     let mut codes = vec![0u8; values.len()];
     let mut scales = Vec::with_capacity(values.len().div_ceil(block));
     for (chunk, out) in values.chunks(block).zip(codes.chunks_mut(block)) {

@@ -229,12 +229,7 @@ impl ParamStore {
             drop(dense);
             self.insert_four_bit(name, weight, *group);
         }
-        // The dense weights' memory goes back to the system, not to malloc's free lists,
-        // where it would stay counted in the process's resident set.
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        release_freed_memory();
         Ok(frozen.len())
     }
 
@@ -338,30 +333,29 @@ impl ParamStore {
     /// Appends `n` rows to the matrix `name`, each the mean of its existing rows: LongLoRA's
     /// (and Alpaca's) initialisation of embeddings for tokens added to the vocabulary.
     pub fn grow_rows_with_mean(&mut self, name: &str, n: i64) -> Result<()> {
-        let (old, group) = match self.tensors.get(name) {
-            Some((t, g)) => (t.detach(), *g),
-            None => bail!("the model has no parameter `{name}` to grow"),
-        };
-        let mean = old
-            .to_kind(Kind::Float)
-            .mean_dim(0, true, Kind::Float)
-            .to_kind(old.kind());
-        let grown = Tensor::cat(&[old, mean.repeat([n, 1])], 0);
-        self.insert(name, grown, group);
-        Ok(())
+        self.grow_rows(name, |old| {
+            old.to_kind(Kind::Float)
+                .mean_dim(0, true, Kind::Float)
+                .repeat([n, 1])
+        })
     }
 
     /// Appends `n` rows drawn N(0, std²) from the global generator to the matrix `name`: what
     /// transformers 4.34's `resize_token_embeddings` gave new tokens (QA-Expert's markers).
     pub fn grow_rows_normal(&mut self, name: &str, n: i64, std: f64) -> Result<()> {
+        self.grow_rows(name, |old| {
+            Tensor::randn([n, old.size()[1]], (Kind::Float, old.device())) * std
+        })
+    }
+
+    /// Appends the fp32 rows `new` makes from the matrix `name`, in the matrix's kind.
+    fn grow_rows(&mut self, name: &str, new: impl FnOnce(&Tensor) -> Tensor) -> Result<()> {
         let (old, group) = match self.tensors.get(name) {
             Some((t, g)) => (t.detach(), *g),
             None => bail!("the model has no parameter `{name}` to grow"),
         };
-        let width = old.size()[1];
-        let rows = Tensor::randn([n, width], (Kind::Float, old.device())) * std;
-        let grown = Tensor::cat(&[old.shallow_clone(), rows.to_kind(old.kind())], 0);
-        self.insert(name, grown, group);
+        let rows = new(&old).to_kind(old.kind());
+        self.insert(name, Tensor::cat(&[old, rows], 0), group);
         Ok(())
     }
 
@@ -372,6 +366,15 @@ impl ParamStore {
             .filter(|(n, _, _)| !n.contains(".lora_") && !n.starts_with("hypernet."))
             .map(|(n, t, _)| (n.to_string(), t.detach()))
             .collect()
+    }
+}
+
+/// Returns memory freed to malloc to the system (glibc keeps it, counted in the process's
+/// resident set): after dropping a model's dense weights, or before measuring a step.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

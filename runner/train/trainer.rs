@@ -449,9 +449,9 @@ pub fn restore(params: &[(String, Tensor)], saved: Vec<(String, Tensor)>) -> Res
 /// Whether every trainable weight is finite (checked after each update, so that no checkpoint
 /// holds a NaN).
 fn all_finite(params: &[(String, Tensor)]) -> bool {
-    params
-        .iter()
-        .all(|(_, p)| p.isfinite().all().int64_value(&[]) == 1)
+    // One device-to-host read for all of them, not one per parameter.
+    let each: Vec<Tensor> = params.iter().map(|(_, p)| p.isfinite().all()).collect();
+    each.is_empty() || Tensor::stack(&each, 0).all().int64_value(&[]) == 1
 }
 
 /// After the first backward pass, every trainable parameter must have a finite gradient, and a

@@ -63,7 +63,7 @@ fn code_books_and_the_dynamic_map_are_bitsandbytes() {
     same_bytes(&Tensor::from_slice(&four_bit::NF4), &f["nf4_code"], "NF4");
     same_bytes(&Tensor::from_slice(&four_bit::FP4), &f["fp4_code"], "FP4");
     same_bytes(
-        &Tensor::from_slice(&four_bit::dynamic_map()),
+        &Tensor::from_slice(four_bit::dynamic_map()),
         &f["dynamic_map"],
         "the dynamic map",
     );

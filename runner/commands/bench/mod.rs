@@ -30,10 +30,7 @@ impl Args {
 /// building the model (QLoRA quantises dense weights at load). Where that is not allowed the
 /// peak keeps counting from the start.
 pub fn reset_peak_rss() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::models::store::release_freed_memory();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
