@@ -86,11 +86,19 @@ fn fragment(tree: &mut Node) -> Result<String, Vec<Diagnostic>> {
     // Whole recipes first, so a partial recipe is reported as one rather than as a part.
     let mut names: Vec<&str> = schema.def_names();
     names.sort_by_key(|n| !n.ends_with("Recipe"));
+    let Value::Map(entries) = &tree.value else {
+        unreachable!("checked above")
+    };
+    let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
     for name in names {
         let def = schema.def(name).expect("listed definitions exist");
-        if schema.resolve(def).get("properties").is_none()
-            && schema.resolve(def).get("oneOf").is_none()
-        {
+        let Some(known) = top_level_keys(schema, def) else {
+            continue;
+        };
+        // Each key the part lacks is one error, so a part with more unknown keys than the best
+        // part has errors cannot fit better; skipping it keeps a file of 100,000 keys fast.
+        let unknown = keys.iter().filter(|k| !known.contains(*k)).count();
+        if best.as_ref().is_some_and(|(_, e)| unknown >= e.len()) {
             continue;
         }
         let mut trial = tree.clone();
@@ -114,4 +122,24 @@ fn fragment(tree: &mut Node) -> Result<String, Vec<Diagnostic>> {
             e.with_hint(hint.trim_start().to_string())
         })
         .collect())
+}
+
+/// The keys a mapping of this definition may hold (any alternative's, for a tagged one); None
+/// for a definition that is not a mapping.
+fn top_level_keys<'a>(schema: &'a Schema, def: &'a serde_json::Value) -> Option<Vec<&'a str>> {
+    let def = schema.resolve(def);
+    let alternatives: Vec<&serde_json::Value> = match def.get("oneOf").and_then(|o| o.as_array()) {
+        Some(alts) => alts.iter().map(|a| schema.resolve(a)).collect(),
+        None => vec![def],
+    };
+    let mut keys = Vec::new();
+    for alt in alternatives {
+        keys.extend(
+            alt.get("properties")?
+                .as_object()?
+                .keys()
+                .map(String::as_str),
+        );
+    }
+    Some(keys)
 }

@@ -285,6 +285,28 @@ fn an_edited_plan_hash_is_named_as_such() {
     );
 }
 
+/// plan.yaml in a run directory is a record: an edit to it is refused by name, not silently
+/// overwritten, and --force writes it again.
+#[test]
+fn an_edited_plan_yaml_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run(&dir, &["--stop-after", "1"]);
+    let path = dir.join("plan.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replace("max_steps:", "max_steps: 999 #");
+    std::fs::write(&path, &edited).unwrap();
+    let o = runner(&dir, &[]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("plan.yaml was edited after the run wrote it") && out.contains("--force"),
+        "{out}"
+    );
+    run(&dir, &["--force"]);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+}
+
 #[test]
 fn a_diverging_run_stops_naming_the_step_and_the_last_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();

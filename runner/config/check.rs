@@ -286,6 +286,21 @@ impl Walk<'_> {
         if types.is_empty() {
             return;
         }
+        if schema.get("format").and_then(J::as_str) == Some("path") {
+            if let (Some(raw), Value::Bool(_) | Value::Int(_) | Value::Float(_)) =
+                (&node.raw, &node.value)
+            {
+                // `validation: true` is far likelier a slip than a file named "true".
+                let message = format!(
+                    "{} expects a file path, found {}",
+                    self.dotted(),
+                    node.preview_typed()
+                );
+                let hint =
+                    format!("write the file's path; quote it ('{raw}') if a file has that name");
+                return self.error(&node.origin.clone(), message, hint);
+            }
+        }
         coerce_to_string(node, &types);
         let matched = types.iter().copied().find(|t| matches_type(node, t));
         let Some(matched) = matched else {

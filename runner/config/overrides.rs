@@ -56,23 +56,21 @@ impl Override {
         Ok(Override { path, value })
     }
 
-    /// Set the value in `root`, creating the mappings on the way.
-    pub fn apply(self, root: &mut Node) {
+    /// Set the value in `root`, creating the mappings on the way. An index past the end of a
+    /// list is refused at its own column: the list cannot grow a hole.
+    pub fn apply(self, root: &mut Node) -> Result<(), Diagnostic> {
         let mut node = root;
         for (i, (name, origin)) in self.path.iter().enumerate() {
             if !matches!(node.value, Value::Map(_) | Value::Seq(_)) {
                 *node = Node::new(Value::Map(Vec::new()), origin.clone());
             }
-            let last = i + 1 == self.path.len();
-            // An index into a list, or a key of a mapping. A list given a key that is not one
-            // of its indices becomes a mapping, and the schema check reports the key.
             let index = match &node.value {
-                Value::Seq(items) => name.parse::<usize>().ok().filter(|k| *k < items.len()),
+                Value::Seq(items) => match name.parse::<usize>() {
+                    Ok(k) if k < items.len() => Some(k),
+                    _ => return Err(past_the_end(&self.path[..i], name, origin, items.len())),
+                },
                 _ => None,
             };
-            if index.is_none() && matches!(node.value, Value::Seq(_)) {
-                node.value = Value::Map(Vec::new());
-            }
             let slot = match index {
                 Some(k) => match &mut node.value {
                     Value::Seq(items) => &mut items[k],
@@ -80,7 +78,7 @@ impl Override {
                 },
                 None => insert(node, name, origin),
             };
-            if last {
+            if i + 1 == self.path.len() {
                 // An override replaces the value at its path (layers of files merge instead).
                 let old = std::mem::replace(slot, Node::new(Value::Null, origin.clone()));
                 let mut new = self.value;
@@ -89,11 +87,29 @@ impl Override {
                     new.replaced.push(old.origin);
                 }
                 *slot = new;
-                return;
+                return Ok(());
             }
             node = slot;
         }
+        Ok(())
     }
+}
+
+/// The error for `name` used on a list of `len` items at `list`.
+fn past_the_end(list: &[(String, Origin)], name: &str, origin: &Origin, len: usize) -> Diagnostic {
+    let list: Vec<&str> = list.iter().map(|(n, _)| n.as_str()).collect();
+    let list = list.join(".");
+    let message = match name.parse::<usize>() {
+        Ok(k) => format!("`{list}` has {len} item(s); index {k} is past its end"),
+        Err(_) => format!("`{list}` is a list; `{name}` is not an index of it"),
+    };
+    let indices = match len {
+        0 => "it is empty".to_string(),
+        _ => format!("its indices run 0 to {}", len - 1),
+    };
+    Diagnostic::error(origin.clone(), message).with_hint(format!(
+        "{indices}; to set the whole list write {list}=[a, b]"
+    ))
 }
 
 /// The value node for `name` in a mapping node, created empty if absent.

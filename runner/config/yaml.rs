@@ -47,17 +47,35 @@ pub fn parse_with(
     for event in Parser::new_from_str(text) {
         let (event, span) = event.map_err(|e| {
             let mark = e.marker();
-            Diagnostic::error(
-                origin_at(mark.line(), mark.col() + 1),
-                format!("YAML syntax error: {}", e.info()),
-            )
-            .with_hint("check the indentation and quoting around this position")
+            let (line, col) = (mark.line(), mark.col() + 1);
+            let message = format!("YAML syntax error: {}", e.info());
+            match e
+                .info()
+                .contains("tab")
+                .then(|| first_tab_from(text, line))
+                .flatten()
+            {
+                // The scanner stops where the scalar before the tab ended, often on the line
+                // above; the tab itself is what to fix.
+                Some((line, col)) => Diagnostic::error(origin_at(line, col), message)
+                    .with_hint("YAML indents with spaces only; replace this tab with spaces"),
+                None => Diagnostic::error(origin_at(line, col), message)
+                    .with_hint("check the indentation and quoting around this position"),
+            }
         })?;
         builder.event(event, span)?;
     }
     Ok(builder
         .root
         .unwrap_or_else(|| Node::new(Value::Null, origin_at(1, 1))))
+}
+
+/// The line and column (1-based) of the first tab on `line` or after it.
+fn first_tab_from(text: &str, line: usize) -> Option<(usize, usize)> {
+    text.lines()
+        .enumerate()
+        .skip(line.saturating_sub(1))
+        .find_map(|(i, l)| Some((i + 1, l.chars().position(|c| c == '\t')? + 1)))
 }
 
 /// Parse a YAML file's text; positions point into `path`.

@@ -46,6 +46,7 @@ fn yes() -> bool {
 pub struct Output {
     /// The run directory; `{name}` is replaced by the recipe's name.
     #[serde(default = "default_dir")]
+    #[schemars(extend("format" = "path"))]
     pub dir: String,
     /// Save a checkpoint every this many optimizer steps (and at the end); null saves only at the end.
     #[serde(default)]

@@ -28,9 +28,8 @@ pub fn load_tree(path: &Path, overrides: &[String]) -> (Option<Node>, Vec<Diagno
         tree.value = crate::config::Value::Map(Vec::new());
     }
     for (i, text) in overrides.iter().enumerate() {
-        match Override::parse(i + 1, text) {
-            Ok(o) => o.apply(&mut tree),
-            Err(e) => errors.push(e),
+        if let Err(e) = Override::parse(i + 1, text).and_then(|o| o.apply(&mut tree)) {
+            errors.push(e);
         }
     }
     let readable = errors.iter().all(|e| e.origin.is_some());

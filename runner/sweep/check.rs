@@ -93,12 +93,14 @@ pub fn check(path: &Path, tree: &mut Node) -> Result<SweepSpec, Vec<Diagnostic>>
     }
     if let Some(fixed) = tree.get("fixed").and_then(Node::entries) {
         for entry in fixed {
-            apply(
+            if let Err(e) = apply(
                 &mut base,
                 entry.key.as_str(),
                 &entry.key_origin,
                 &entry.value,
-            );
+            ) {
+                errors.push(e);
+            }
         }
     }
     if let Err(e) = plan_from_tree(&recipe_path, &kind, base.clone()) {
@@ -139,7 +141,10 @@ pub fn check(path: &Path, tree: &mut Node) -> Result<SweepSpec, Vec<Diagnostic>>
         }
         for value in values {
             let mut trial = base.clone();
-            apply(&mut trial, key, origin, value);
+            if let Err(e) = apply(&mut trial, key, origin, value) {
+                errors.push(e);
+                break;
+            }
             if let Err(e) = plan_from_tree(&recipe_path, &kind, trial) {
                 let mut d = Diagnostic::error(
                     value.origin.clone(),
@@ -273,7 +278,7 @@ pub fn check(path: &Path, tree: &mut Node) -> Result<SweepSpec, Vec<Diagnostic>>
 }
 
 /// Set `key` (dotted) to a copy of `value` in `tree`, keeping the value's position.
-fn apply(tree: &mut Node, key: &str, origin: &Origin, value: &Node) {
+fn apply(tree: &mut Node, key: &str, origin: &Origin, value: &Node) -> Result<(), Diagnostic> {
     let path = key
         .split('.')
         .map(|s| (s.to_string(), origin.clone()))
@@ -282,7 +287,7 @@ fn apply(tree: &mut Node, key: &str, origin: &Origin, value: &Node) {
         path,
         value: value.clone(),
     }
-    .apply(tree);
+    .apply(tree)
 }
 
 /// The message and hint when a dotted key is not in the recipe schema.

@@ -98,6 +98,15 @@ impl RunDir {
                     changed.join(", ")
                 );
             }
+            let written = path.join("plan.yaml");
+            if let (Some(recorded), Ok(text)) = (before["plan_yaml"].as_str(), fs::read(&written)) {
+                if blake3::hash(&text).to_hex().as_str() != recorded && !force {
+                    bail!(
+                        "{} was edited after the run wrote it; a run follows its recipe, and plan.yaml only records it\n  hint: put the change in the recipe (or an override) and run that with another --out, or pass --force to continue this run with the recipe's plan (plan.yaml is then written again)",
+                        written.display()
+                    );
+                }
+            }
             let inputs_json = serde_json::json!(inputs_map(inputs));
             if before["inputs"] != inputs_json && !before["inputs"].is_null() && !force {
                 bail!(
@@ -115,12 +124,14 @@ impl RunDir {
             plan.source.display(),
             plan.hash
         );
-        write_atomic(
-            &path.join("plan.yaml"),
-            (header + &emit::to_yaml(&json)).as_bytes(),
-        )?;
-        let record =
-            serde_json::json!({ "hash": plan.hash, "inputs": inputs_map(inputs), "plan": json });
+        let plan_yaml = header + &emit::to_yaml(&json);
+        write_atomic(&path.join("plan.yaml"), plan_yaml.as_bytes())?;
+        let record = serde_json::json!({
+            "hash": plan.hash,
+            "inputs": inputs_map(inputs),
+            "plan": json,
+            "plan_yaml": blake3::hash(plan_yaml.as_bytes()).to_hex().as_str(),
+        });
         write_atomic(&stored, serde_json::to_string_pretty(&record)?.as_bytes())?;
         run.latest()
     }

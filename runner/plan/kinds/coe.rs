@@ -27,9 +27,11 @@ pub enum Kind {
 pub struct Model {
     /// An HF folder of the whole model (Qwen-VL-Chat); null builds it from the parts.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub path: Option<String>,
     /// tokenizer.json to use; null means the one in `path`.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub tokenizer: Option<String>,
     pub vision: Vision,
     pub connector: Connector,
@@ -41,6 +43,7 @@ pub struct Model {
 pub struct Vision {
     /// An HF CLIP folder for the tower's weights; null uses `model.path` or random weights.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub path: Option<String>,
     pub arch: VisionArch,
     /// Keep the tower frozen (CoE's fix_vit).
@@ -57,12 +60,16 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "CoeData")]
 pub struct Data {
+    #[schemars(extend("format" = "path"))]
     pub train: String,
+    #[schemars(extend("format" = "path"))]
     pub validation: String,
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub test: Option<String>,
     /// Folder that relative image paths are read from; null means the data file's folder.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub image_root: Option<String>,
     /// The ChatML system turn.
     #[serde(default = "system")]
@@ -81,6 +88,7 @@ pub struct Data {
     /// category with these weights (a category missing from the map weighs 1); null draws
     /// items uniformly.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub category_weights: Option<String>,
 }
 
@@ -180,6 +188,7 @@ pub struct Method {
 pub struct Retrieval {
     /// An HF BERT-family sentence encoder folder (mean pooling); null uses TF-IDF.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub embedder: Option<String>,
     #[serde(default = "signals")]
     pub signals: Vec<Signal>,

@@ -37,13 +37,16 @@ pub struct Models {
 pub struct Teacher {
     /// An HF folder (config.json + safetensors) of a trained FiD reader. Set this or `recipe`.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub path: Option<String>,
     /// A recipe (path from the project root, like data paths) whose finished run supplies the
     /// teacher; it is trained first if needed.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub recipe: Option<String>,
     /// tokenizer.json to use; null means the one in `path`.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub tokenizer: Option<String>,
     pub arch: T5Arch,
     /// Passages per question, the highest-scored first.
@@ -66,9 +69,11 @@ pub struct Teacher {
 pub struct Student {
     /// An HF folder to start from; null initialises randomly from `arch`.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub path: Option<String>,
     /// tokenizer.json to use; null means the one in `path`.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub tokenizer: Option<String>,
     pub arch: T5Arch,
     /// The data field holding the imagined context (`pred`, or `compressed_ctxs_N`); null is closed-book.
@@ -99,9 +104,12 @@ fn pred() -> Option<String> {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "IagData")]
 pub struct Data {
+    #[schemars(extend("format" = "path"))]
     pub train: String,
+    #[schemars(extend("format" = "path"))]
     pub validation: String,
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub test: Option<String>,
     /// Target tokens; padded positions are ignored by the loss.
     #[serde(default = "max_len")]

@@ -28,9 +28,11 @@ pub enum Kind {
 pub struct Model {
     /// An HF folder (config.json + safetensors); null initialises randomly from `arch`.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub path: Option<String>,
     /// tokenizer.json to use; null means the one in `path`.
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub tokenizer: Option<String>,
     pub arch: DecoderArch,
     #[serde(default)]
@@ -87,8 +89,10 @@ impl Model {
 #[schemars(rename = "LongloraData")]
 pub struct Data {
     pub format: DataFormat,
+    #[schemars(extend("format" = "path"))]
     pub train: String,
     #[serde(default)]
+    #[schemars(extend("format" = "path"))]
     pub validation: Option<String>,
     /// The prompt template of instruction data.
     #[serde(default)]
@@ -172,6 +176,7 @@ pub struct Evaluation {
 #[serde(deny_unknown_fields)]
 pub struct Perplexity {
     /// A token file or a text file.
+    #[schemars(extend("format" = "path"))]
     pub data: String,
     pub context_lengths: Vec<u64>,
     #[serde(default = "stride")]
