@@ -101,13 +101,89 @@ const CASES: &[Case] = &[
     Case { name: "heads do not divide the width", edits: &[(10, "    num_attention_heads: 6")], files: &[], overrides: &[], at: At::Recipe(10, 26), message: "6 attention heads do not divide the width 64", hint: None },
     Case { name: "S2 groups do not divide the length", edits: &[(17, "  max_length: 250")], files: &[], overrides: &[], at: At::Recipe(17, 15), message: "S²-Attn splits 250 tokens into groups of 62", hint: None },
     Case { name: "LoRA target not in the model", edits: &[(30, "    targets: [q_proj, vproj]")], files: &[], overrides: &[], at: At::Recipe(30, 23), message: "LoRA target `vproj` matches no module", hint: Some("did you mean `v_proj`?") },
-    Case { name: "warmup as long as training", edits: &[(25, "    warmup_steps: 100")], files: &[], overrides: &[], at: At::Recipe(25, 19), message: "warmup (100 steps) is not shorter than training (100 steps)", hint: None },
     Case { name: "warmup by steps and ratio", edits: &[(25, "    warmup_steps: 10\n    warmup_ratio: 0.1")], files: &[], overrides: &[], at: At::Recipe(25, 19), message: "set warmup by steps or by ratio, not both", hint: None },
     Case { name: "RoPE factor too small", edits: &[(12, "    max_position_embeddings: 128\n  rope_scaling: {type: linear, factor: 1.0}")], files: &[], overrides: &[], at: At::Recipe(13, 40), message: "RoPE factor 1 covers 128 positions, fewer than data.max_length 256", hint: Some("use factor 2") },
     Case { name: "kv heads do not divide heads", edits: &[(11, "    num_key_value_heads: 3")], files: &[], overrides: &[], at: At::Recipe(11, 26), message: "3 key/value heads do not divide 4 attention heads", hint: None },
     Case { name: "trainable pattern matching nothing", edits: &[(31, "    also_train: [embedding]")], files: &[], overrides: &[], at: At::Recipe(31, 18), message: "`embedding` matches no parameter name", hint: None },
     Case { name: "YAML merge key", edits: &[(14, "data:\n  <<: {format: instruction}")], files: &[], overrides: &[], at: At::Recipe(15, 3), message: "merge keys (`<<`) are not supported", hint: Some("use `extends:`") },
 ];
+
+/// Settings that cannot make a run wrong: a warning at their place, exit 0, and a failure
+/// under `validate --strict`.
+const WARNINGS: &[Case] = &[
+    Case {
+        name: "warmup as long as training",
+        edits: &[(25, "    warmup_steps: 100")],
+        files: &[],
+        overrides: &[],
+        at: At::Recipe(25, 19),
+        message: "warmup (100 steps) is not shorter than training (100 steps)",
+        hint: Some("fine for a smoke run"),
+    },
+    Case {
+        name: "evaluation after the last step",
+        edits: &[(
+            33,
+            "  shifted_sparse_attention: true\nevaluation:\n  every_steps: 500",
+        )],
+        files: &[],
+        overrides: &[],
+        at: At::Recipe(35, 16),
+        message: "evaluation every 500 steps never happens in a 100-step run",
+        hint: Some("the end of training is always evaluated"),
+    },
+    Case {
+        name: "checkpoints after the last step",
+        edits: &[(
+            33,
+            "  shifted_sparse_attention: true\noutput:\n  checkpoint_every_steps: 500",
+        )],
+        files: &[],
+        overrides: &[],
+        at: At::Recipe(35, 27),
+        message: "checkpoints every 500 steps never happen in a 100-step run",
+        hint: Some("the final checkpoint is always written"),
+    },
+    Case {
+        name: "a smoke run's short training",
+        edits: &[],
+        files: &[],
+        overrides: &["training.max_steps=5"],
+        at: At::Recipe(25, 19),
+        message: "warmup (10 steps) is not shorter than training (5 steps)",
+        hint: None,
+    },
+];
+
+/// Where `case` wanted its diagnostic of `severity` in `out`: None when it is there (with its
+/// hint), else what went wrong.
+fn missing(dir: &Path, recipe: &Path, case: &Case, severity: &str, out: &str) -> Option<String> {
+    let prefix = match case.at {
+        At::Recipe(line, col) => format!("{}:{line}:{col}: {severity}: ", recipe.display()),
+        At::File(name, line, col) => {
+            format!("{}:{line}:{col}: {severity}: ", dir.join(name).display())
+        }
+        At::Override(index, col) => format!("<override {index}>:1:{col}: {severity}: "),
+    };
+    let found = out
+        .split('\n')
+        .position(|l| l.starts_with(&prefix) && l.contains(case.message));
+    let hint_ok = match (found, case.hint) {
+        (Some(i), Some(hint)) => out
+            .split('\n')
+            .skip(i + 1)
+            .take_while(|l| l.starts_with("  "))
+            .any(|l| l.starts_with("  hint: ") && l.contains(hint)),
+        (found, None) => found.is_some(),
+        (None, _) => false,
+    };
+    (found.is_none() || !hint_ok).then(|| {
+        format!(
+            "case `{}`: wanted `{prefix}…{}` (hint {:?}), got:\n{out}",
+            case.name, case.message, case.hint
+        )
+    })
+}
 
 fn write_case(dir: &Path, case: &Case) -> PathBuf {
     let mut lines: Vec<String> = BASE.lines().map(String::from).collect();
@@ -148,31 +224,10 @@ fn each_bad_input_is_reported_at_its_line_and_column() {
         let mut out = Vec::new();
         let code = commands::plan::run(&recipe, &overrides, Format::Text, &mut out).unwrap();
         let out = String::from_utf8(out).unwrap();
-        let prefix = match case.at {
-            At::Recipe(line, col) => format!("{}:{line}:{col}: error: ", recipe.display()),
-            At::File(name, line, col) => {
-                format!("{}:{line}:{col}: error: ", dir.path().join(name).display())
-            }
-            At::Override(index, col) => format!("<override {index}>:1:{col}: error: "),
-        };
-        let found = out
-            .split("\n")
-            .position(|l| l.starts_with(&prefix) && l.contains(case.message));
-        let hint_ok = match (found, case.hint) {
-            (Some(i), Some(hint)) => out
-                .split('\n')
-                .skip(i + 1)
-                .take_while(|l| l.starts_with("  "))
-                .any(|l| l.starts_with("  hint: ") && l.contains(hint)),
-            (found, None) => found.is_some(),
-            (None, _) => false,
-        };
-        if code != commands::INVALID || found.is_none() || !hint_ok {
-            failures.push(format!(
-                "case `{}`: exit {code}, wanted `{prefix}…{}` (hint {:?}), got:\n{out}",
-                case.name, case.message, case.hint
-            ));
+        if code != commands::INVALID {
+            failures.push(format!("case `{}`: exit {code}:\n{out}", case.name));
         }
+        failures.extend(missing(dir.path(), &recipe, case, "error", &out));
     }
     assert!(
         failures.is_empty(),
@@ -181,6 +236,109 @@ fn each_bad_input_is_reported_at_its_line_and_column() {
         CASES.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn each_warning_is_reported_at_its_line_and_column_and_fails_only_under_strict() {
+    let mut failures = Vec::new();
+    for case in WARNINGS {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = write_case(dir.path(), case);
+        let overrides: Vec<String> = case.overrides.iter().map(|s| s.to_string()).collect();
+        // Overrides reach the checks through `plan`; a file alone through `validate`.
+        for strict in [false, true] {
+            let (code, out) = match overrides.is_empty() {
+                true => {
+                    let mut out = Vec::new();
+                    let paths = [recipe.clone()];
+                    let code = commands::validate::run(&paths, Format::Text, strict, &mut out);
+                    (code.unwrap(), String::from_utf8(out).unwrap())
+                }
+                false if strict => continue,
+                false => {
+                    let plan = runner::plan::resolve(&recipe, &overrides).unwrap();
+                    let out: Vec<String> = plan.warnings.iter().map(|w| w.to_string()).collect();
+                    (commands::OK, out.join("\n"))
+                }
+            };
+            let wanted = if strict {
+                commands::INVALID
+            } else {
+                commands::OK
+            };
+            if code != wanted {
+                failures.push(format!(
+                    "case `{}` (strict {strict}): exit {code}:\n{out}",
+                    case.name
+                ));
+            }
+            failures.extend(missing(dir.path(), &recipe, case, "warning", &out));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `tpye:` for `type:` in each section that has a `type` (the tagged ones, adapter and
+/// connector, pick their branch by it): the did-you-mean at the typo's own line and column, and
+/// the section still checked as the branch the value names, so a second typo comes out too.
+#[test]
+fn a_misspelt_tag_key_is_reported_at_its_line_in_every_tagged_section() {
+    let cases = [
+        ("recipes/tiny/longlora_sft.yaml", 28, "training.adapter"),
+        ("recipes/tiny/longlora_sft.yaml", 25, "training.schedule"),
+        (
+            "recipes/tiny/qa_expert_qlora.yaml",
+            14,
+            "model.rope_scaling",
+        ),
+        (
+            "recipes/tiny/qa_expert_qlora.yaml",
+            44,
+            "training.adapter.quantize",
+        ),
+        ("recipes/tiny/coe_multitask.yaml", 17, "model.connector"),
+        ("recipes/tiny/coe_qwen_vl.yaml", 25, "model.connector"),
+        ("recipes/tiny/coe_qwen_vl.yaml", 52, "training.adapter"),
+    ];
+    // Under target/ (relative, so `extends:` finds configs/ as from the recipe's folder), where
+    // no test that validates recipes/ sees it.
+    let dir = Path::new("target/tag-typo-tests");
+    fs::create_dir_all(dir).unwrap();
+    for (i, (recipe, line, section)) in cases.into_iter().enumerate() {
+        let text = fs::read_to_string(recipe).unwrap();
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        assert!(
+            lines[line - 1].trim_start().starts_with("type:"),
+            "{recipe}:{line}"
+        );
+        let col = lines[line - 1].find("type").unwrap() + 1;
+        lines[line - 1] = lines[line - 1].replacen("type:", "tpye:", 1);
+        // Beside the tag, a second typo in the same section.
+        let indent = " ".repeat(col - 1);
+        lines.insert(line, format!("{indent}bogus_key: 1"));
+        let file = dir.join(format!("case{i}.yaml"));
+        fs::write(&file, lines.join("\n") + "\n").unwrap();
+        let mut out = Vec::new();
+        let code =
+            commands::validate::run(std::slice::from_ref(&file), Format::Text, false, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(code.unwrap(), commands::INVALID, "{out}");
+        let f = file.display();
+        let wanted = format!("{f}:{line}:{col}: error: unknown key `tpye` in `{section}`\n  hint: did you mean `type`?");
+        assert!(
+            out.contains(&wanted),
+            "{recipe}:{line}: wanted\n{wanted}\ngot\n{out}"
+        );
+        let second = format!(
+            "{f}:{}:{col}: error: unknown key `bogus_key` in `{section}`",
+            line + 1
+        );
+        assert!(
+            out.contains(&second),
+            "{recipe}:{line}: wanted\n{second}\ngot\n{out}"
+        );
+        assert!(!out.contains("missing required key"), "{out}");
+    }
 }
 
 #[test]
@@ -250,8 +408,8 @@ fn sweep_keys_and_values_are_checked_against_the_recipe() {
     let text = "kind: sweep\nname: s\nrecipe: recipe.yaml\nparameters:\n  training.optimizer.lrr:\n    values: [1, 2]\n  training.max_steps:\n    values: [10, many]\nmetric:\n  name: eval/los\n  goal: minimize\n";
     fs::write(&sweep, text).unwrap();
     let mut out = Vec::new();
-    let code =
-        commands::validate::run(std::slice::from_ref(&sweep), Format::Text, &mut out).unwrap();
+    let code = commands::validate::run(std::slice::from_ref(&sweep), Format::Text, false, &mut out)
+        .unwrap();
     let out = String::from_utf8(out).unwrap();
     assert_eq!(code, commands::INVALID, "{out}");
     let s = sweep.display();

@@ -264,5 +264,5 @@ fn a_syntax_error_is_the_only_error_of_its_file() {
     let (code, text) = validate(&file);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("tab.yaml:4:"), "{text}");
-    assert!(text.contains("(1 errors)"), "{text}");
+    assert!(text.contains("(1 errors,"), "{text}");
 }

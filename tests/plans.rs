@@ -150,3 +150,28 @@ fn overrides_are_typed_by_the_schema() {
     );
     assert_eq!(json["training"]["adapter"]["rank"], 16);
 }
+
+/// A researcher's first command on a recipe is a 5-step smoke run: every tiny recipe resolves
+/// with `training.max_steps=5`, its longer warmup and evaluation interval only warned about.
+#[test]
+fn every_tiny_recipe_resolves_as_a_five_step_smoke_run() {
+    let mut tiny: Vec<_> = fs::read_dir("recipes/tiny")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    tiny.sort();
+    assert!(tiny.len() >= 7, "{tiny:?}");
+    for recipe in tiny {
+        let plan = resolve(&recipe, &["training.max_steps=5".into()])
+            .unwrap_or_else(|errors| panic!("{}: {}", recipe.display(), errors[0]));
+        assert!(
+            plan.warnings
+                .iter()
+                .any(|w| w.message.contains("(5 steps)") || w.message.contains("5-step run")),
+            "{}: {:?}",
+            recipe.display(),
+            plan.warnings
+        );
+    }
+}

@@ -72,7 +72,13 @@ pub fn resolve_or_report(
         return Ok(Err(USAGE));
     }
     match crate::plan::resolve(recipe, overrides) {
-        Ok(plan) => Ok(Ok(plan)),
+        Ok(plan) => {
+            // On stderr, so that `runner plan --format json` stays one JSON document.
+            for w in &plan.warnings {
+                eprintln!("{w}");
+            }
+            Ok(Ok(plan))
+        }
         Err(errors) => {
             report(&errors, out)?;
             Ok(Err(INVALID))

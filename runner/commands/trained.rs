@@ -36,6 +36,7 @@ pub fn plan_and_checkpoint(model: &Path, kind: &str) -> Result<(Plan, Option<Pat
                 tree: Node::new(Value::Map(Vec::new()), Origin::start_of(&path)),
                 source: path,
                 recipe,
+                warnings: Vec::new(),
             };
             Ok((plan, latest))
         }

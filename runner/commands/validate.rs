@@ -17,18 +17,27 @@ pub struct Args {
     paths: Vec<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
+    /// Fail on warnings too (for CI): a warning is a setting that cannot make a run wrong but
+    /// is likely a slip, such as evaluation every 50 steps in a 20-step run.
+    #[arg(long)]
+    strict: bool,
 }
 
 impl Args {
     pub fn run(&self, out: &mut dyn Write) -> std::io::Result<i32> {
-        run(&self.paths, self.format, out)
+        run(&self.paths, self.format, self.strict, out)
     }
 }
 
 /// Folders checked when no path is given.
 pub const DEFAULT_PATHS: [&str; 3] = ["recipes", "configs", "sweeps"];
 
-pub fn run(paths: &[PathBuf], format: Format, out: &mut dyn Write) -> std::io::Result<i32> {
+pub fn run(
+    paths: &[PathBuf],
+    format: Format,
+    strict: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<i32> {
     let paths: Vec<PathBuf> = if paths.is_empty() {
         DEFAULT_PATHS
             .iter()
@@ -47,18 +56,27 @@ pub fn run(paths: &[PathBuf], format: Format, out: &mut dyn Write) -> std::io::R
     for file in &files {
         results.push((file, document(file, &[])));
     }
-    let invalid = results.iter().filter(|(_, r)| r.is_err()).count();
+    let warnings_of = |r: &Result<Document, Vec<Diagnostic>>| match r {
+        Ok(Document::Recipe(plan)) => plan.warnings.clone(),
+        _ => Vec::new(),
+    };
+    let fails = |r: &Result<Document, Vec<Diagnostic>>| {
+        r.is_err() || (strict && !warnings_of(r).is_empty())
+    };
+    let invalid = results.iter().filter(|(_, r)| fails(r)).count();
     match format {
         Format::Text => {
             for (file, result) in &results {
+                let status = if fails(result) { "invalid" } else { "ok     " };
                 match result {
-                    Ok(doc) => writeln!(out, "ok      {}  ({})", file.display(), describe(doc))?,
-                    Err(errors) => {
-                        writeln!(out, "invalid {}", file.display())?;
-                        for e in errors {
-                            writeln!(out, "{e}")?;
-                        }
-                    }
+                    Ok(doc) => writeln!(out, "{status} {}  ({})", file.display(), describe(doc))?,
+                    Err(_) => writeln!(out, "{status} {}", file.display())?,
+                }
+                for d in result.as_ref().err().into_iter().flatten() {
+                    writeln!(out, "{d}")?;
+                }
+                for w in warnings_of(result) {
+                    writeln!(out, "{w}")?;
                 }
             }
             let errors: usize = results
@@ -66,17 +84,27 @@ pub fn run(paths: &[PathBuf], format: Format, out: &mut dyn Write) -> std::io::R
                 .filter_map(|(_, r)| r.as_ref().err())
                 .map(Vec::len)
                 .sum();
+            let warnings: usize = results.iter().map(|(_, r)| warnings_of(r).len()).sum();
             writeln!(
                 out,
-                "checked {} files: {} valid, {invalid} invalid ({errors} errors)",
+                "checked {} files: {} valid, {invalid} invalid ({errors} errors, {warnings} warnings{})",
                 files.len(),
-                files.len() - invalid
+                files.len() - invalid,
+                if strict { ", failing under --strict" } else { "" },
             )?;
         }
         Format::Json => {
             let entries: Vec<_> = results
                 .iter()
-                .map(|(file, result)| file_json(file, result))
+                .map(|(file, result)| {
+                    let mut entry = file_json(file, result);
+                    entry["valid"] = json!(!fails(result));
+                    entry["warnings"] = json!(warnings_of(result)
+                        .iter()
+                        .map(Diagnostic::to_json)
+                        .collect::<Vec<_>>());
+                    entry
+                })
                 .collect();
             let report = json!({"valid": invalid == 0, "files": entries});
             writeln!(

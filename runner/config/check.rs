@@ -584,6 +584,9 @@ impl Walk<'_> {
         });
         match chosen {
             None if self.mode == Mode::Fragment => self.best_of(node, alts, at),
+            // `tpye: lora`: the misspelt tag is reported at its own line, and the section is
+            // checked as the branch its value names, so every other error comes out too.
+            None if self.misspelt_tag(node, alts, tag, &tags, at) => {}
             None => {
                 let message = format!(
                     "missing required key `{}`",
@@ -614,18 +617,90 @@ impl Walk<'_> {
                                 .join("."),
                             tags.join(", ")
                         );
-                        let hint = match value
+                        let near = value
                             .as_deref()
-                            .and_then(|v| did_you_mean(v, tags.iter().copied()))
-                        {
+                            .and_then(|v| did_you_mean(v, tags.iter().copied()));
+                        let hint = match near {
                             Some(near) => format!("did you mean `{near}`?"),
                             None => format!("choose one of {}", tags.join(", ")),
                         };
                         self.error(&origin, message, hint);
+                        // The rest is checked as the branch meant, so its errors come out too.
+                        if let Some(i) = near.and_then(|n| tags.iter().position(|t| *t == n)) {
+                            let mut trial = node.clone();
+                            if let Some(t) = trial.get_mut(tag) {
+                                t.value = Value::Str(tags[i].to_string());
+                            }
+                            self.node(&mut trial, alts[i], at);
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Reports the keys of a tag-less tagged section that no branch has, each at its line with
+    /// a did-you-mean over all branches' keys; when one of them is the tag misspelt, checks the
+    /// section as the branch its value names and returns true (else the tag is missing).
+    fn misspelt_tag(
+        &mut self,
+        node: &mut Node,
+        alts: &[&J],
+        tag: &str,
+        tags: &[&str],
+        at: &Origin,
+    ) -> bool {
+        let mut keys: Vec<&str> = alts
+            .iter()
+            .filter_map(|a| a.get("properties").and_then(J::as_object))
+            .flat_map(|p| p.keys().map(String::as_str))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let Value::Map(entries) = &node.value else {
+            return false;
+        };
+        let unknown: Vec<(String, Origin, Option<&str>, Option<String>)> = entries
+            .iter()
+            .filter(|e| !keys.contains(&e.key.as_str()))
+            .map(|e| {
+                let near = did_you_mean(&e.key, keys.iter().copied());
+                (
+                    e.key.clone(),
+                    e.key_origin.clone(),
+                    near,
+                    e.value.as_str().map(str::to_string),
+                )
+            })
+            .collect();
+        let here = format!("in {}", self.dotted());
+        for (key, origin, near, _) in &unknown {
+            let hint = match near {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => format!("valid keys here: {}", keys.join(", ")),
+            };
+            self.error(origin, format!("unknown key `{key}` {here}"), hint);
+        }
+        let Some((key, _, _, value)) = unknown.iter().find(|u| u.2 == Some(tag)) else {
+            return false;
+        };
+        let branch = value
+            .as_deref()
+            .and_then(|v| tags.iter().position(|t| *t == v));
+        // The rest is checked as the named branch, with the misspelt keys taken out (they are
+        // reported above) and the tag set as meant.
+        if let (Some(i), Value::Map(entries)) = (branch, &mut node.value) {
+            let mut trial_entries = entries.clone();
+            trial_entries.retain(|e| e.key == *key || keys.contains(&e.key.as_str()));
+            let mut trial = Node::new(Value::Map(trial_entries), node.origin.clone());
+            if let Value::Map(entries) = &mut trial.value {
+                for e in entries.iter_mut().filter(|e| e.key == *key) {
+                    e.key = tag.to_string();
+                }
+            }
+            self.node(&mut trial, alts[i], at);
+        }
+        true
     }
 
     /// Untagged alternatives: the first that fits, or else the errors of the closest one.

@@ -7,8 +7,26 @@ use serde::Serialize;
 
 use super::node::Origin;
 
+/// An error makes a file invalid; a warning is a setting that cannot make a run wrong but is
+/// likely not what was meant (`validate --strict` fails on warnings too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Diagnostic {
+    pub severity: Severity,
     /// Where the problem is; `None` only for problems with no place (an unreadable path).
     pub origin: Option<Origin>,
     pub message: String,
@@ -21,6 +39,7 @@ pub struct Diagnostic {
 impl Diagnostic {
     pub fn error(origin: Origin, message: impl Into<String>) -> Diagnostic {
         Diagnostic {
+            severity: Severity::Error,
             origin: Some(origin),
             message: message.into(),
             hint: None,
@@ -31,11 +50,18 @@ impl Diagnostic {
     /// A problem that has no position, such as a path that does not exist.
     pub fn unplaced(message: impl Into<String>) -> Diagnostic {
         Diagnostic {
+            severity: Severity::Error,
             origin: None,
             message: message.into(),
             hint: None,
             notes: Vec::new(),
         }
+    }
+
+    /// The same diagnostic as a warning.
+    pub fn as_warning(mut self) -> Diagnostic {
+        self.severity = Severity::Warning;
+        self
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Diagnostic {
@@ -52,7 +78,7 @@ impl Diagnostic {
     pub fn to_json(&self) -> JsonDiagnostic {
         let (file, line, col) = place(self.origin.as_ref());
         JsonDiagnostic {
-            severity: "error",
+            severity: self.severity.name(),
             file,
             line,
             col,
@@ -90,8 +116,8 @@ fn place(origin: Option<&Origin>) -> (Option<String>, Option<usize>, Option<usiz
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.origin {
-            Some(origin) => write!(f, "{origin}: error: {}", self.message)?,
-            None => write!(f, "error: {}", self.message)?,
+            Some(origin) => write!(f, "{origin}: {}: {}", self.severity.name(), self.message)?,
+            None => write!(f, "{}: {}", self.severity.name(), self.message)?,
         }
         if let Some(Origin::Override { text, .. }) = &self.origin {
             write!(f, "\n  in override: {text}")?;

@@ -135,6 +135,16 @@ impl Node {
         self.entry(key).map(|e| &e.value)
     }
 
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Node> {
+        match &mut self.value {
+            Value::Map(entries) => entries
+                .iter_mut()
+                .find(|e| e.key == key)
+                .map(|e| &mut e.value),
+            _ => None,
+        }
+    }
+
     /// The node at a dotted path of keys (sequence items by index).
     pub fn at(&self, path: &[&str]) -> Option<&Node> {
         let mut node = self;

@@ -20,6 +20,8 @@ pub struct Checker<'a> {
     tree: &'a Node,
     source: &'a Path,
     pub errors: Vec<Diagnostic>,
+    /// Settings that cannot make a run wrong but are likely not what was meant.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl<'a> Checker<'a> {
@@ -29,6 +31,7 @@ impl<'a> Checker<'a> {
             tree,
             source,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -58,6 +61,18 @@ impl<'a> Checker<'a> {
 
     /// Report a rule broken by `keys`; the first key is the position, the others are notes.
     pub fn fail(&mut self, keys: &[&str], message: impl Into<String>, hint: impl Into<String>) {
+        let d = self.diagnostic(keys, message.into(), hint.into());
+        self.errors.push(d);
+    }
+
+    /// Report a setting of `keys` that cannot make the run wrong but is likely a slip (a
+    /// 5-step smoke run of a recipe with 10 warmup steps).
+    pub fn warn(&mut self, keys: &[&str], message: impl Into<String>, hint: impl Into<String>) {
+        let d = self.diagnostic(keys, message.into(), hint.into());
+        self.warnings.push(d.as_warning());
+    }
+
+    fn diagnostic(&self, keys: &[&str], message: String, hint: String) -> Diagnostic {
         let (origin, _) = self.locate(keys[0]);
         let mut d = Diagnostic::error(origin, message).with_hint(hint);
         for key in keys {
@@ -71,7 +86,7 @@ impl<'a> Checker<'a> {
                 },
             );
         }
-        self.errors.push(d);
+        d
     }
 
     fn training(&mut self, t: &Training, schedule: EvalSchedule, output: &Output) {
@@ -104,10 +119,10 @@ impl<'a> Checker<'a> {
         }
         if let (Some(warmup), Some(steps)) = (s.warmup_steps, t.max_steps) {
             if warmup >= steps {
-                self.fail(
+                self.warn(
                     &["training.schedule.warmup_steps", "training.max_steps"],
-                    format!("warmup ({warmup} steps) is not shorter than training ({steps} steps)"),
-                    "shorten the warmup or train longer",
+                    format!("warmup ({warmup} steps) is not shorter than training ({steps} steps): the learning rate never reaches its peak"),
+                    "fine for a smoke run; otherwise shorten the warmup or train longer",
                 );
             }
         }
@@ -168,12 +183,12 @@ impl<'a> Checker<'a> {
             }
             if let Some(every) = output.checkpoint_every_steps {
                 if every > steps {
-                    self.fail(
+                    self.warn(
                         &["output.checkpoint_every_steps", "training.max_steps"],
                         format!(
                             "checkpoints every {every} steps never happen in a {steps}-step run"
                         ),
-                        "lower checkpoint_every_steps (the final checkpoint is always written)",
+                        "the final checkpoint is always written; lower checkpoint_every_steps for checkpoints before it",
                     );
                 }
             }
@@ -191,10 +206,10 @@ impl<'a> Checker<'a> {
         }
         if let (Some(every), Some(max)) = (steps, max_steps) {
             if every > max {
-                self.fail(
+                self.warn(
                     &["evaluation.every_steps", "training.max_steps"],
                     format!("evaluation every {every} steps never happens in a {max}-step run"),
-                    "lower every_steps (the end of training is always evaluated)",
+                    "the end of training is always evaluated; lower every_steps for evaluations before it",
                 );
             }
         }

@@ -34,4 +34,7 @@ pub struct Plan {
     /// blake3 of the canonical JSON of `recipe`: independent of key order, comments and
     /// formatting, changed by any value.
     pub hash: String,
+    /// Settings that cannot make the run wrong but are likely slips; printed, never fatal
+    /// (except under `validate --strict`).
+    pub warnings: Vec<crate::config::Diagnostic>,
 }

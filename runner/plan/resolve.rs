@@ -98,13 +98,15 @@ pub fn plan_from_tree(source: &Path, kind: &str, mut tree: Node) -> Result<Plan,
         )
         .with_hint("this is a bug in runner's schema: please report it with the recipe")]
     })?;
-    let plan = Plan {
+    let mut plan = Plan {
         source: source.to_path_buf(),
         hash: hash(&recipe),
         recipe,
         tree,
+        warnings: Vec::new(),
     };
-    let errors = check(&plan);
+    let (errors, warnings) = check(&plan);
+    plan.warnings = warnings;
     if errors.is_empty() {
         Ok(plan)
     } else {
@@ -112,9 +114,9 @@ pub fn plan_from_tree(source: &Path, kind: &str, mut tree: Node) -> Result<Plan,
     }
 }
 
-/// All semantic problems of a plan: the rules every kind shares, the kind's own, and those
-/// of the recipes it names as inputs.
-fn check(plan: &Plan) -> Vec<Diagnostic> {
+/// All semantic problems of a plan, errors and warnings: the rules every kind shares, the
+/// kind's own, and those of the recipes it names as inputs.
+fn check(plan: &Plan) -> (Vec<Diagnostic>, Vec<Diagnostic>) {
     let recipe = plan.recipe.as_kind();
     let mut c = Checker::new(&plan.tree, &plan.source);
     let parts = recipe.parts();
@@ -135,7 +137,7 @@ fn check(plan: &Plan) -> Vec<Diagnostic> {
     for input in recipe.input_recipes() {
         input_recipe(&mut c, plan, &input);
     }
-    c.errors
+    (c.errors, c.warnings)
 }
 
 /// A recipe named as an input must resolve and be one whose run serves; a chain of input
