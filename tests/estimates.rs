@@ -11,12 +11,10 @@ fn count(recipe: &str, overrides: &[&str]) -> runner::plan::estimate::Estimate {
     estimate(&resolve(Path::new(recipe), &overrides).unwrap().recipe)
 }
 
+/// A model's own weights: the plan's total for the part, less the adapters added to it.
 fn part_total(e: &runner::plan::estimate::Estimate, part: &str) -> u64 {
-    e.groups
-        .iter()
-        .filter(|g| g.part == part && g.group != "adapters")
-        .map(|g| g.total)
-        .sum()
+    let p = e.parts.iter().find(|p| p.part == part).unwrap();
+    p.total - p.adapters
 }
 
 #[test]
@@ -28,6 +26,16 @@ fn t5_base_and_llama_2_7b_have_their_hf_parameter_counts() {
     // LlamaForCausalLM(Llama-2-7b-hf).num_parameters() == 6_738_415_616.
     let llama = count("recipes/paper/longlora_llama2_7b_8k_lora_plus.yaml", &[]);
     assert_eq!(part_total(&llama, "model"), 6_738_415_616);
+    // `runner plan` prints each model's total beside its groups.
+    let mut out = Vec::new();
+    let path = Path::new("recipes/paper/iag_imcqa_nq_t5_base.yaml");
+    runner::commands::plan::run(path, &[], runner::commands::Format::Text, &mut out).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("#   teacher (all)               222,903,552              0\n"),
+        "{out}"
+    );
+    assert!(out.contains("(222,903,552 + 1,339,440 adapters)"), "{out}");
 }
 
 #[test]

@@ -68,6 +68,34 @@ fn a_run_leaves_its_artifacts_and_tensorboard_reads_them() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps"], 12);
     assert!(plan.contains(summary["plan_hash"].as_str().unwrap()));
+    // The last evaluation's metrics are those metrics.csv logged at the last step, and the
+    // per-model totals add up the groups.
+    assert_eq!(summary["last_evaluation"]["step"], 12, "{summary}");
+    let logged: Vec<String> = curve(&dir)
+        .into_iter()
+        .filter(|l| l.starts_with("12,eval,"))
+        .collect();
+    let metrics = summary["last_evaluation"]["metrics"].as_object().unwrap();
+    assert_eq!(metrics.len(), logged.len(), "{summary}");
+    for line in &logged {
+        let fields: Vec<&str> = line.split(',').collect();
+        let value: f64 = fields[3].parse().unwrap();
+        let reported = metrics[fields[2]].as_f64().unwrap();
+        assert!(
+            (reported - value).abs() <= 1e-9 * value.abs().max(1.0),
+            "{line}: {reported}"
+        );
+    }
+    let groups: u64 = summary["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["total"].as_u64().unwrap())
+        .sum();
+    let totals = summary["parameter_totals"].as_array().unwrap();
+    assert_eq!(totals.len(), 1, "one model: {summary}");
+    assert_eq!(totals[0]["total"].as_u64().unwrap(), groups);
+    assert!(totals[0]["adapters"].as_u64().unwrap() > 0);
     let runs = std::fs::read_to_string(tmp.path().join("runs.csv")).unwrap();
     assert_eq!(runs.lines().count(), 2, "a header and this run's row");
     // Sliding-window perplexity of the trained run, and the evaluation's own at both lengths.
@@ -167,10 +195,20 @@ fn a_run_killed_before_its_result_was_written_is_completed_by_a_rerun() {
     let dir = tmp.path().join("run");
     run(&dir, &[]);
     let whole = adapter(&dir);
+    let before = std::fs::read_to_string(dir.join("summary.json")).unwrap();
     std::fs::remove_file(dir.join("summary.json")).unwrap();
     std::fs::remove_dir_all(dir.join("adapter")).unwrap();
     run(&dir, &[]);
     assert!(dir.join("summary.json").is_file(), "the result is written");
+    let field = |text: &str, key: &str| {
+        serde_json::from_str::<serde_json::Value>(text).unwrap()[key].clone()
+    };
+    let after = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    assert_eq!(
+        field(&before, "last_evaluation"),
+        field(&after, "last_evaluation"),
+        "from the checkpoint's state"
+    );
     assert!(adapter(&dir) == whole, "from the last checkpoint's weights");
     let table = std::fs::read_to_string(tmp.path().join("runs.csv")).unwrap();
     assert_eq!(table.lines().count(), 2, "a header and one row:\n{table}");

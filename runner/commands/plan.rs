@@ -75,6 +75,18 @@ pub fn summary(e: &Estimate, checkpointing: bool) -> String {
             thousands(g.trainable)
         );
     }
+    for p in &e.parts {
+        let own = match p.adapters {
+            0 => String::new(),
+            a => format!("  ({} + {} adapters)", thousands(p.total - a), thousands(a)),
+        };
+        s += &format!(
+            "#   {:<24} {:>14} {:>14}{own}\n",
+            format!("{} (all)", p.part),
+            thousands(p.total),
+            thousands(p.trainable)
+        );
+    }
     let share = 100.0 * e.trainable_params as f64 / e.total_params.max(1) as f64;
     s += &format!(
         "#   {:<24} {:>14} {:>14}  ({share:.3}% trainable)\n",

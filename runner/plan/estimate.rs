@@ -155,10 +155,47 @@ pub struct Memory {
     pub peak: u64,
 }
 
+/// Parameter counts of one part (a model: `student`, `teacher`, `decoder`), all groups added.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PartCount {
+    pub part: String,
+    pub total: u64,
+    pub trainable: u64,
+    /// Of `total`, the adapters' (LoRA, HyperLoRA) added to the model's own weights.
+    pub adapters: u64,
+}
+
+/// Each part's totals, in the order the parts first appear in `groups`.
+pub fn part_totals(groups: &[GroupCount]) -> Vec<PartCount> {
+    let mut parts: Vec<PartCount> = Vec::new();
+    for g in groups {
+        let i = match parts.iter().position(|p| p.part == g.part) {
+            Some(i) => i,
+            None => {
+                parts.push(PartCount {
+                    part: g.part.clone(),
+                    total: 0,
+                    trainable: 0,
+                    adapters: 0,
+                });
+                parts.len() - 1
+            }
+        };
+        parts[i].total += g.total;
+        parts[i].trainable += g.trainable;
+        if g.group == "adapters" {
+            parts[i].adapters += g.total;
+        }
+    }
+    parts
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Estimate {
     pub total_params: u64,
     pub trainable_params: u64,
+    /// Each model's totals: what a paper quotes (T5-base's 222,903,552) without adding rows.
+    pub parts: Vec<PartCount>,
     pub groups: Vec<GroupCount>,
     /// Input tokens the trained model reads per optimizer step, all devices together.
     pub tokens_per_step: u64,
@@ -234,6 +271,7 @@ pub fn estimate(recipe: &Recipe) -> Estimate {
     Estimate {
         total_params,
         trainable_params,
+        parts: part_totals(&groups),
         groups,
         tokens_per_step: examples_per_step * trained_tokens,
         examples_per_step,

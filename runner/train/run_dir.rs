@@ -46,6 +46,9 @@ pub struct RunState {
     /// Steps whose gradient was not finite and were skipped (`training.skip_nonfinite_steps`).
     #[serde(default)]
     pub skipped_steps: u64,
+    /// The latest evaluation: its step and metrics, for `summary.json`.
+    #[serde(default)]
+    pub last_evaluation: Option<(u64, Vec<(String, f64)>)>,
 }
 
 pub struct Checkpoint {

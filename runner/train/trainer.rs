@@ -23,7 +23,7 @@ use crate::artifacts::tensorboard::HParamValue;
 use crate::data::loader::Share;
 use crate::files::write_atomic;
 use crate::models::{Checkpointing, Tape};
-use crate::plan::estimate::estimate;
+use crate::plan::estimate::{estimate, part_totals, GroupCount};
 use crate::plan::inventory::Group;
 use crate::plan::Plan;
 
@@ -266,6 +266,7 @@ pub fn train(
             .transpose()?
             .flatten()
         {
+            state.last_evaluation = Some((state.step, evaluation.metrics.clone()));
             if let Some(&(_, value)) = evaluation.metrics.iter().find(|(n, _)| n == best_name) {
                 let better = state.best.is_none_or(|(best, _)| {
                     let delta = t.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
@@ -554,21 +555,30 @@ fn write_summary(
     peak_memory: Option<f64>,
 ) -> Result<()> {
     let estimate = estimate(&plan.recipe).memory_per_device;
-    let counts: Vec<_> = task
+    let counts: Vec<GroupCount> = task
         .stores()
         .into_iter()
         .flat_map(|(prefix, store)| {
-            store.counts().into_iter().map(move |c| {
-                json!({ "model": prefix.trim_end_matches('.'), "group": Group::name(c.group), "total": c.total, "trainable": c.trainable })
+            store.counts().into_iter().map(move |c| GroupCount {
+                part: prefix.trim_end_matches('.').to_string(),
+                group: Group::name(c.group).to_string(),
+                total: c.total.max(0) as u64,
+                trainable: c.trainable.max(0) as u64,
             })
         })
         .collect();
+    let last_evaluation = state.last_evaluation.as_ref().map(|(step, metrics)| {
+        let metrics: serde_json::Map<_, _> =
+            metrics.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        json!({ "step": step, "metrics": metrics })
+    });
     let summary = json!({
         "name": plan.recipe.name(),
         "kind": plan.recipe.kind(),
         "plan_hash": plan.hash,
         "steps": s.steps,
         "final_train_loss": s.final_loss,
+        "last_evaluation": last_evaluation,
         "best": s.best.map(|(value, step)| json!({ "metric": task.best_metric().0, "value": value, "step": step })),
         "resumed_from_step": s.resumed_from,
         "inputs": inputs.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
@@ -586,7 +596,8 @@ fn write_summary(
         "train_seconds": state.seconds,
         "skipped_steps": state.skipped_steps,
         "device": format!("{:?}", task.device()),
-        "parameters": counts,
+        "parameter_totals": part_totals(&counts).iter().map(|p| json!({ "model": p.part, "total": p.total, "trainable": p.trainable, "adapters": p.adapters })).collect::<Vec<_>>(),
+        "parameters": counts.iter().map(|c| json!({ "model": c.part, "group": c.group, "total": c.total, "trainable": c.trainable })).collect::<Vec<_>>(),
         "versions": { "runner": env!("CARGO_PKG_VERSION"), "tch": "0.24.0", "libtorch": "2.11.0" },
     });
     append_run_row(&index, plan, s, state)?;
