@@ -26,3 +26,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all()?;
     fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
+
+/// Where runner keeps what it can recompute (file digests, retrieved exemplars):
+/// `$RUNNER_CACHE_DIR` (a cluster's shared disk, a test's own folder), else `results/cache`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("RUNNER_CACHE_DIR")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("results/cache"), PathBuf::from)
+}

@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod digest;
 pub mod distributed;
 pub mod document;
 pub mod eval;

@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The floors, bottom first (see ARCHITECTURE.md); `""` is the crate root (lib.rs, main.rs).
-const FLOORS: [(&str, u32); 14] = [
+const FLOORS: [(&str, u32); 15] = [
     ("config", 0),
     ("artifacts", 0),
     ("files", 0),
+    ("digest", 0),
     ("distributed", 0),
     ("plan", 1),
     ("models", 2),

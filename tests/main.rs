@@ -9,6 +9,7 @@ mod estimates;
 mod evaluation;
 mod hostile;
 mod iag;
+mod identity;
 mod meteor;
 mod metrics;
 mod models;

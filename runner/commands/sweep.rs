@@ -10,12 +10,17 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::run::Target;
+use crate::digest::FILE_INPUT;
 use crate::document::{document, Document};
+use crate::files::read_json;
+use crate::methods::inputs::file_digests;
+use crate::plan::layout::InputPath;
 use crate::sweep::record::{self, Record, Status};
 use crate::sweep::results;
 use crate::sweep::spec::SweepSpec;
 use crate::sweep::trials::{as_overrides, expand, Trial};
 use crate::sweep::{local, slurm};
+use crate::train::run_dir::changed_inputs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Launcher {
@@ -54,6 +59,9 @@ struct Planned {
     run_dir: PathBuf,
     /// Data-parallel ranks of the trial (its `training.distributed.devices`).
     ranks: usize,
+    /// The digests of the files the trial reads (`file:PATH`), to tell a finished trial whose
+    /// data changed since.
+    files: Digests,
 }
 
 pub fn run(options: &Options, out: &mut dyn Write) -> std::io::Result<i32> {
@@ -92,9 +100,14 @@ fn recipe_path(path: &Path, spec: &SweepSpec) -> PathBuf {
     path.parent().unwrap_or(Path::new("")).join(&spec.recipe)
 }
 
+/// (`file:PATH`, digest) of the files a plan reads.
+type Digests = Vec<(String, String)>;
+
 /// Every trial with its plan hash and run directory.
 fn plan(path: &Path, spec: &SweepSpec, dir: &Path) -> Result<Vec<Planned>> {
     let recipe = recipe_path(path, spec);
+    // Trials mostly read the same files: each set of paths is digested once.
+    let mut digested: Vec<(Vec<InputPath>, Digests)> = Vec::new();
     expand(spec)
         .into_iter()
         .enumerate()
@@ -108,7 +121,17 @@ fn plan(path: &Path, spec: &SweepSpec, dir: &Path) -> Result<Vec<Planned>> {
                 )
             })?;
             let run_dir = dir.join("runs").join(format!("{i:03}-{}", &plan.hash[..8]));
+            let paths = plan.recipe.as_kind().input_paths();
+            let files = match digested.iter().find(|(p, _)| *p == paths) {
+                Some((_, files)) => files.clone(),
+                None => {
+                    let files = file_digests(&plan)?;
+                    digested.push((paths, files.clone()));
+                    files
+                }
+            };
             Ok(Planned {
+                files,
                 trial,
                 overrides,
                 ranks: plan.recipe.training().distributed.devices as usize,
@@ -125,6 +148,20 @@ fn done<'a>(earlier: &'a [Record], p: &Planned) -> Option<&'a Record> {
         .iter()
         .find(|r| r.plan_hash == p.hash)
         .filter(|r| r.status.is_done() && Path::new(&r.run_dir).is_dir())
+}
+
+/// What changed in the files a trial's run directory was trained from (the same rule as
+/// `runner run`'s); empty when nothing did, or the directory has no record.
+fn changed_files(p: &Planned) -> Vec<String> {
+    let Ok(record) = read_json(&p.run_dir.join("plan.json"), "") else {
+        return Vec::new();
+    };
+    let Some(then) = record["inputs"].as_object() else {
+        return Vec::new();
+    };
+    let mut then = then.clone();
+    then.retain(|k, _| k.starts_with(FILE_INPUT));
+    changed_inputs(&then, &p.files)
 }
 
 fn record(i: usize, p: &Planned, status: Status) -> Record {
@@ -152,8 +189,15 @@ fn sweep(path: &Path, spec: &SweepSpec, options: &Options, out: &mut dyn Write) 
     let earlier = record::load(&dir)?;
     let mut records: Vec<Record> = Vec::new();
     let mut todo: Vec<usize> = Vec::new();
+    // Trials whose data changed since they ran: trained anew (their old run kept beside).
+    let mut anew: Vec<usize> = Vec::new();
     for (i, p) in planned.iter().enumerate() {
-        match done(&earlier, p) {
+        let changed = changed_files(p);
+        if !changed.is_empty() {
+            writeln!(out, "trial {i}: {}; training it anew", changed.join("; "))?;
+            anew.push(i);
+        }
+        match done(&earlier, p).filter(|_| changed.is_empty()) {
             Some(r) => records.push(Record {
                 trial: i,
                 ..r.clone()
@@ -178,7 +222,10 @@ fn sweep(path: &Path, spec: &SweepSpec, options: &Options, out: &mut dyn Write) 
     if !todo.is_empty() {
         let jobs: Vec<local::Job> = todo
             .iter()
-            .map(|&i| job(path, spec, &planned[i], &dir, i, options.device))
+            .map(|&i| {
+                let force = anew.contains(&i);
+                job(path, spec, &planned[i], &dir, i, options.device, force)
+            })
             .collect();
         let mut finish =
             |id: usize, status: Status, error: Option<String>, wall: f64| -> Result<()> {
@@ -283,6 +330,7 @@ fn job(
     dir: &Path,
     i: usize,
     device: Target,
+    force: bool,
 ) -> local::Job {
     let mut args = vec![
         "run".to_string(),
@@ -291,6 +339,9 @@ fn job(
     args.extend(p.overrides.iter().cloned());
     args.push("--out".into());
     args.push(p.run_dir.display().to_string());
+    if force {
+        args.push("--force".into());
+    }
     args.push("--device".into());
     args.push(
         match device {

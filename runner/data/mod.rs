@@ -5,6 +5,7 @@ pub mod categories;
 pub mod chatml;
 pub mod exemplars;
 pub mod images;
+pub mod input_files;
 pub mod instruction;
 pub mod loader;
 pub mod mixture;

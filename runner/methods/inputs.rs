@@ -7,8 +7,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
+use crate::data::input_files;
+use crate::digest;
 use crate::plan::{resolve, Plan};
 use crate::train::trainer;
+
+/// The content digest of every file `plan` reads (data, tokenizers, weights folders, listed
+/// images), as inputs named `file:PATH`; cached, so unchanged files are not read again.
+pub fn file_digests(plan: &Plan) -> Result<Vec<(String, String)>> {
+    let files = input_files::files(&plan.recipe.as_kind().input_paths());
+    let digests = digest::digests(&files)?;
+    Ok(digests
+        .into_iter()
+        .map(|(path, digest)| (format!("{}{path}", digest::FILE_INPUT), digest))
+        .collect())
+}
 
 /// Where a plan's input runs come from.
 #[derive(Clone, Copy)]
@@ -71,8 +84,11 @@ fn resolve_input(recipe: &str, key: &str) -> Result<Plan> {
     })
 }
 
+/// Whether `plan` has a finished run trained from the files it names now (a teacher whose data
+/// changed is trained again, or refused naming the file).
 fn finished(plan: &Plan) -> bool {
-    trainer::default_dir(plan).join("summary.json").is_file()
+    let files = file_digests(plan).unwrap_or_default();
+    trainer::finished_run(plan, &trainer::default_dir(plan), &files).is_some()
 }
 
 /// The run directory and plan hash of `plan` (a recipe named by `key`), training it first

@@ -75,8 +75,19 @@ fn train_for(
         dp.barrier()?;
     }
     let inputs = inputs?;
+    let known = [inputs.hashes.clone(), inputs::file_digests(plan)?].concat();
+    let dir = options
+        .out
+        .clone()
+        .unwrap_or_else(|| trainer::default_dir(plan));
+    if let Some(summary) = (!options.force)
+        .then(|| trainer::finished_run(plan, &dir, &known))
+        .flatten()
+    {
+        return Ok(summary);
+    }
     let task = build(plan, &inputs, device)?;
-    let recorded = [inputs.hashes, task.input_hashes()].concat();
+    let recorded = [known, task.input_hashes()].concat();
     trainer::train(plan, task.as_ref(), options, &recorded, dp)
 }
 

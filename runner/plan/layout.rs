@@ -119,6 +119,9 @@ pub trait RecipeKind: Shared {
     fn input_recipes(&self) -> Vec<InputRecipe> {
         Vec::new()
     }
+    /// The files and folders a run of this recipe reads (data, tokenizers, weights, images);
+    /// their content digests are part of the run's identity.
+    fn input_paths(&self) -> Vec<InputPath>;
     /// What a run of this recipe leaves for other recipes' runs to read, besides its own
     /// artifacts (a trained teacher, error rates).
     fn leaves(&self) -> Vec<&'static str> {
@@ -127,6 +130,29 @@ pub trait RecipeKind: Shared {
     /// Leaves out what only the paper's method has, so `runner bench` times the same model as
     /// its PyTorch reference does.
     fn as_in_pytorch(&mut self) {}
+}
+
+/// A path a recipe names whose content a run reads.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InputPath {
+    File(String),
+    /// Every file under it (an HF folder: config, weights, tokenizer).
+    Folder(String),
+    /// The images a ScienceQA-style data file lists (`image`), under `root`.
+    ImagesOf {
+        data: String,
+        root: String,
+    },
+}
+
+impl InputPath {
+    /// A path that may name a file or a folder (`model.path`, `tokenizer`).
+    pub fn any(path: &str) -> InputPath {
+        match std::path::Path::new(path).is_dir() {
+            true => InputPath::Folder(path.to_string()),
+            false => InputPath::File(path.to_string()),
+        }
+    }
 }
 
 /// A recipe another recipe names, and what it reads from that recipe's run.

@@ -19,6 +19,7 @@ use tch::Tensor;
 
 use crate::config::emit;
 use crate::data::loader::Position;
+use crate::digest::{FILE_INPUT, MISSING};
 use crate::files::write_atomic;
 use crate::models::hf_folder::write_safetensors;
 use crate::plan::Plan;
@@ -110,13 +111,23 @@ impl RunDir {
                     );
                 }
             }
-            let inputs_json = serde_json::json!(inputs_map(inputs));
-            if before["inputs"] != inputs_json && !before["inputs"].is_null() && !force {
-                bail!(
-                    "{} was trained from other inputs ({} then, {} now)\n  hint: a run it builds on (a teacher) was trained again with another plan; choose another --out, or pass --force",
-                    path.display(),
-                    before["inputs"],
-                    inputs_json
+            let changed = before["inputs"]
+                .as_object()
+                .map(|then| changed_inputs(then, inputs))
+                .unwrap_or_default();
+            if !changed.is_empty() {
+                if !force {
+                    bail!(
+                        "{} was trained from other inputs: {}\n  hint: its results would not be this data's; pass --force to train it anew (the old run is kept beside it), or choose another --out",
+                        path.display(),
+                        changed.join("; ")
+                    );
+                }
+                let kept = supersede(path)?;
+                eprintln!(
+                    "inputs changed ({}): training anew; the old run is kept as {}",
+                    changed.join("; "),
+                    kept.display()
                 );
             }
         }
@@ -298,6 +309,66 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         optimizer: read("optimizer.safetensors")?,
         state,
     })
+}
+
+/// What differs between the inputs a run was trained from and `now`, each said of its file or
+/// run. A record from before file digests were kept (no `file:` entries) is compared on runs
+/// only.
+pub fn changed_inputs(
+    then: &serde_json::Map<String, Value>,
+    now: &[(String, String)],
+) -> Vec<String> {
+    let files_recorded = then.keys().any(|k| k.starts_with(FILE_INPUT));
+    let now_map = inputs_map(now);
+    let mut keys: Vec<&str> = then.keys().map(String::as_str).collect();
+    keys.extend(now_map.keys().copied());
+    keys.sort_unstable();
+    keys.dedup();
+    let mut changed = Vec::new();
+    for key in keys {
+        let (before, after) = (
+            then.get(key).and_then(Value::as_str),
+            now_map.get(key).copied(),
+        );
+        if before == after {
+            continue;
+        }
+        let Some(file) = key.strip_prefix(FILE_INPUT) else {
+            changed.push(format!(
+                "{key}: another run ({} then, {} now)",
+                before.unwrap_or("none"),
+                after.unwrap_or("none")
+            ));
+            continue;
+        };
+        if !files_recorded {
+            continue;
+        }
+        changed.push(match (before, after) {
+            (_, Some(MISSING)) | (Some(_), None) => format!("{file} is gone"),
+            (None | Some(MISSING), Some(_)) => format!("{file} was added"),
+            (Some(_), Some(_)) => format!("{file} changed"),
+            (None, None) => unreachable!("a key is in one of the two"),
+        });
+    }
+    changed
+}
+
+/// Moves a run directory aside to `<dir>.superseded-N`, so that training anew loses nothing.
+fn supersede(path: &Path) -> Result<PathBuf> {
+    let mut n = 1;
+    let kept = loop {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".superseded-{n}"));
+        let kept = PathBuf::from(name);
+        if !kept.exists() {
+            break kept;
+        }
+        n += 1;
+    };
+    fs::rename(path, &kept)
+        .with_context(|| format!("cannot move {} aside to {}", path.display(), kept.display()))?;
+    Ok(kept)
 }
 
 fn inputs_map(inputs: &[(String, String)]) -> std::collections::BTreeMap<&str, &str> {

@@ -15,13 +15,14 @@ use super::log::MetricsLog;
 use super::memory;
 use super::optimizer::AdamW;
 use super::parallel::DataParallel;
-use super::run_dir::{RunDir, RunState};
+use super::run_dir::{changed_inputs, RunDir, RunState};
 use super::schedule::LrSchedule;
 use super::task::{self, EvalShare, Evaluation, Task};
 use super::zero::Update;
 use crate::artifacts::tensorboard::HParamValue;
 use crate::data::loader::Share;
-use crate::files::write_atomic;
+use crate::digest::FILE_INPUT;
+use crate::files::{read_json, write_atomic};
 use crate::models::{Checkpointing, Tape};
 use crate::plan::estimate::{estimate, part_totals, GroupCount};
 use crate::plan::inventory::Group;
@@ -52,6 +53,35 @@ pub fn default_dir(plan: &Plan) -> PathBuf {
     let out = plan.recipe.output();
     let dir = out.dir.replace("{name}", plan.recipe.name());
     PathBuf::from(format!("{dir}-{}", &plan.hash[..8]))
+}
+
+/// The summary of `dir` when it holds a finished run of `plan` from these `inputs` (the runs
+/// it builds on and its files' digests; inputs a task adds when built are not compared here):
+/// such a run is reported without building its task or reading its data again.
+pub fn finished_run(plan: &Plan, dir: &Path, inputs: &[(String, String)]) -> Option<Summary> {
+    let summary = read_json(&dir.join(SUMMARY), "").ok()?;
+    // A run stopped early (`--stop-after`) has a summary too, but more steps to train.
+    if summary["finished"] != json!(true) {
+        return None;
+    }
+    let record = read_json(&dir.join("plan.json"), "").ok()?;
+    if record["hash"].as_str() != Some(plan.hash.as_str()) {
+        return None;
+    }
+    let mut then = record["inputs"].as_object()?.clone();
+    then.retain(|k, _| k.starts_with(FILE_INPUT) || inputs.iter().any(|(n, _)| n == k));
+    if !changed_inputs(&then, inputs).is_empty() {
+        return None;
+    }
+    let steps = summary["steps"].as_u64()?;
+    let best = &summary["best"];
+    Some(Summary {
+        dir: dir.to_path_buf(),
+        steps,
+        final_loss: summary["final_train_loss"].as_f64().unwrap_or(f64::NAN),
+        best: best["value"].as_f64().zip(best["step"].as_u64()),
+        resumed_from: Some(steps),
+    })
 }
 
 /// Trains `task` as `plan` says, as one of `dp`'s ranks. `inputs` name the runs this one
@@ -577,11 +607,13 @@ fn write_summary(
         "kind": plan.recipe.kind(),
         "plan_hash": plan.hash,
         "steps": s.steps,
+        "finished": state.finished,
         "final_train_loss": s.final_loss,
         "last_evaluation": last_evaluation,
         "best": s.best.map(|(value, step)| json!({ "metric": task.best_metric().0, "value": value, "step": step })),
         "resumed_from_step": s.resumed_from,
-        "inputs": inputs.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "inputs": inputs.iter().filter(|(k, _)| !k.starts_with(FILE_INPUT)).map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "files": inputs.iter().filter_map(|(k, v)| Some((k.strip_prefix(FILE_INPUT)?.to_string(), json!(v)))).collect::<serde_json::Map<_, _>>(),
         "tokens": state.tokens,
         "memory_per_device": {
             "measured_peak_bytes": peak_memory,
@@ -612,13 +644,24 @@ fn append_run_row(path: &Path, plan: &Plan, s: &Summary, state: &RunState) -> Re
         std::fs::create_dir_all(parent)?;
     }
     let new = !path.exists();
-    // A run completed after a kill may have appended its row already.
-    let dir = s.dir.display().to_string();
-    if !new
-        && std::fs::read_to_string(path)?
-            .lines()
-            .any(|l| l.split(',').nth(3) == Some(dir.as_str()))
-    {
+    let (best_value, best_step) = s.best.map_or((String::new(), String::new()), |(v, st)| {
+        (v.to_string(), st.to_string())
+    });
+    let row = format!(
+        "{},{},{},{},{},{},{best_value},{best_step},{:.1}",
+        plan.recipe.name(),
+        plan.recipe.kind(),
+        &plan.hash[..12],
+        s.dir.display(),
+        s.steps,
+        s.final_loss,
+        state.seconds
+    );
+    // A run completed after a kill may have appended its row already: the same row but for
+    // the seconds (its last checkpoint's). A run trained anew in the directory is a new row.
+    let same =
+        |line: &str| line.rsplit_once(',').map(|(a, _)| a) == row.rsplit_once(',').map(|(a, _)| a);
+    if !new && std::fs::read_to_string(path)?.lines().any(same) {
         return Ok(());
     }
     let mut f = OpenOptions::new()
@@ -631,19 +674,8 @@ fn append_run_row(path: &Path, plan: &Plan, s: &Summary, state: &RunState) -> Re
         text +=
             "name,kind,plan_hash,dir,steps,final_train_loss,best_value,best_step,train_seconds\n";
     }
-    let (best_value, best_step) = s.best.map_or((String::new(), String::new()), |(v, st)| {
-        (v.to_string(), st.to_string())
-    });
-    text += &format!(
-        "{},{},{},{},{},{},{best_value},{best_step},{:.1}\n",
-        plan.recipe.name(),
-        plan.recipe.kind(),
-        &plan.hash[..12],
-        dir,
-        s.steps,
-        s.final_loss,
-        state.seconds
-    );
+    text += &row;
+    text += "\n";
     f.write_all(text.as_bytes())?;
     f.flush()?;
     Ok(())

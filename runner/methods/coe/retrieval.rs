@@ -232,12 +232,8 @@ fn exemplar_cache(
     });
     hasher.update(key.to_string().as_bytes());
     let hash = hasher.finalize().to_hex();
-    // RUNNER_CACHE_DIR moves the cache (a cluster's shared disk, a test's own folder).
-    let dir = std::env::var_os("RUNNER_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("results/cache"));
     Ok(ExemplarCache {
-        path: dir.join(format!("exemplars-{}.json", &hash[..16])),
+        path: crate::files::cache_dir().join(format!("exemplars-{}.json", &hash[..16])),
     })
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::checks::Checker;
 use crate::plan::common::{is_recipe, tokenizer_file};
 use crate::plan::inventory;
-use crate::plan::layout::{evaluation_schedule, InputRecipe, RecipeKind, RecipeOf};
+use crate::plan::layout::{evaluation_schedule, InputPath, InputRecipe, RecipeKind, RecipeOf};
 use crate::plan::parts::Part;
 use crate::plan::training::Adapter;
 
@@ -403,6 +403,38 @@ impl RecipeKind for CoeRecipe {
 
     /// `data.category_weights` may name an earlier round's recipe, whose run writes the
     /// error rates.
+    fn input_paths(&self) -> Vec<InputPath> {
+        let (m, d) = (&self.model, &self.data);
+        let root = d.image_root.clone().unwrap_or_else(|| {
+            let folder = std::path::Path::new(&d.train).parent();
+            folder.map_or(String::new(), |p| p.display().to_string())
+        });
+        let weights = [&m.path, &m.vision.path, &self.method.retrieval.embedder];
+        let files = [&m.tokenizer, &d.test]
+            .into_iter()
+            .chain(
+                d.category_weights
+                    .iter()
+                    .filter(|w| !is_recipe(w))
+                    .map(|_| &d.category_weights),
+            )
+            .flatten();
+        let mut paths: Vec<InputPath> = weights
+            .into_iter()
+            .flatten()
+            .map(|p| InputPath::any(p))
+            .collect();
+        paths.extend(files.map(|p| InputPath::File(p.clone())));
+        for data in [&d.train, &d.validation] {
+            paths.push(InputPath::File(data.clone()));
+            paths.push(InputPath::ImagesOf {
+                data: data.clone(),
+                root: root.clone(),
+            });
+        }
+        paths
+    }
+
     fn input_recipes(&self) -> Vec<InputRecipe> {
         let weights = self.data.category_weights.iter();
         weights

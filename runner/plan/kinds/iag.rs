@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::checks::Checker;
 use crate::plan::common::tokenizer_file;
 use crate::plan::inventory;
-use crate::plan::layout::{evaluation_schedule, InputRecipe, RecipeKind, RecipeOf};
+use crate::plan::layout::{evaluation_schedule, InputPath, InputRecipe, RecipeKind, RecipeOf};
 use crate::plan::parts::Part;
 use crate::plan::training::Adapter;
 
@@ -376,6 +376,19 @@ impl RecipeKind for IagRecipe {
                 logits: Some((t.arch.vocab_size, answer)),
             },
         ]
+    }
+
+    fn input_paths(&self) -> Vec<InputPath> {
+        let (t, s, d) = (&self.model.teacher, &self.model.student, &self.data);
+        let weights = [&t.path, &s.path]
+            .into_iter()
+            .flatten()
+            .map(|p| InputPath::any(p));
+        let files = [&t.tokenizer, &s.tokenizer, &d.test].into_iter().flatten();
+        let data = [&d.train, &d.validation].into_iter();
+        weights
+            .chain(files.chain(data).map(|p| InputPath::File(p.clone())))
+            .collect()
     }
 
     fn input_recipes(&self) -> Vec<InputRecipe> {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::checks::Checker;
 use crate::plan::common::tokenizer_file;
 use crate::plan::inventory;
-use crate::plan::layout::{evaluation_schedule, RecipeKind, RecipeOf};
+use crate::plan::layout::{evaluation_schedule, InputPath, RecipeKind, RecipeOf};
 use crate::plan::parts::Part;
 use crate::plan::training::Adapter;
 
@@ -325,6 +325,27 @@ impl RecipeKind for LongloraRecipe {
     /// transformers has no S²-Attn: the benchmark compares full attention on both sides.
     fn as_in_pytorch(&mut self) {
         self.method.shifted_sparse_attention = false;
+    }
+
+    fn input_paths(&self) -> Vec<InputPath> {
+        let (m, d) = (&self.model, &self.data);
+        let perplexity = self.evaluation.perplexity.as_ref().map(|p| &p.data);
+        let files = [
+            m.tokenizer.as_ref(),
+            Some(&d.train),
+            d.validation.as_ref(),
+            perplexity,
+        ];
+        m.path
+            .iter()
+            .map(|p| InputPath::any(p))
+            .chain(
+                files
+                    .into_iter()
+                    .flatten()
+                    .map(|p| InputPath::File(p.clone())),
+            )
+            .collect()
     }
 
     fn parts(&self) -> Vec<Part> {
