@@ -19,19 +19,22 @@ What it makes (all under data/tiny/, deterministic: fixed seeds, no clock, no ha
                            and "\\n" split off first and digits split into single digits;
                            post-processor prepends <s>.
 
-  iag/        for recipes/tiny/iag_distill.yaml (FiD T5 teacher -> T5 student, vocab 512)
+  iag/        for recipes/tiny/iag_*.yaml (FiD T5 teacher -> T5 student, vocab 1024)
     train.json, dev.json   JSON lists of {"question": str, "answers": [str],
                            "ctxs": [{"title": str, "text": str, "score": float}] * 5, "pred": str}
                            (FiD's format plus IAG's generated document `pred`). Synthetic facts
-                           about fictional entities (founding year, founder, town, what it is
-                           known for); one or two passages hold the answer, the others are
+                           about 1,200 fictional entities (founding year, founder, town, what it
+                           is known for), each value one word from a set of 24 to 40 per fact;
+                           2,400 training questions about the first 900 entities, 200 dev
+                           questions about the other 300, so a dev answer cannot be remembered,
+                           only read. One or two passages hold the answer, the others are
                            distractors (other entities, or other facts of the same entity).
                            ctxs are sorted by score, highest first. `pred` states the asked fact
                            rightly for about 70% of items and another entity's value otherwise
                            (an imagined document can be wrong; the retrieved passages are not).
-    tokenizer.json         BPE, vocab exactly 512: <pad> 0, </s> 1, <unk> 2; whitespace runs
-                           normalized to one space (as T5's), Metaspace + single digits;
-                           post-processor appends </s>.
+    tokenizer.json         BPE, vocab exactly 1024: <pad> 0, </s> 1, <unk> 2; whitespace runs
+                           normalized to one space (as T5's), Metaspace, punctuation split off;
+                           every answer value is one token; post-processor appends </s>.
 
   coe/        for recipes/tiny/coe_multitask.yaml (ViT + connector + Llama decoder, vocab 512)
     images/*.png           32×32 drawings (written with zlib alone): one to four squares, circles
@@ -305,11 +308,10 @@ KINDS = [
     "guild", "company", "school", "library", "theater", "museum", "bakery", "band", "club",
     "monastery", "workshop", "observatory", "brewery", "orchestra", "shipyard", "academy",
 ]
-KNOWN_FOR = [
-    "copper bells", "glass lanterns", "blue silk", "star charts", "honey cakes", "clockwork birds",
-    "salt maps", "iron keys", "wool rugs", "river songs", "paper kites", "stone bowls",
-    "silver flutes", "green ink", "wooden masks", "pear cider", "tin soldiers", "rope bridges",
-    "sand clocks", "red candles", "bone dice", "straw hats", "moon lamps", "fig bread",
+IAG_KNOWN_FOR = [  # one word each: an answer is one token
+    "bells", "lanterns", "silk", "charts", "cakes", "clocks", "maps", "keys", "rugs", "songs",
+    "kites", "bowls", "flutes", "ink", "masks", "cider", "soldiers", "bridges", "candles", "dice",
+    "hats", "lamps", "bread", "glass",
 ]
 ATTRS = ["year", "founder", "town", "known"]
 QUESTIONS = {
@@ -345,6 +347,10 @@ PRED_EXTRA = {
     "known": "It is known for {v}.",
 }
 PRED_WRONG = 0.3  # share of imagined documents that state a wrong value for the asked fact
+IAG_ENTITIES = 1200  # entities of the synthetic world
+IAG_SEEN = 900  # training questions are about these; dev questions about the others
+IAG_TRAIN = 2400
+IAG_DEV = 200
 IAG_PASSAGE_MAX = 48  # recipes/tiny/iag_distill.yaml teacher.passage_max_length
 IAG_STUDENT_MAX = 64  # student.max_length
 
@@ -354,33 +360,43 @@ def name(rng, syllables):
     return s.capitalize()
 
 
-def iag_world(rng, n_entities=160):
+def iag_world(rng, n_entities=None):
+    """Entities with four facts each. Every value is one word (one token), drawn from a small
+    set per fact, and the entities are many: a fact cannot be memorised from the training
+    answers, only read from a passage (or an imagined document)."""
+    n_entities = n_entities or IAG_ENTITIES
     names, seen = [], set()
     while len(names) < n_entities:
         n = name(rng, 2)
         if n not in seen and len(n) <= 9:
             seen.add(n)
             names.append(n)
-    firsts, lasts, towns = [], [], []
-    for pool, size, syl in ((firsts, 24, 2), (lasts, 24, 1), (towns, 30, 2)):
+    founders, towns = [], []
+    for pool, size, syl in ((founders, 40, 1), (towns, 40, 2)):
         while len(pool) < size:
             n = name(rng, syl)
             if n not in seen and 3 <= len(n) <= 8:
                 seen.add(n)
                 pool.append(n)
+    years = [str(y) for y in sorted(rng.sample(range(1500, 2000), 40))]
     world = []
     for e in names:
         world.append(
             {
                 "name": e,
                 "kind": rng.choice(KINDS),
-                "year": str(rng.randint(1500, 1999)),
-                "founder": f"{rng.choice(firsts)} {rng.choice(lasts)}",
+                "year": rng.choice(years),
+                "founder": rng.choice(founders),
                 "town": rng.choice(towns),
-                "known": rng.choice(KNOWN_FOR),
+                "known": rng.choice(IAG_KNOWN_FOR),
             }
         )
     return world
+
+
+def mentions(text, value):
+    """Whether `value` occurs in `text` as a whole word ("ink" is not in "Minkim")."""
+    return re.search(r"\b" + re.escape(value) + r"\b", text) is not None
 
 
 def passage(rng, ent, attrs):
@@ -431,12 +447,12 @@ def iag_item(rng, world, ent, attr, tok):
         first = attr if hard else rng.choice(ATTRS)
         attrs = [first] + ([rng.choice([a for a in ATTRS if a != first])] if rng.random() < 0.5 else [])
         text = sized(other, attrs)
-        if answer in text:
+        if mentions(text, answer):
             continue
         ctxs.append({"title": other["name"], "text": text, "score": rng.gauss(75.5 if hard else 73.0, 2.5), "pos": False})
 
     for c in ctxs:
-        assert (answer in c["text"]) == c["pos"], (answer, c)
+        assert mentions(c["text"], answer) == c["pos"], (answer, c)
     ctxs.sort(key=lambda c: -c["score"])
     top3 = any(c["pos"] for c in ctxs[:3])
 
@@ -462,18 +478,23 @@ def iag_item(rng, world, ent, attr, tok):
     return item, top3
 
 
+IAG_VOCAB = 1024  # recipes/tiny/iag_*.yaml arch.vocab_size
+
+
 def t5_tokenizer(corpus):
+    # Words and punctuation apart, and a vocabulary large enough that every answer value is
+    # one whole token.
     tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
     tok.normalizer = normalizers.Replace(Regex(r"\s+"), " ")
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True),
-            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Punctuation(behavior="isolated"),
         ]
     )
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
     trainer = trainers.BpeTrainer(
-        vocab_size=512,
+        vocab_size=IAG_VOCAB,
         min_frequency=2,
         special_tokens=["<pad>", "</s>", "<unk>"],
         initial_alphabet=PRINTABLE + ["\u2581"],
@@ -498,17 +519,19 @@ def make_iag(out):
         draft += [fid_text(item["question"], c["title"], c["text"]) for c in item["ctxs"]]
         draft += [item["question"] + "\n" + item["pred"]] + item["answers"]
     tok = t5_tokenizer(draft)
-    assert tok.get_vocab_size(with_added_tokens=True) == 512, tok.get_vocab_size()
+    assert tok.get_vocab_size(with_added_tokens=True) == IAG_VOCAB, tok.get_vocab_size()
 
     rng = random.Random(4321)
-    chosen = rng.sample(pairs, 440)
+    seen = [(e, a) for e in world[:IAG_SEEN] for a in ATTRS]
+    unseen = [(e, a) for e in world[IAG_SEEN:] for a in ATTRS]
+    chosen = {"train": rng.sample(seen, IAG_TRAIN), "dev": rng.sample(unseen, IAG_DEV)}
     data = {"train": [], "dev": []}
     top3 = {"train": 0, "dev": 0}
-    for i, (e, a) in enumerate(chosen):
-        split = "train" if i < 400 else "dev"
-        item, in_top3 = iag_item(rng, world, e, a, tok)
-        data[split].append(item)
-        top3[split] += in_top3
+    for split, questions in chosen.items():
+        for e, a in questions:
+            item, in_top3 = iag_item(rng, world, e, a, tok)
+            data[split].append(item)
+            top3[split] += in_top3
 
     out.mkdir(parents=True, exist_ok=True)
     for split, items in data.items():
@@ -518,9 +541,12 @@ def make_iag(out):
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     specials = {t: tok.token_to_id(t) for t in ["<pad>", "</s>", "<unk>"]}
     assert specials == {"<pad>": 0, "</s>": 1, "<unk>": 2}, specials
-    assert tok.get_vocab_size(with_added_tokens=True) == 512
+    assert tok.get_vocab_size(with_added_tokens=True) == IAG_VOCAB
     enc = tok.encode("When was Zorblat founded?\nIn 1734.")
-    assert enc.tokens[-1] == "</s>" and enc.tokens[-6:-2] == list("1734"), enc.tokens
+    assert enc.tokens[-1] == "</s>", enc.tokens
+    for key in ATTRS:
+        for value in {e[key] for e in world}:
+            assert len(tok.encode(value).ids) == 2, (value, tok.encode(value).tokens)
     assert tok.decode(enc.ids, skip_special_tokens=True) == "When was Zorblat founded? In 1734."
     print(f"iag tokenizer: vocab {tok.get_vocab_size()}, specials {specials}")
     print(f"  'When was Zorblat founded?\\nIn 1734.' -> {enc.tokens}")
@@ -530,20 +556,20 @@ def make_iag(out):
             for c in it["ctxs"]:
                 ids = tok.encode(fid_text(it["question"], c["title"], c["text"])).ids
                 unk += ids.count(2)
-                (pos_len if it["answers"][0] in c["text"] else neg_len).append(len(ids))
+                (pos_len if mentions(c["text"], it["answers"][0]) else neg_len).append(len(ids))
             ids = tok.encode(it["question"] + "\n" + it["pred"]).ids
             unk += ids.count(2)
             stu_len.append(len(ids))
             ans_len.append(len(tok.encode(it["answers"][0]).ids))
         assert unk == 0 and max(pos_len) <= IAG_PASSAGE_MAX and max(stu_len) <= IAG_STUDENT_MAX
-        n_pos = [sum(it["answers"][0] in c["text"] for c in it["ctxs"]) for it in items]
+        n_pos = [sum(mentions(c["text"], it["answers"][0]) for c in it["ctxs"]) for it in items]
         print(f"  {split}: {len(items)} items; answer passages per item 1: {n_pos.count(1)}, 2: {n_pos.count(2)};"
               f" an answer passage in the top 3 by score: {top3[split]}/{len(items)}; <unk> {unk}")
         print(f"    FiD passage (with </s>), answer passages: {stats(pos_len)}")
         print(f"    FiD passage (with </s>), distractors:     {stats(neg_len)}")
         print(f"    student question\\npred (with </s>):       {stats(stu_len)}")
         print(f"    answer (with </s>):                        {stats(ans_len)}")
-    check_transformers(out / "tokenizer.json", ["<pad>", "</s>", "<unk>"])
+    check_transformers(out / "tokenizer.json", ["<pad>", "</s>", "<unk>"], IAG_VOCAB)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -747,6 +773,14 @@ QA_PERSON_FILLER = [
     "Neighbours remember {p} singing at the harvest fair.",
 ]
 QA_LONG_EVERY = 10  # one item in ten is long (QA_CYCLE's fifth)
+
+
+KNOWN_FOR = [  # QA-Expert's organisations
+    "copper bells", "glass lanterns", "blue silk", "star charts", "honey cakes", "clockwork birds",
+    "salt maps", "iron keys", "wool rugs", "river songs", "paper kites", "stone bowls",
+    "silver flutes", "green ink", "wooden masks", "pear cider", "tin soldiers", "rope bridges",
+    "sand clocks", "red candles", "bone dice", "straw hats", "moon lamps", "fig bread",
+]
 
 
 def qa_world(rng, n_orgs):
@@ -1110,7 +1144,7 @@ def histogram(xs, edges):
     return ", ".join(out)
 
 
-def check_transformers(path, specials):
+def check_transformers(path, specials, vocab=512):
     try:
         from transformers import PreTrainedTokenizerFast
     except ImportError:
@@ -1118,7 +1152,7 @@ def check_transformers(path, specials):
         return
     fast = PreTrainedTokenizerFast(tokenizer_file=str(path))
     ids = {t: fast.convert_tokens_to_ids(t) for t in specials}
-    assert len(fast) == 512, len(fast)
+    assert len(fast) == vocab, len(fast)
     assert list(ids.values()) == list(range(len(specials))), ids
     print(f"  PreTrainedTokenizerFast loads it: len {len(fast)}, ids {ids}")
 

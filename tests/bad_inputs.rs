@@ -382,7 +382,7 @@ fn all_errors_come_out_in_one_pass() {
 
 #[test]
 fn semantic_errors_point_into_extended_files() {
-    // The student's vocabulary is set in configs/models/t5-tiny.yaml, line 2.
+    // The student's vocabulary is set in configs/models/t5-tiny-iag.yaml, line 5.
     let mut out = Vec::new();
     let code = commands::plan::run(
         Path::new("recipes/tiny/iag_distill.yaml"),
@@ -393,7 +393,7 @@ fn semantic_errors_point_into_extended_files() {
     .unwrap();
     let out = String::from_utf8(out).unwrap();
     assert_eq!(code, commands::INVALID);
-    assert!(out.starts_with("configs/models/t5-tiny.yaml:2:13: error: teacher and student vocabularies differ (1000 and 512)"), "{out}");
+    assert!(out.starts_with("configs/models/t5-tiny-iag.yaml:5:13: error: teacher and student vocabularies differ (1000 and 1024)"), "{out}");
     assert!(
         out.contains("note: <override 1>:1:31: `model.teacher.arch.vocab_size` is set here"),
         "{out}"
