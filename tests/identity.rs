@@ -209,3 +209,40 @@ fn a_sweep_trains_anew_the_trials_whose_data_changed() {
     );
     assert!(third.contains("trial 1 finished"), "{third}");
 }
+
+/// `runner report RECIPE` says when the recipe's files changed since its run was trained.
+#[test]
+fn a_report_of_a_recipe_says_its_run_was_trained_from_other_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = copy_of_the_training_data(tmp.path());
+    let recipe = tmp.path().join("recipe.yaml");
+    let base = fs::canonicalize("recipes/tiny/longlora_sft.yaml").unwrap();
+    let yaml = format!(
+        "extends: {}\noutput:\n  dir: {}/runs/{{name}}\ndata:\n  train: {}\ntraining:\n  max_steps: 2\n",
+        base.display(),
+        tmp.path().display(),
+        data.display()
+    );
+    fs::write(&recipe, yaml).unwrap();
+    let runner = |command: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg(command)
+            .arg(&recipe)
+            .env("RUNNER_CACHE_DIR", tmp.path().join("cache"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    runner("run");
+    assert!(!runner("report").contains("trained from other files"));
+    fs::write(&data, fs::read_to_string(&data).unwrap() + "\n").unwrap();
+    let report = runner("report");
+    assert!(
+        report.contains(&format!(
+            "was trained from other files: {} changed",
+            data.display()
+        )),
+        "{report}"
+    );
+}

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::run::Target;
-use crate::digest::FILE_INPUT;
 use crate::document::{document, Document};
-use crate::files::read_json;
 use crate::methods::inputs::file_digests;
 use crate::plan::layout::InputPath;
 use crate::sweep::record::{self, Record, Status};
@@ -20,7 +18,7 @@ use crate::sweep::results;
 use crate::sweep::spec::SweepSpec;
 use crate::sweep::trials::{as_overrides, expand, Trial};
 use crate::sweep::{local, slurm};
-use crate::train::run_dir::changed_inputs;
+use crate::train::run_dir::changed_files;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Launcher {
@@ -150,20 +148,6 @@ fn done<'a>(earlier: &'a [Record], p: &Planned) -> Option<&'a Record> {
         .filter(|r| r.status.is_done() && Path::new(&r.run_dir).is_dir())
 }
 
-/// What changed in the files a trial's run directory was trained from (the same rule as
-/// `runner run`'s); empty when nothing did, or the directory has no record.
-fn changed_files(p: &Planned) -> Vec<String> {
-    let Ok(record) = read_json(&p.run_dir.join("plan.json"), "") else {
-        return Vec::new();
-    };
-    let Some(then) = record["inputs"].as_object() else {
-        return Vec::new();
-    };
-    let mut then = then.clone();
-    then.retain(|k, _| k.starts_with(FILE_INPUT));
-    changed_inputs(&then, &p.files)
-}
-
 fn record(i: usize, p: &Planned, status: Status) -> Record {
     Record {
         trial: i,
@@ -192,7 +176,7 @@ fn sweep(path: &Path, spec: &SweepSpec, options: &Options, out: &mut dyn Write) 
     // Trials whose data changed since they ran: trained anew (their old run kept beside).
     let mut anew: Vec<usize> = Vec::new();
     for (i, p) in planned.iter().enumerate() {
-        let changed = changed_files(p);
+        let changed = changed_files(&p.run_dir, &p.files);
         if !changed.is_empty() {
             writeln!(out, "trial {i}: {}; training it anew", changed.join("; "))?;
             anew.push(i);

@@ -354,6 +354,20 @@ pub fn changed_inputs(
     changed
 }
 
+/// What changed in the files the run in `dir` was trained from, against their digests `now`
+/// (`file:PATH` inputs); empty when nothing did or `dir` holds no record of them.
+pub fn changed_files(dir: &Path, now: &[(String, String)]) -> Vec<String> {
+    let Ok(record) = crate::files::read_json(&dir.join("plan.json"), "") else {
+        return Vec::new();
+    };
+    let Some(then) = record["inputs"].as_object() else {
+        return Vec::new();
+    };
+    let mut then = then.clone();
+    then.retain(|k, _| k.starts_with(FILE_INPUT));
+    changed_inputs(&then, now)
+}
+
 /// Moves a run directory aside to `<dir>.superseded-N`, so that training anew loses nothing.
 fn supersede(path: &Path) -> Result<PathBuf> {
     let mut n = 1;

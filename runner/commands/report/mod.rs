@@ -57,7 +57,7 @@ pub fn run(targets: &[PathBuf], metrics: &[String], out: &mut dyn Write) -> std:
         match is_sweep(t) {
             true => parts.push(sweep_tables(t)),
             false if t.is_file() => match crate::plan::resolve::resolve(t, &[]) {
-                Ok(plan) => runs.push(crate::train::trainer::default_dir(&plan)),
+                Ok(plan) => runs.push(recipe_run(&plan)),
                 Err(errors) => {
                     super::report(&errors, out)?;
                     return Ok(super::INVALID);
@@ -77,7 +77,7 @@ pub fn run(targets: &[PathBuf], metrics: &[String], out: &mut dyn Write) -> std:
 fn single(target: &Path, metrics: &[String], out: &mut dyn Write) -> std::io::Result<i32> {
     let dir = match target.is_file() {
         true => match crate::plan::resolve::resolve(target, &[]) {
-            Ok(plan) => crate::train::trainer::default_dir(&plan),
+            Ok(plan) => recipe_run(&plan),
             Err(errors) => {
                 super::report(&errors, out)?;
                 return Ok(super::INVALID);
@@ -86,6 +86,23 @@ fn single(target: &Path, metrics: &[String], out: &mut dyn Write) -> std::io::Re
         false => target.to_path_buf(),
     };
     super::finish(report(&dir, metrics), out)
+}
+
+/// The run directory of a recipe's plan, saying on stderr when the files the plan reads changed
+/// since that run was trained (its results are then not this data's).
+fn recipe_run(plan: &crate::plan::Plan) -> PathBuf {
+    let dir = crate::train::trainer::default_dir(plan);
+    let changed = crate::methods::inputs::file_digests(plan)
+        .map(|now| crate::train::run_dir::changed_files(&dir, &now))
+        .unwrap_or_default();
+    if !changed.is_empty() {
+        eprintln!(
+            "warning: {} was trained from other files: {}; `runner run` refuses it until --force trains it anew",
+            dir.display(),
+            changed.join("; ")
+        );
+    }
+    dir
 }
 
 /// Whether `metric` is among `wanted` (`name` or `prefix*`; all when `wanted` is empty).
