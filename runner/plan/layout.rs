@@ -136,23 +136,13 @@ pub trait RecipeKind: Shared {
 #[derive(Clone, Debug, PartialEq)]
 pub enum InputPath {
     File(String),
-    /// Every file under it (an HF folder: config, weights, tokenizer).
+    /// Every file under it (an HF folder: config, weights, tokenizer); a file, if it is one.
     Folder(String),
     /// The images a ScienceQA-style data file lists (`image`), under `root`.
     ImagesOf {
         data: String,
         root: String,
     },
-}
-
-impl InputPath {
-    /// A path that may name a file or a folder (`model.path`, `tokenizer`).
-    pub fn any(path: &str) -> InputPath {
-        match std::path::Path::new(path).is_dir() {
-            true => InputPath::Folder(path.to_string()),
-            false => InputPath::File(path.to_string()),
-        }
-    }
 }
 
 /// A recipe another recipe names, and what it reads from that recipe's run.

@@ -422,7 +422,7 @@ impl RecipeKind for CoeRecipe {
         let mut paths: Vec<InputPath> = weights
             .into_iter()
             .flatten()
-            .map(|p| InputPath::any(p))
+            .map(|p| InputPath::Folder(p.clone()))
             .collect();
         paths.extend(files.map(|p| InputPath::File(p.clone())));
         for data in [&d.train, &d.validation] {

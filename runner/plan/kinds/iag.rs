@@ -383,7 +383,7 @@ impl RecipeKind for IagRecipe {
         let weights = [&t.path, &s.path]
             .into_iter()
             .flatten()
-            .map(|p| InputPath::any(p));
+            .map(|p| InputPath::Folder(p.clone()));
         let files = [&t.tokenizer, &s.tokenizer, &d.test].into_iter().flatten();
         let data = [&d.train, &d.validation].into_iter();
         weights

@@ -338,7 +338,7 @@ impl RecipeKind for LongloraRecipe {
         ];
         m.path
             .iter()
-            .map(|p| InputPath::any(p))
+            .map(|p| InputPath::Folder(p.clone()))
             .chain(
                 files
                     .into_iter()
