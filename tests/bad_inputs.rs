@@ -341,6 +341,33 @@ fn a_misspelt_tag_key_is_reported_at_its_line_in_every_tagged_section() {
     }
 }
 
+/// A misspelt tag value (`type: lroa`) is reported with its did-you-mean, and the section is
+/// still checked as the branch it likely meant, so a typo beside it comes out in the same pass.
+#[test]
+fn a_misspelt_tag_value_still_checks_the_branch_it_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = Case {
+        name: "tag value and a key typo",
+        edits: &[(27, "    type: lroa"), (28, "    rnak: 8")],
+        files: &[],
+        overrides: &[],
+        at: At::Recipe(0, 0),
+        message: "",
+        hint: None,
+    };
+    let recipe = write_case(dir.path(), &case);
+    let mut out = Vec::new();
+    let code = commands::plan::run(&recipe, &[], Format::Text, &mut out).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, commands::INVALID);
+    for place in [
+        ":27:11: error: `training.adapter.type` must be one of full, lora, hyperlora",
+        ":28:5: error: unknown key `rnak` in `training.adapter`",
+    ] {
+        assert!(out.contains(place), "missing `{place}` in:\n{out}");
+    }
+}
+
 #[test]
 fn all_errors_come_out_in_one_pass() {
     let dir = tempfile::tempdir().unwrap();
