@@ -614,13 +614,22 @@ fn a_dataengine_round_names_the_earlier_rounds_recipe_and_its_run_generates() {
     .unwrap();
     let second = tmp.path().join("round2");
     let weights = format!("data.category_weights={}", first.display());
-    crate::run_briefly("recipes/tiny/coe_multitask.yaml", 2, &[&weights], &second);
+    // The second round fine-tunes the first round's model, as MLLM-DataEngine's rounds do.
+    let from = format!("model.continue_from={}", first.display());
+    crate::run_briefly(
+        "recipes/tiny/coe_multitask.yaml",
+        2,
+        &[&weights, &from, "evaluation.at_start=true"],
+        &second,
+    );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(second.join("summary.json")).unwrap())
             .unwrap();
     let inputs = &summary["inputs"];
     assert!(
-        inputs["category_weights_run"].is_string() && inputs["category_weights"].is_string(),
+        inputs["category_weights_run"].is_string()
+            && inputs["category_weights"].is_string()
+            && inputs["continued_run"].is_string(),
         "{summary}"
     );
     let rounds: Vec<_> = std::fs::read_dir(tmp.path().join("runs"))
@@ -629,6 +638,16 @@ fn a_dataengine_round_names_the_earlier_rounds_recipe_and_its_run_generates() {
         .collect();
     assert_eq!(rounds.len(), 1, "the first round was trained first");
     assert!(rounds[0].path().join("error_rates.json").is_file());
+    // Before its first step the second round is the first round's final model: the same
+    // validation loss.
+    let eval_loss = |dir: &std::path::Path, step: u64| -> f64 {
+        let rows = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        let row = format!("{step},eval,loss,");
+        let line = rows.lines().find(|l| l.starts_with(&row)).unwrap();
+        line[row.len()..].parse().unwrap()
+    };
+    let (end, start) = (eval_loss(&rounds[0].path(), 2), eval_loss(&second, 0));
+    assert!((end - start).abs() < 1e-6 * end, "{end} vs {start}");
     // Generation rebuilds the weighted model from the run's plan.
     let items: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string("data/tiny/coe/dev.json").unwrap()).unwrap();

@@ -5,11 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::data::input_files;
 use crate::digest;
 use crate::plan::{resolve, Plan};
+use crate::train::run_dir::{self, RunDir};
+use crate::train::task::{self, Task};
 use crate::train::trainer;
 
 /// The content digest of every file `plan` reads (data, tokenizers, weights folders, listed
@@ -71,6 +73,25 @@ pub fn gather(plan: &Plan, runs: InputRuns) -> Result<Inputs> {
         inputs.hashes.push((input.name.to_string(), hash));
     }
     Ok(inputs)
+}
+
+/// Loads the trained weights of the finished run in `run` (its last checkpoint) into `task`,
+/// which starts from them: a DataEngine round from the last round's model. A run resumed from
+/// its own checkpoint restores that one over these.
+pub fn start_from(task: &dyn Task, run: &Path) -> Result<()> {
+    let runs = RunDir {
+        path: run.to_path_buf(),
+    };
+    let Some((_, last)) = runs.checkpoints()?.pop() else {
+        bail!("{}: the run has no checkpoint to start from", run.display());
+    };
+    let saved = run_dir::load(&last)?;
+    trainer::restore(&task::trainable(task), saved.trainable).with_context(|| {
+        format!(
+            "starting from {}: the weights do not fit this model",
+            last.display()
+        )
+    })
 }
 
 /// The plan of a recipe another recipe names under `key`.

@@ -87,6 +87,9 @@ fn train_for(
         return Ok(summary);
     }
     let task = build(plan, &inputs, device)?;
+    if let Some(run) = inputs.run("model.continue_from") {
+        inputs::start_from(task.as_ref(), run)?;
+    }
     let recorded = [known, task.input_hashes()].concat();
     trainer::train(plan, task.as_ref(), options, &recorded, dp)
 }

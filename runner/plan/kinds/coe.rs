@@ -33,6 +33,12 @@ pub struct Model {
     #[serde(default)]
     #[schemars(extend("format" = "path"))]
     pub tokenizer: Option<String>,
+    /// A recipe of the same model whose finished run's trained weights this run starts from:
+    /// the MLLM-DataEngine loop's next round fine-tunes the last round's model (trained first
+    /// when it has no finished run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "path"))]
+    pub continue_from: Option<String>,
     pub vision: Vision,
     pub connector: Connector,
     pub decoder: DecoderArch,
@@ -401,8 +407,6 @@ impl RecipeKind for CoeRecipe {
         ]
     }
 
-    /// `data.category_weights` may name an earlier round's recipe, whose run writes the
-    /// error rates.
     fn input_paths(&self) -> Vec<InputPath> {
         let (m, d) = (&self.model, &self.data);
         let root = d.image_root.clone().unwrap_or_else(|| {
@@ -435,24 +439,35 @@ impl RecipeKind for CoeRecipe {
         paths
     }
 
+    /// `data.category_weights` may name an earlier round's recipe, whose run writes the
+    /// error rates; `model.continue_from` one whose trained weights this run starts from.
     fn input_recipes(&self) -> Vec<InputRecipe> {
+        let from = self.model.continue_from.iter().map(|path| InputRecipe {
+            key: "model.continue_from",
+            name: "continued_run",
+            path: path.clone(),
+            needs: TRAINED_WEIGHTS,
+            from: "a coe_multitask recipe of the same model",
+        });
         let weights = self.data.category_weights.iter();
-        weights
-            .filter(|w| is_recipe(w))
-            .map(|path| InputRecipe {
-                key: "data.category_weights",
-                name: "category_weights_run",
-                path: path.clone(),
-                needs: ERROR_RATES,
-                from: "a coe_multitask recipe that trains the answering task (method.tasks.answer > 0)",
-            })
-            .collect()
+        let weights = weights.filter(|w| is_recipe(w)).map(|path| InputRecipe {
+            key: "data.category_weights",
+            name: "category_weights_run",
+            path: path.clone(),
+            needs: ERROR_RATES,
+            from: "a coe_multitask recipe that trains the answering task (method.tasks.answer > 0)",
+        });
+        from.chain(weights).collect()
     }
 
     fn leaves(&self) -> Vec<&'static str> {
-        Vec::from_iter((self.method.tasks.answer > 0.0).then_some(ERROR_RATES))
+        let rates = (self.method.tasks.answer > 0.0).then_some(ERROR_RATES);
+        [TRAINED_WEIGHTS].into_iter().chain(rates).collect()
     }
 }
+
+/// What every run leaves: its trained weights, the last checkpoint's.
+pub const TRAINED_WEIGHTS: &str = "trained weights (its last checkpoint)";
 
 /// What a round that trains answering leaves for the next: its error rates per category.
 const ERROR_RATES: &str = "error rates (error_rates.json)";
