@@ -1,7 +1,8 @@
-//! The finished runs a plan reads besides its own data: an IAG teacher recipe's trained teacher,
-//! an earlier DataEngine round's `error_rates.json`. Each is recorded by hash (a teacher by its
-//! plan's hash, weights by their content) so that a run trained from other inputs is not
-//! resumed with these. A missing one is trained first when the caller allows it.
+//! What a run reads besides its plan, recorded so that a run trained from other inputs is not
+//! resumed with these: the finished runs of other recipes (an IAG teacher recipe's trained
+//! teacher, an earlier DataEngine round's `error_rates.json` or model), each by its plan's hash
+//! (weights by their content), a missing one trained first when the caller allows it; and the
+//! content digests of the files the plan names (data, tokenizers, weights, listed images).
 
 use std::path::{Path, PathBuf};
 
