@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -68,9 +67,6 @@ struct Cache {
     new: Vec<String>,
 }
 
-/// One process appends at a time (threads of one process); processes append whole lines.
-static APPEND: Mutex<()> = Mutex::new(());
-
 impl Cache {
     fn open(dir: Option<PathBuf>) -> Cache {
         let file = dir.map(|d| d.join("digests.tsv"));
@@ -120,12 +116,12 @@ impl Cache {
         Ok(digest)
     }
 
-    /// Appends what was hashed; a cache that cannot be written only costs a rehash later.
+    /// Appends what was hashed, in one write of whole lines (processes sharing the cache
+    /// interleave lines, not parts of them); a cache that cannot be written only costs a rehash.
     fn save(self) {
         let (Some(file), false) = (self.file, self.new.is_empty()) else {
             return;
         };
-        let _guard = APPEND.lock();
         let appended = file
             .parent()
             .map_or(Ok(()), fs::create_dir_all)

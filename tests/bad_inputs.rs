@@ -278,6 +278,22 @@ fn each_warning_is_reported_at_its_line_and_column_and_fails_only_under_strict()
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `runner plan` of the base recipe with `edits` and `overrides`: its exit code and output.
+fn plan_of_edits(edits: &'static [(usize, &'static str)], overrides: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let case = Case {
+        name: "edits",
+        edits,
+        files: &[],
+        overrides: &[],
+        at: At::Recipe(0, 0),
+        message: "",
+        hint: None,
+    };
+    let recipe = write_case(dir.path(), &case);
+    plan_with(recipe.to_str().unwrap(), overrides)
+}
+
 /// `tpye:` for `type:` in each section that has a `type` (the tagged ones, adapter and
 /// connector, pick their branch by it): the did-you-mean at the typo's own line and column, and
 /// the section still checked as the branch the value names, so a second typo comes out too.
@@ -345,20 +361,7 @@ fn a_misspelt_tag_key_is_reported_at_its_line_in_every_tagged_section() {
 /// still checked as the branch it likely meant, so a typo beside it comes out in the same pass.
 #[test]
 fn a_misspelt_tag_value_still_checks_the_branch_it_meant() {
-    let dir = tempfile::tempdir().unwrap();
-    let case = Case {
-        name: "tag value and a key typo",
-        edits: &[(27, "    type: lroa"), (28, "    rnak: 8")],
-        files: &[],
-        overrides: &[],
-        at: At::Recipe(0, 0),
-        message: "",
-        hint: None,
-    };
-    let recipe = write_case(dir.path(), &case);
-    let mut out = Vec::new();
-    let code = commands::plan::run(&recipe, &[], Format::Text, &mut out).unwrap();
-    let out = String::from_utf8(out).unwrap();
+    let (code, out) = plan_of_edits(&[(27, "    type: lroa"), (28, "    rnak: 8")], &[]);
     assert_eq!(code, commands::INVALID);
     for place in [
         ":27:11: error: `training.adapter.type` must be one of full, lora, hyperlora",
@@ -370,30 +373,14 @@ fn a_misspelt_tag_value_still_checks_the_branch_it_meant() {
 
 #[test]
 fn all_errors_come_out_in_one_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    let case = Case {
-        name: "three problems",
-        edits: &[
+    let (code, out) = plan_of_edits(
+        &[
             (2, "nmae: t"),
             (15, "  format: instrution"),
             (22, "    lr: fast"),
         ],
-        files: &[],
-        overrides: &[],
-        at: At::Recipe(0, 0),
-        message: "",
-        hint: None,
-    };
-    let recipe = write_case(dir.path(), &case);
-    let mut out = Vec::new();
-    let code = commands::plan::run(
-        &recipe,
-        &["training.max_steps=x".to_string()],
-        Format::Text,
-        &mut out,
-    )
-    .unwrap();
-    let out = String::from_utf8(out).unwrap();
+        &["training.max_steps=x"],
+    );
     assert_eq!(code, commands::INVALID);
     for place in [
         ":2:1: error: unknown key `nmae`",

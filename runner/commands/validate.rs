@@ -56,10 +56,6 @@ pub fn run(
     for file in &files {
         results.push((file, document(file, &[])));
     }
-    let warnings_of = |r: &Result<Document, Vec<Diagnostic>>| match r {
-        Ok(Document::Recipe(plan)) => plan.warnings.clone(),
-        _ => Vec::new(),
-    };
     let fails = |r: &Result<Document, Vec<Diagnostic>>| {
         r.is_err() || (strict && !warnings_of(r).is_empty())
     };
@@ -115,6 +111,14 @@ pub fn run(
         }
     }
     Ok(if invalid == 0 { OK } else { INVALID })
+}
+
+/// The warnings of a checked file (a recipe's; other files have none).
+fn warnings_of(result: &Result<Document, Vec<Diagnostic>>) -> &[Diagnostic] {
+    match result {
+        Ok(Document::Recipe(plan)) => &plan.warnings,
+        _ => &[],
+    }
 }
 
 fn describe(doc: &Document) -> String {

@@ -10,7 +10,7 @@
 use serde_json::Value as J;
 
 use super::diagnostic::{did_you_mean, Diagnostic};
-use super::node::{Node, Origin, Value};
+use super::node::{Entry, Node, Origin, Value};
 
 /// A JSON Schema document with its `$defs`.
 pub struct Schema {
@@ -287,9 +287,7 @@ impl Walk<'_> {
             return;
         }
         if schema.get("format").and_then(J::as_str) == Some("path") {
-            if let (Some(raw), Value::Bool(_) | Value::Int(_) | Value::Float(_)) =
-                (&node.raw, &node.value)
-            {
+            if let Some(raw) = plain_scalar_text(node) {
                 // `validation: true` is far likelier a slip than a file named "true".
                 let message = format!(
                     "{} expects a file path, found {}",
@@ -644,7 +642,7 @@ impl Walk<'_> {
     /// section as the branch its value names and returns true (else the tag is missing).
     fn misspelt_tag(
         &mut self,
-        node: &mut Node,
+        node: &Node,
         alts: &[&J],
         tag: &str,
         tags: &[&str],
@@ -660,44 +658,45 @@ impl Walk<'_> {
         let Value::Map(entries) = &node.value else {
             return false;
         };
-        let unknown: Vec<(String, Origin, Option<&str>, Option<String>)> = entries
-            .iter()
-            .filter(|e| !keys.contains(&e.key.as_str()))
-            .map(|e| {
-                let near = did_you_mean(&e.key, keys.iter().copied());
-                (
-                    e.key.clone(),
-                    e.key_origin.clone(),
-                    near,
-                    e.value.as_str().map(str::to_string),
-                )
-            })
-            .collect();
         let here = format!("in {}", self.dotted());
-        for (key, origin, near, _) in &unknown {
+        let mut misspelt = None;
+        for e in entries.iter().filter(|e| !keys.contains(&e.key.as_str())) {
+            let near = did_you_mean(&e.key, keys.iter().copied());
             let hint = match near {
                 Some(near) => format!("did you mean `{near}`?"),
                 None => format!("valid keys here: {}", keys.join(", ")),
             };
-            self.error(origin, format!("unknown key `{key}` {here}"), hint);
+            self.error(
+                &e.key_origin,
+                format!("unknown key `{}` {here}", e.key),
+                hint,
+            );
+            if near == Some(tag) {
+                misspelt = Some(e);
+            }
         }
-        let Some((key, _, _, value)) = unknown.iter().find(|u| u.2 == Some(tag)) else {
+        let Some(misspelt) = misspelt else {
             return false;
         };
-        let branch = value
-            .as_deref()
+        // The rest is checked as the branch the value names, with the tag spelt as meant and
+        // the other unknown keys (reported above) left out.
+        let branch = misspelt
+            .value
+            .as_str()
             .and_then(|v| tags.iter().position(|t| *t == v));
-        // The rest is checked as the named branch, with the misspelt keys taken out (they are
-        // reported above) and the tag set as meant.
-        if let (Some(i), Value::Map(entries)) = (branch, &mut node.value) {
-            let mut trial_entries = entries.clone();
-            trial_entries.retain(|e| e.key == *key || keys.contains(&e.key.as_str()));
-            let mut trial = Node::new(Value::Map(trial_entries), node.origin.clone());
-            if let Value::Map(entries) = &mut trial.value {
-                for e in entries.iter_mut().filter(|e| e.key == *key) {
-                    e.key = tag.to_string();
-                }
-            }
+        if let Some(i) = branch {
+            let meant: Vec<Entry> = entries
+                .iter()
+                .filter(|e| e.key == misspelt.key || keys.contains(&e.key.as_str()))
+                .map(|e| match e.key == misspelt.key {
+                    true => Entry {
+                        key: tag.to_string(),
+                        ..e.clone()
+                    },
+                    false => e.clone(),
+                })
+                .collect();
+            let mut trial = Node::new(Value::Map(meant), node.origin.clone());
             self.node(&mut trial, alts[i], at);
         }
         true
@@ -749,11 +748,17 @@ fn discriminator<'a>(alts: &[&'a J]) -> Option<&'a str> {
 /// A plain scalar (`2024`, `true`) stands for its text where only a string is expected.
 fn coerce_to_string(node: &mut Node, types: &[&str]) {
     if types.contains(&"string") && !types.iter().any(|t| matches_type(node, t)) {
-        if let (Some(raw), Value::Bool(_) | Value::Int(_) | Value::Float(_)) =
-            (&node.raw, &node.value)
-        {
-            node.value = Value::Str(raw.clone());
+        if let Some(raw) = plain_scalar_text(node).cloned() {
+            node.value = Value::Str(raw);
         }
+    }
+}
+
+/// The text of an unquoted boolean or number (`true`, `2024`, `-3`), as written.
+fn plain_scalar_text(node: &Node) -> Option<&String> {
+    match node.value {
+        Value::Bool(_) | Value::Int(_) | Value::Float(_) => node.raw.as_ref(),
+        _ => None,
     }
 }
 

@@ -69,7 +69,7 @@ pub fn gather(plan: &Plan, runs: InputRuns) -> Result<Inputs> {
         if matches!(runs, InputRuns::IfPresent) && !finished(&input_plan) {
             continue;
         }
-        let (dir, hash) = finished_run(&input_plan, runs, input.key, &input.path)?;
+        let (dir, hash) = input_run(&input_plan, runs, input.key, &input.path)?;
         inputs.runs.push((input.key, dir));
         inputs.hashes.push((input.name.to_string(), hash));
     }
@@ -115,12 +115,7 @@ fn finished(plan: &Plan) -> bool {
 
 /// The run directory and plan hash of `plan` (a recipe named by `key`), training it first
 /// when it has no finished run and `runs` allows.
-fn finished_run(
-    plan: &Plan,
-    runs: InputRuns,
-    key: &str,
-    recipe: &str,
-) -> Result<(PathBuf, String)> {
+fn input_run(plan: &Plan, runs: InputRuns, key: &str, recipe: &str) -> Result<(PathBuf, String)> {
     let dir = trainer::default_dir(plan);
     if !finished(plan) {
         let InputRuns::Train { train, waiting } = runs else {
