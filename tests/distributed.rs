@@ -1,5 +1,5 @@
 //! Data-parallel training on c10d (Gloo, ranks on 127.0.0.1): 2 ranks equal 1 rank with
-//! twice the accumulation, ZeRO stages equal DDP, the three launchers (`--nproc`, torchrun,
+//! twice the accumulation, ZeRO stages 1-3 equal DDP and each lowers the measured peak, the three launchers (`--nproc`, torchrun,
 //! srun) run the same job, a killed rank stops the launch and the rerun resumes, and a world
 //! size the plan does not ask for is refused.
 
@@ -175,6 +175,33 @@ fn two_ranks_train_a_longlora_recipe_as_one_rank_with_twice_the_accumulation() {
         run_ok(runner(LONGLORA, &dir, &args).args(["--nproc", "2"]));
         assert_same_run(&two, &dir, 1e-5);
     }
+
+    // ZeRO-3 shards the weights too, gathering each layer's around its checkpoint segment;
+    // without checkpointing a layer's weights stay whole until the step's end. Shards and
+    // moments on the host (here the CPU already) take the same steps.
+    let zero3 = "training.distributed.zero_stage=3";
+    for (name, extra) in [
+        (
+            "zero3",
+            vec![zero3, "training.distributed.offload_params=true"],
+        ),
+        (
+            "zero3-off",
+            vec![zero3, "training.gradient_checkpointing=false"],
+        ),
+    ] {
+        let dir = tmp.path().join(name);
+        run_ok(runner(LONGLORA, &dir, &two_ranks(&extra)).args(["--nproc", "2"]));
+        assert_same_run(&two, &dir, 1e-5);
+    }
+    // A ZeRO-3 run stopped at step 3 resumes from its step-2 checkpoint (whole weights and
+    // moments) to the same end.
+    let resumed = tmp.path().join("zero3-resumed");
+    let args = two_ranks(&[zero3]);
+    run_ok(runner(LONGLORA, &resumed, &args).args(["--nproc", "2", "--stop-after", "3"]));
+    let o = run_ok(runner(LONGLORA, &resumed, &args).args(["--nproc", "2"]));
+    assert!(stdout(&o).contains("resumed from step 2"), "{}", stdout(&o));
+    assert_same_run(&tmp.path().join("zero3"), &resumed, 1e-6);
 }
 
 #[test]
@@ -192,8 +219,20 @@ fn two_ranks_train_an_iag_recipe_as_one_rank_with_twice_the_accumulation() {
         "training.schedule.warmup_steps=1",
         "evaluation.max_new_tokens=2",
     ];
-    let (one, two) = one_and_two_ranks("recipes/tiny/iag_distill.yaml", &extra, tmp.path());
+    let recipe = "recipes/tiny/iag_distill.yaml";
+    let (one, two) = one_and_two_ranks(recipe, &extra, tmp.path());
     assert_same_run(&one, &two, 1e-5);
+    // ZeRO-3 over both T5s (the teacher trains here): each block's weights gathered in turn.
+    let zero3 = tmp.path().join("zero3");
+    let mut args = extra.to_vec();
+    args.extend([
+        "training.grad_accumulation=2",
+        "training.distributed.devices=2",
+        "training.distributed.zero_stage=3",
+        "training.gradient_checkpointing=true",
+    ]);
+    run_ok(runner(recipe, &zero3, &args).args(["--nproc", "2"]));
+    assert_same_run(&two, &zero3, 1e-5);
 }
 
 #[test]
@@ -338,9 +377,9 @@ fn a_world_size_the_plan_does_not_ask_for_is_refused_with_both_numbers() {
         "{}",
         stdout(&o)
     );
-    // ZeRO-3 across devices is refused by the plan, naming the key.
+    // ZeRO-3 does not shard QLoRA's 4-bit weights: refused by the plan, naming both keys.
     let o = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args(["plan", LONGLORA])
+        .args(["plan", "recipes/tiny/qa_expert_qlora.yaml"])
         .args([
             "training.distributed.devices=2",
             "training.distributed.zero_stage=3",
@@ -348,10 +387,12 @@ fn a_world_size_the_plan_does_not_ask_for_is_refused_with_both_numbers() {
         .output()
         .unwrap();
     assert!(!o.status.success());
+    let text = stdout(&o);
     assert!(
-        stdout(&o).contains("training.distributed.zero_stage"),
-        "{}",
-        stdout(&o)
+        text.contains("training.distributed.zero_stage")
+            && text.contains("training.adapter.quantize")
+            && text.contains("use zero_stage: 2"),
+        "{text}"
     );
 }
 
@@ -459,12 +500,7 @@ fn each_zero_stage_lowers_the_measured_peak_and_the_plan_estimates_it() {
         let mut args = model.to_vec();
         args.push(&zero);
         run_ok(runner(LONGLORA, &dir, &args).args(["--nproc", "2"]));
-        let summary: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
-                .unwrap();
-        let memory = &summary["memory_per_device"];
-        let measured = memory["measured_peak_bytes"].as_f64().unwrap();
-        let estimate = memory["estimate_bytes"]["peak"].as_f64().unwrap();
+        let (measured, estimate) = measured_and_estimated(&dir);
         // The estimate counts weights, gradients, moments and activations; the allocator's
         // slack and the update's temporaries come on top, never below.
         assert!(
@@ -481,6 +517,55 @@ fn each_zero_stage_lowers_the_measured_peak_and_the_plan_estimates_it() {
     // Stage 1 saves half the moments (0.19 GiB here): far above the allocator's noise.
     assert!(z1.0 < z0.0 - 0.1e9, "stage 1 below stage 0: {peaks:?}");
     assert!(z2.0 < z0.0 - 0.1e9, "stage 2 below stage 0: {peaks:?}");
+
+    // Stage 3 shards the weights: shown where frozen weights outweigh the rest (LoRA on a
+    // 100M model of 8 layers, 0.4 GB of fp32 weights; one layer is whole at a time).
+    let lora = [
+        "model.arch.hidden_size=1024",
+        "model.arch.intermediate_size=2752",
+        "model.arch.num_hidden_layers=8",
+        "model.arch.num_attention_heads=8",
+        "model.arch.num_key_value_heads=8",
+        "training.max_steps=2",
+        "training.schedule.warmup_steps=1",
+        "training.micro_batch_size=1",
+        "training.distributed.devices=2",
+        "evaluation.every_steps=2",
+        "evaluation.perplexity=null",
+        "evaluation.passkey.trials=1",
+    ];
+    let mut peaks = Vec::new();
+    for stage in [2, 3] {
+        let dir = tmp.path().join(format!("lora-zero{stage}"));
+        let zero = format!("training.distributed.zero_stage={stage}");
+        let mut args = lora.to_vec();
+        args.push(&zero);
+        run_ok(runner(LONGLORA, &dir, &args).args(["--nproc", "2"]));
+        peaks.push(measured_and_estimated(&dir));
+    }
+    let (z2, z3) = (peaks[0], peaks[1]);
+    assert!(
+        z3.1 < z2.1 - 0.1e9,
+        "the estimate halves the weights: {peaks:?}"
+    );
+    assert!(
+        z3.0 >= 0.8 * z3.1 && z3.0 <= 2.0 * z3.1,
+        "stage 3: measured {:.3e} bytes, estimated {:.3e}",
+        z3.0,
+        z3.1
+    );
+    assert!(z3.0 < z2.0 - 0.1e9, "stage 3 below stage 2: {peaks:?}");
+}
+
+/// The run's measured peak per rank and `runner plan`'s estimate of it, in bytes.
+fn measured_and_estimated(dir: &Path) -> (f64, f64) {
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let memory = &summary["memory_per_device"];
+    (
+        memory["measured_peak_bytes"].as_f64().unwrap(),
+        memory["estimate_bytes"]["peak"].as_f64().unwrap(),
+    )
 }
 
 #[test]

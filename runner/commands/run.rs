@@ -146,6 +146,10 @@ pub fn run(
 /// Trains `plan` (its input runs first where they are missing) as this process's rank, and
 /// says what it did.
 fn train(plan: &Plan, target: Target, options: &RunOptions) -> Result<String> {
+    if plan.recipe.training().distributed.shards_weights() {
+        // Before the models are built, so that their weights are mapped too.
+        crate::train::memory::map_large_allocations();
+    }
     let world = World::from_env()?;
     let device = target.device_of_rank(world.local_rank)?;
     let dp = DataParallel::join(world, device, &plan.recipe.training().distributed)?;

@@ -228,6 +228,7 @@ int runner_c10d_has_nccl(void) {
 #ifndef RUNNER_C10D_NCCL
 // Without CUDA there is no CUDA memory to report (c10d_nccl.cpp defines the real one).
 int runner_cuda_memory(int, int64_t*, int64_t*) noexcept { return 1; }
+int runner_cuda_reset_peak(int) noexcept { return 1; }
 #endif
 
 char* runner_c10d_all_reduce(void* group, at::Tensor* tensor, int op) {
@@ -304,6 +305,11 @@ char* runner_tensor_zero_grad_if_none(at::Tensor* tensor) {
     at::Tensor& t = tensor_of(tensor, "zero_grad_if_none");
     if (!t.grad().defined()) t.mutable_grad() = at::zeros_like(t);
   });
+}
+
+// The TensorImpl behind a handle: tch's shallow clones of one parameter all share it.
+const void* runner_tensor_identity(const at::Tensor* tensor) {
+  return tensor == nullptr ? nullptr : tensor->unsafeGetTensorImpl();
 }
 
 }  // extern "C"

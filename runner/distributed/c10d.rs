@@ -48,6 +48,7 @@ extern "C" {
     fn runner_c10d_barrier(group: *mut c_void) -> *mut c_char;
     fn runner_tensor_drop_grad(tensor: *mut C_tensor) -> *mut c_char;
     fn runner_tensor_zero_grad_if_none(tensor: *mut C_tensor) -> *mut c_char;
+    fn runner_tensor_identity(tensor: *const C_tensor) -> *const c_void;
 }
 
 /// How a reduction combines the ranks' values.
@@ -91,6 +92,12 @@ pub fn gradient(t: &Tensor) -> Result<Tensor> {
         "giving a gradient",
     )?;
     Ok(t.grad())
+}
+
+/// What every handle to one tensor shares (tch's `shallow_clone`s of a parameter): the
+/// address of its TensorImpl.
+pub fn identity(t: &Tensor) -> usize {
+    unsafe { runner_tensor_identity(t.as_ptr()) as usize }
 }
 
 /// The ranks' process group.

@@ -45,6 +45,16 @@ c10::intrusive_ptr<c10d::Backend> runner_c10d_make_nccl(
   return group;
 }
 
+// Starts the peak of runner_cuda_memory again from now (torch.cuda.reset_peak_memory_stats).
+extern "C" int runner_cuda_reset_peak(int device) noexcept {
+  try {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
 // Bytes the caching allocator holds in tensors on `device` now and at most since the process
 // began (torch.cuda.memory_allocated / max_memory_allocated), for the measured peak of a step.
 extern "C" int runner_cuda_memory(int device, int64_t* current, int64_t* peak) noexcept {

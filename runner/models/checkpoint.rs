@@ -12,6 +12,12 @@
 //! enter through [`Tape::boundary`], a leaf whose gradient is collected from every user before
 //! it is passed on, once, to the graph that made it.
 //!
+//! Under ZeRO-3 a segment's weights are sharded over the ranks: a [`Gather`] makes them whole
+//! around the segment's forward pass and again around its recomputation, after which their
+//! gradients are reduced to the shards and the whole copies freed. A collective that fails
+//! cannot stop a forward pass halfway (segments return tensors, not results), so the tape
+//! keeps the first error, skips what follows, and the trainer reads it with [`Tape::failure`].
+//!
 //! Dropout must draw the same mask when a segment is recomputed. There is no way to save and
 //! restore libtorch's generator state from tch, so while training every segment reseeds the
 //! global generator from (step seed, segment index), in both modes, which also makes the two
@@ -19,7 +25,18 @@
 
 use std::cell::{Cell, RefCell};
 
+use anyhow::Result;
 use tch::Tensor;
+
+/// Makes a segment's sharded weights whole and shards them again (ZeRO-3).
+pub trait Gather {
+    /// Makes `weights` whole for a forward pass (those it does not shard are left alone).
+    fn gather(&self, weights: &[Tensor]) -> Result<()>;
+    /// After a segment's backward pass: adds its weights' gradients to their shards.
+    fn reduce(&self, weights: &[Tensor]) -> Result<()>;
+    /// Frees the whole copies `gather` made.
+    fn release(&self, weights: &[Tensor]) -> Result<()>;
+}
 
 /// Whether layers keep their activations for the backward pass or recompute them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +50,7 @@ type Segment<'a> = Box<dyn Fn(&[Tensor]) -> Tensor + 'a>;
 enum Event<'a> {
     Segment {
         run: Segment<'a>,
+        weights: Vec<Tensor>,
         inputs: Vec<Tensor>,
         output: Tensor,
         seed: Option<i64>,
@@ -50,6 +68,9 @@ pub struct Tape<'a> {
     seed: Option<i64>,
     events: RefCell<Vec<Event<'a>>>,
     segments: Cell<i64>,
+    gather: Option<&'a dyn Gather>,
+    /// The first error of a gather, reduction or release.
+    failure: RefCell<Option<anyhow::Error>>,
 }
 
 impl<'a> Tape<'a> {
@@ -62,6 +83,39 @@ impl<'a> Tape<'a> {
             seed: Some(seed),
             events: RefCell::new(Vec::new()),
             segments: Cell::new(0),
+            gather: None,
+            failure: RefCell::new(None),
+        }
+    }
+
+    /// The tape with `gather` making each segment's sharded weights whole (ZeRO-3).
+    pub fn gathering(mut self, gather: Option<&'a dyn Gather>) -> Tape<'a> {
+        self.gather = gather;
+        self
+    }
+
+    /// The first error of a collective in this pass, if any (the pass's results are then void).
+    pub fn failure(&self) -> Result<()> {
+        match self.failure.borrow_mut().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` with the gatherer, keeping its first error; false once anything failed.
+    fn collective(&self, f: impl FnOnce(&dyn Gather) -> Result<()>) -> bool {
+        if self.failure.borrow().is_some() {
+            return false;
+        }
+        let Some(gather) = self.gather else {
+            return true;
+        };
+        match f(gather) {
+            Ok(()) => true,
+            Err(e) => {
+                *self.failure.borrow_mut() = Some(e);
+                false
+            }
         }
     }
 
@@ -72,6 +126,8 @@ impl<'a> Tape<'a> {
             seed: None,
             events: RefCell::new(Vec::new()),
             segments: Cell::new(0),
+            gather: None,
+            failure: RefCell::new(None),
         }
     }
 
@@ -93,20 +149,33 @@ impl<'a> Tape<'a> {
         leaf
     }
 
-    /// Runs one segment (a layer) on `inputs`, which must be boundaries, outputs of earlier
-    /// segments, or tensors that need no gradient.
-    pub fn segment(&self, inputs: &[&Tensor], run: impl Fn(&[Tensor]) -> Tensor + 'a) -> Tensor {
+    /// Runs one segment (a layer with its `weights`) on `inputs`, which must be boundaries,
+    /// outputs of earlier segments, or tensors that need no gradient. A layer's output has its
+    /// input's shape: when gathering its weights failed, the input is passed on unchanged.
+    pub fn segment(
+        &self,
+        weights: &[Tensor],
+        inputs: &[&Tensor],
+        run: impl Fn(&[Tensor]) -> Tensor + 'a,
+    ) -> Tensor {
         let index = self.segments.get() + 1;
         self.segments.set(index);
         let seed = self.seed.map(|s| segment_seed(s, index));
         let inputs: Vec<Tensor> = inputs.iter().map(|t| t.shallow_clone()).collect();
         reseed(seed);
+        if !self.collective(|g| g.gather(weights)) {
+            return inputs[0].shallow_clone();
+        }
         if !self.recomputing() {
+            // The graph keeps the whole weights until backward: they stay gathered until the
+            // step's end, when the gatherer reduces and frees whatever is still whole.
             return run(&inputs);
         }
         let output = tch::no_grad(|| run(&inputs)).set_requires_grad(true);
+        self.collective(|g| g.release(weights));
         self.events.borrow_mut().push(Event::Segment {
             run: Box::new(run),
+            weights: weights.iter().map(Tensor::shallow_clone).collect(),
             inputs,
             output: output.shallow_clone(),
             seed,
@@ -122,12 +191,13 @@ impl<'a> Tape<'a> {
             match event {
                 Event::Segment {
                     run,
+                    weights,
                     inputs,
                     output,
                     seed,
                 } => {
                     let grad = output.grad();
-                    if !grad.defined() {
+                    if !grad.defined() || !self.collective(|g| g.gather(&weights)) {
                         continue;
                     }
                     let copies: Vec<Tensor> = inputs
@@ -142,9 +212,12 @@ impl<'a> Tape<'a> {
                     if !y.requires_grad() {
                         // Nothing in or before this segment trains (a frozen layer below the
                         // first adapter): no gradient flows further down.
+                        self.collective(|g| g.release(&weights));
                         continue;
                     }
                     pull(&y, &grad);
+                    drop(y);
+                    self.collective(|g| g.reduce(&weights).and_then(|()| g.release(&weights)));
                     for (copy, input) in copies.iter().zip(&inputs) {
                         let g = copy.grad();
                         if copy.requires_grad() && g.defined() {

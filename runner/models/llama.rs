@@ -95,6 +95,8 @@ const QWEN_NAMES: Names = Names {
 };
 
 struct Layer {
+    /// Every weight the layer reads (ZeRO-3 gathers them around its segment).
+    weights: Vec<Tensor>,
     input_norm: RmsNorm,
     qkv: Qkv,
     o: Linear,
@@ -153,28 +155,36 @@ impl Llama {
         let eps = arch.rms_norm_eps;
         let layers = (0..arch.num_hidden_layers)
             .map(|i| {
-                let p = format!("{}.{i}", names.layer);
-                let l = |name: &str| Linear::load(store, &format!("{p}.{name}"));
-                let qkv = match arch.family {
-                    Family::Qwen => Qkv::Fused(l("attn.c_attn")?),
-                    _ => Qkv::Separate(Box::new([
-                        l("self_attn.q_proj")?,
-                        l("self_attn.k_proj")?,
-                        l("self_attn.v_proj")?,
-                    ])),
-                };
-                Ok(Layer {
-                    input_norm: RmsNorm::load(store, &format!("{p}.{}", names.input_norm), eps)?,
-                    qkv,
-                    o: l(names.o)?,
-                    post_norm: RmsNorm::load(store, &format!("{p}.{}", names.post_norm), eps)?,
-                    gate: l(names.gate)?,
-                    up: l(names.up)?,
-                    down: l(names.down)?,
-                    heads,
-                    kv_heads: arch.kv_heads() as i64,
-                    head_dim,
-                })
+                let (layer, weights) = store.block(|| -> Result<Layer> {
+                    let p = format!("{}.{i}", names.layer);
+                    let l = |name: &str| Linear::load(store, &format!("{p}.{name}"));
+                    let qkv = match arch.family {
+                        Family::Qwen => Qkv::Fused(l("attn.c_attn")?),
+                        _ => Qkv::Separate(Box::new([
+                            l("self_attn.q_proj")?,
+                            l("self_attn.k_proj")?,
+                            l("self_attn.v_proj")?,
+                        ])),
+                    };
+                    Ok(Layer {
+                        weights: Vec::new(),
+                        input_norm: RmsNorm::load(
+                            store,
+                            &format!("{p}.{}", names.input_norm),
+                            eps,
+                        )?,
+                        qkv,
+                        o: l(names.o)?,
+                        post_norm: RmsNorm::load(store, &format!("{p}.{}", names.post_norm), eps)?,
+                        gate: l(names.gate)?,
+                        up: l(names.up)?,
+                        down: l(names.down)?,
+                        heads,
+                        kv_heads: arch.kv_heads() as i64,
+                        head_dim,
+                    })
+                });
+                Ok(Layer { weights, ..layer? })
             })
             .collect::<Result<_>>()?;
         let embed_tokens = store.get(names.embed)?;
@@ -231,7 +241,7 @@ impl Llama {
         let mut x = tape.boundary(embeds);
         for layer in &self.layers {
             let context = Rc::clone(&context);
-            x = tape.segment(&[&x], move |xs| {
+            x = tape.segment(&layer.weights, &[&x], move |xs| {
                 layer.forward(&xs[0], &context, train, None)
             });
         }

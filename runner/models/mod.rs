@@ -26,6 +26,6 @@ pub mod t5;
 pub mod vit;
 pub mod vlm;
 
-pub use checkpoint::{Checkpointing, Tape};
+pub use checkpoint::{Checkpointing, Gather, Tape};
 pub use precision::Compute;
 pub use store::ParamStore;

@@ -1,7 +1,8 @@
 //! Every weight of one model, by its HF name: created from the inventory of the architecture,
 //! filled from an HF folder, frozen or unfrozen by name, counted by module group.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -34,6 +35,15 @@ pub struct ParamStore {
     pub hyper: Option<HyperSettings>,
     /// The kind the loaded checkpoint stored its weights in (saving can keep it).
     pub checkpoint_kind: Option<Kind>,
+    /// What [`ParamStore::block`] records: how many blocks read each weight, and the weights
+    /// the block being loaded has read so far.
+    blocks: RefCell<BlockReads>,
+}
+
+#[derive(Default)]
+struct BlockReads {
+    readers: BTreeMap<String, u32>,
+    current: Option<BTreeMap<String, Tensor>>,
 }
 
 /// Parameter counts of one module group.
@@ -91,6 +101,7 @@ impl ParamStore {
             lora: None,
             hyper: None,
             checkpoint_kind: None,
+            blocks: RefCell::default(),
         }
     }
 
@@ -114,7 +125,40 @@ impl ParamStore {
     }
 
     pub fn find(&self, name: &str) -> Option<Tensor> {
-        self.tensors.get(name).map(|(t, _)| t.shallow_clone())
+        let t = self.tensors.get(name).map(|(t, _)| t.shallow_clone())?;
+        let mut blocks = self.blocks.borrow_mut();
+        if let Some(current) = &mut blocks.current {
+            current.insert(name.to_string(), t.shallow_clone());
+        }
+        Some(t)
+    }
+
+    /// Whether any weight is held in 4 bits (QLoRA).
+    pub fn has_four_bit(&self) -> bool {
+        !self.four_bit.is_empty()
+    }
+
+    /// Loads one block of a model (a checkpoint segment) with `load`, returning it with the
+    /// weights it read: ZeRO-3 makes exactly those whole around the block's segment.
+    pub fn block<T>(&self, load: impl FnOnce() -> T) -> (T, Vec<Tensor>) {
+        self.blocks.borrow_mut().current = Some(BTreeMap::new());
+        let loaded = load();
+        let mut blocks = self.blocks.borrow_mut();
+        let read = blocks.current.take().unwrap_or_default();
+        for name in read.keys() {
+            *blocks.readers.entry(name.clone()).or_default() += 1;
+        }
+        (loaded, read.into_values().collect())
+    }
+
+    /// The weights that one block alone reads. ZeRO-3 gathers them around that block's
+    /// segment; the others (embeddings, heads, weights several blocks share) for a whole step.
+    pub fn block_owned(&self) -> BTreeSet<String> {
+        let blocks = self.blocks.borrow();
+        (blocks.readers.iter())
+            .filter(|(_, &n)| n == 1)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     pub fn len(&self) -> usize {

@@ -49,6 +49,8 @@ struct Stack {
 }
 
 struct Block {
+    /// Every weight the block reads (ZeRO-3 gathers them around its segment).
+    weights: Vec<Tensor>,
     self_norm: RmsNorm,
     self_attn: Attention,
     /// Decoder blocks only.
@@ -294,7 +296,12 @@ impl Stack {
         };
         let eps = arch.layer_norm_epsilon;
         let blocks = (0..layers)
-            .map(|i| Block::load(store, arch, &format!("{name}.block.{i}.layer"), is_decoder))
+            .map(|i| {
+                let (block, weights) = store.block(|| {
+                    Block::load(store, arch, &format!("{name}.block.{i}.layer"), is_decoder)
+                });
+                Ok(Block { weights, ..block? })
+            })
             .collect::<Result<_>>()?;
         Ok(Stack {
             blocks,
@@ -321,14 +328,16 @@ impl Stack {
         let bias = tape.boundary(self_bias);
         for block in &self.blocks {
             x = match cross {
-                None => tape.segment(&[&x, &bias], move |xs| {
+                None => tape.segment(&block.weights, &[&x, &bias], move |xs| {
                     block.forward(&xs[0], &xs[1], None, train, None, None)
                 }),
-                Some((encoded, cross_bias)) => {
-                    tape.segment(&[&x, &bias, encoded, cross_bias], move |xs| {
+                Some((encoded, cross_bias)) => tape.segment(
+                    &block.weights,
+                    &[&x, &bias, encoded, cross_bias],
+                    move |xs| {
                         block.forward(&xs[0], &xs[1], Some((&xs[2], &xs[3])), train, None, None)
-                    })
-                }
+                    },
+                ),
             };
         }
         self.final_norm.forward(&x).dropout(self.dropout, train)
@@ -430,6 +439,7 @@ impl Block {
             ),
         };
         Ok(Block {
+            weights: Vec::new(),
             self_norm: RmsNorm::load(store, &format!("{prefix}.0.layer_norm"), eps)?,
             self_attn: Attention::load(store, arch, &format!("{prefix}.0.SelfAttention"))?,
             cross,

@@ -137,11 +137,11 @@ impl<'a> Checker<'a> {
             );
         }
         let d = &t.distributed;
-        if d.zero_stage == 3 && d.devices > 1 {
+        if d.shards_weights() && t.adapter.quantize().is_some() {
             self.fail(
-                &["training.distributed.zero_stage"],
-                "ZeRO stage 3 (weights sharded across devices) is not implemented by this runner",
-                "use zero_stage: 2 (optimizer state and gradients sharded)",
+                &["training.distributed.zero_stage", "training.adapter.quantize"],
+                "ZeRO stage 3 shards dense weights; QLoRA's 4-bit weights are not sharded by this runner",
+                "use zero_stage: 2 (optimizer state and gradients sharded) with QLoRA",
             );
         }
         if d.offload_optimizer && d.zero_stage == 0 && d.devices > 1 {
@@ -150,8 +150,8 @@ impl<'a> Checker<'a> {
                     "training.distributed.offload_optimizer",
                     "training.distributed.zero_stage",
                 ],
-                "offloading the optimizer moves its shard to host memory: it needs ZeRO stage 1 or 2",
-                "set zero_stage: 1 or 2, or offload_optimizer: false",
+                "offloading the optimizer moves its shard to host memory: it needs ZeRO stage 1, 2 or 3",
+                "set zero_stage: 1, 2 or 3, or offload_optimizer: false",
             );
         }
         let [b1, b2] = t.optimizer.betas;

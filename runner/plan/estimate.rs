@@ -7,6 +7,8 @@
 //! (17 values per token and hidden unit) with a fused attention kernel (no s² scores kept).
 //! With gradient checkpointing a layer keeps only its input, plus one layer recomputed at a time.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::hypernet;
@@ -205,6 +207,41 @@ pub struct Estimate {
     pub memory_per_device: Memory,
 }
 
+/// What ZeRO-3 holds whole at once, in parameters (all, trainable): the weights outside the
+/// blocks for a whole step, and one block (the largest) around its segment.
+#[derive(Clone, Copy, Debug, Default)]
+struct Gathered {
+    params: u64,
+    trainable: u64,
+}
+
+impl Gathered {
+    /// From the trained models' parameters (with whether each trains). A block is what a
+    /// name's prefix up to its first number names (`model.layers.3`); towers that run without
+    /// checkpoint segments count as blocks here, though they stay whole for the step.
+    fn of<'p>(params: impl Iterator<Item = (&'p str, u64, bool)>) -> Gathered {
+        let mut units: BTreeMap<Option<String>, Gathered> = BTreeMap::new();
+        for (name, numel, trains) in params {
+            let parts: Vec<&str> = name.split('.').collect();
+            let block = (parts.iter())
+                .position(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .map(|i| parts[..=i].join("."));
+            let unit = units.entry(block).or_default();
+            unit.params += numel;
+            unit.trainable += if trains { numel } else { 0 };
+        }
+        let root = units.remove(&None).unwrap_or_default();
+        let block = units
+            .into_values()
+            .max_by_key(|u| u.params)
+            .unwrap_or_default();
+        Gathered {
+            params: root.params + block.params,
+            trainable: root.trainable + block.trainable,
+        }
+    }
+}
+
 /// QLoRA's 4-bit weights: how many, their bytes, and the largest (dequantised one at a time).
 #[derive(Clone, Copy, Debug, Default)]
 struct FourBit {
@@ -257,6 +294,18 @@ pub fn estimate(recipe: &Recipe) -> Estimate {
             count(part.name, &param, true);
         }
     }
+    let mut trained_params = Vec::new();
+    for part in parts.iter().filter(|p| !p.frozen || p.adapted) {
+        for param in &part.params {
+            let trains = trainable(part, param, &training.adapter);
+            trained_params.push((param.name.clone(), param.numel(), trains));
+        }
+        for param in adapter_params(part, &training.adapter) {
+            let numel = param.numel();
+            trained_params.push((param.name, numel, true));
+        }
+    }
+    let gathered = Gathered::of(trained_params.iter().map(|(n, c, t)| (n.as_str(), *c, *t)));
     let total_params = groups.iter().map(|g| g.total).sum();
     let trainable_params = groups.iter().map(|g| g.trainable).sum();
     let examples_per_step = u64::from(training.micro_batch_size)
@@ -276,16 +325,22 @@ pub fn estimate(recipe: &Recipe) -> Estimate {
         tokens_per_step: examples_per_step * trained_tokens,
         examples_per_step,
         quantized_params: four_bit.params,
-        memory_per_device: memory(training, &parts, total_params, trainable_params, four_bit),
+        memory_per_device: memory(
+            training,
+            &parts,
+            (total_params, trainable_params),
+            four_bit,
+            gathered,
+        ),
     }
 }
 
 fn memory(
     training: &Training,
     parts: &[Part],
-    total: u64,
-    trainable: u64,
+    (total, trainable): (u64, u64),
     four_bit: FourBit,
+    gathered: Gathered,
 ) -> Memory {
     let value_bytes: u64 = if training.precision == Precision::Fp32 {
         4
@@ -311,6 +366,14 @@ fn memory(
     let held = (total - four_bit.params) * weight_bytes + four_bit.bytes + dequantised;
     let weights = if d.offload_params { 0 } else { shard(held, 3) };
     let gradients = shard(trainable * weight_bytes, 2);
+    // ZeRO-3 makes weights whole where they are used, and their gradients whole until reduced.
+    let (weights, gradients) = match d.shards_weights() {
+        true => (
+            weights + gathered.params * weight_bytes,
+            gradients + gathered.trainable * weight_bytes,
+        ),
+        false => (weights, gradients),
+    };
     let optimizer = if d.offload_optimizer {
         0
     } else {

@@ -80,6 +80,13 @@ pub struct Distributed {
     pub offload_params: bool,
 }
 
+impl Distributed {
+    /// Whether the weights themselves are sharded over the devices (ZeRO-3).
+    pub fn shards_weights(&self) -> bool {
+        self.zero_stage >= 3 && self.devices > 1
+    }
+}
+
 impl Default for Distributed {
     fn default() -> Self {
         Distributed {

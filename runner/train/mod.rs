@@ -9,3 +9,4 @@ pub mod schedule;
 pub mod task;
 pub mod trainer;
 pub mod zero;
+pub mod zero3;

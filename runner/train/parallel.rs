@@ -41,6 +41,8 @@ pub struct DataParallel {
     pub zero_stage: u8,
     /// Keep the optimizer's moments and its update in host memory.
     pub offload_optimizer: bool,
+    /// Keep ZeRO-3's weight shards in host memory.
+    pub offload_params: bool,
 }
 
 impl DataParallel {
@@ -52,6 +54,7 @@ impl DataParallel {
             device: Device::Cpu,
             zero_stage: 0,
             offload_optimizer: false,
+            offload_params: false,
         }
     }
 
@@ -80,6 +83,7 @@ impl DataParallel {
             device,
             zero_stage: plan.zero_stage,
             offload_optimizer: plan.offload_optimizer,
+            offload_params: plan.offload_params,
         })
     }
 
@@ -261,6 +265,6 @@ impl Buckets {
     }
 }
 
-fn ceil_div(a: i64, b: i64) -> i64 {
+pub fn ceil_div(a: i64, b: i64) -> i64 {
     (a + b - 1) / b
 }

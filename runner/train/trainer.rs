@@ -18,12 +18,12 @@ use super::parallel::DataParallel;
 use super::run_dir::{changed_inputs, RunDir, RunState};
 use super::schedule::LrSchedule;
 use super::task::{self, EvalShare, Evaluation, Task};
-use super::zero::Update;
+use super::zero::{FirstGradient, Update};
 use crate::artifacts::tensorboard::HParamValue;
 use crate::data::loader::Share;
 use crate::digest::FILE_INPUT;
 use crate::files::{read_json, write_atomic};
-use crate::models::{Checkpointing, Tape};
+use crate::models::{Checkpointing, Gather, Tape};
 use crate::plan::estimate::{estimate, part_totals, GroupCount};
 use crate::plan::inventory::Group;
 use crate::plan::Plan;
@@ -112,7 +112,6 @@ pub fn train(
     if params.is_empty() {
         bail!("nothing to train: no parameter requires a gradient\n  hint: check training.adapter");
     }
-    let mut optimizer = Update::new(AdamW::new(&t.optimizer), &params, dp);
     let mut state = RunState::default();
     let resumed_from = checkpoint.as_ref().map(|c| c.state.step);
     // The checkpoint resumed from was verified; a newer one that failed verification is not it.
@@ -138,13 +137,23 @@ pub fn train(
         write_result(plan, task, &summary, &state, options, inputs, None)?;
         return Ok(summary);
     }
-    if let Some(c) = checkpoint {
-        restore(&params, c.trainable)
-            .with_context(|| format!("resuming from {}", c.dir.display()))?;
-        optimizer.load_state(c.optimizer, c.state.step, dp)?;
-        state = c.state;
-    }
+    let saved_moments = match checkpoint {
+        Some(c) => {
+            restore(&params, c.trainable)
+                .with_context(|| format!("resuming from {}", c.dir.display()))?;
+            state = c.state;
+            Some(c.optimizer)
+        }
+        None => None,
+    };
     dp.broadcast(&params.iter().map(|(_, p)| p).collect::<Vec<_>>())?;
+    // What the process held before the weights, so that the measured peak is training's own.
+    let base = memory::usage(task.device()).map(|(now, _)| now.saturating_sub(weight_bytes(task)));
+    // Under ZeRO-3 this shards the weights, now equal on every rank.
+    let mut optimizer = Update::new(AdamW::new(&t.optimizer), &params, task, dp)?;
+    if let Some(moments) = saved_moments {
+        optimizer.load_state(moments, state.step, dp)?;
+    }
     let accumulation = t.grad_accumulation as u64;
     let batches = task.loader().batches_per_epoch() as u64;
     let per_epoch = batches.div_ceil(accumulation);
@@ -174,7 +183,7 @@ pub fn train(
         false => Checkpointing::Off,
     };
     if resumed_from.is_none() && evaluation.at_start {
-        evaluate(task, &mut log, &run.path, 0, dp)?;
+        optimizer.whole(dp, || evaluate(task, &mut log, &run.path, 0, dp))?;
     }
     // Each step's global batch: `accumulation` micro-batches for each rank, this rank's share.
     let share = Share {
@@ -183,8 +192,8 @@ pub fn train(
     };
     let batches = task.loader().stream(state.position, share.clone());
     let mut last_checkpoint: Option<PathBuf> = resumed_dir;
-    // What the process held before the weights, so that the measured peak is training's own.
-    let base = memory::usage(task.device()).map(|(now, _)| now.saturating_sub(weight_bytes(task)));
+    // The peak of the steps, not of loading (ZeRO-3 held whole weights until it sharded them).
+    memory::reset_peak(task.device());
     let mut peak_memory: Option<f64> = None;
     let started = Instant::now();
     let seconds_before = state.seconds;
@@ -192,6 +201,8 @@ pub fn train(
         let step_start = Instant::now();
         let lr = schedule.lr(state.step);
         let (mut loss_sum, mut tokens, mut samples) = (0.0, 0i64, 0i64);
+        optimizer.begin_step(dp)?;
+        let gatherer = optimizer.gatherer(dp)?;
         for micro in 0..share.period {
             let (next, batch) = batches
                 .recv()
@@ -205,8 +216,11 @@ pub fn train(
             tokens += batch.tokens();
             samples += batch.input_ids.size()[0];
             let seed = step_seed(recipe.seed(), state.step, micro);
-            let tape = Tape::training(checkpointing, seed);
+            let tape = Tape::training(checkpointing, seed)
+                .gathering(gatherer.as_ref().map(|g| g as &dyn Gather));
             let loss = task.loss(&batch, &tape, state.step);
+            // A failed collective leaves the loss void: report it, not the loss.
+            tape.failure()?;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 bail!(
@@ -219,10 +233,11 @@ pub fn train(
                 // Every checkpoint was written with finite weights (checked each step).
             }
             tape.backward(&(loss / accumulation as f64));
+            tape.failure()?;
             loss_sum += value / accumulation as f64;
         }
         if state.step == 0 {
-            check_gradients(&params)?;
+            check_gradients(&optimizer.first_gradients(&params, dp)?)?;
         }
         // A kind's own training metrics (CoE's per-task losses) are rank 0's micro-batches'.
         let step_metrics = task.step_metrics();
@@ -248,7 +263,7 @@ pub fn train(
                 state.step + 1,
                 state.skipped_steps
             ));
-        } else if !all_finite(&params) {
+        } else if !optimizer.weights_finite(&params, dp)? {
             bail!(
                 "step {}: the update made weights non-finite (gradient norm {grad_norm})\n  hint: lower training.optimizer.lr; the last good checkpoint is {}",
                 state.step + 1,
@@ -292,7 +307,7 @@ pub fn train(
         let (mut stop, mut improved) = (false, false);
         let due = eval_every.is_some_and(|n| state.step % n == 0) || last;
         if let Some(evaluation) = due
-            .then(|| evaluate(task, &mut log, &run.path, state.step, dp))
+            .then(|| optimizer.whole(dp, || evaluate(task, &mut log, &run.path, state.step, dp)))
             .transpose()?
             .flatten()
         {
@@ -329,11 +344,15 @@ pub fn train(
             state.seconds = seconds_before + started.elapsed().as_secs_f64();
             state.finished = last || stop;
             let keep = output.keep_last as usize;
-            // Under ZeRO the moments are gathered from every rank; rank 0 writes.
+            // Under ZeRO the moments (and under ZeRO-3 the weights) are gathered from every
+            // rank; rank 0 writes.
             let moments = optimizer.state(dp)?;
-            if main {
-                let saved = run.save(&params, &moments, &state, keep, output.keep_best)?;
-                last_checkpoint = Some(saved);
+            let saved = optimizer.whole(dp, || {
+                main.then(|| run.save(&params, &moments, &state, keep, output.keep_best))
+                    .transpose()
+            })?;
+            if saved.is_some() {
+                last_checkpoint = saved;
             }
         }
         if stop || options.stop_after.is_some_and(|s| state.step >= s) {
@@ -341,6 +360,7 @@ pub fn train(
         }
     }
     log.end_progress();
+    optimizer.finish(dp)?;
     state.seconds = seconds_before + started.elapsed().as_secs_f64();
     let summary = Summary {
         dir: run.path.clone(),
@@ -477,29 +497,20 @@ pub fn restore(params: &[(String, Tensor)], saved: Vec<(String, Tensor)>) -> Res
     Ok(())
 }
 
-/// Whether every trainable weight is finite (checked after each update, so that no checkpoint
-/// holds a NaN).
-fn all_finite(params: &[(String, Tensor)]) -> bool {
-    // One device-to-host read for all of them, not one per parameter.
-    let each: Vec<Tensor> = params.iter().map(|(_, p)| p.isfinite().all()).collect();
-    each.is_empty() || Tensor::stack(&each, 0).all().int64_value(&[]) == 1
-}
-
 /// After the first backward pass, every trainable parameter must have a finite gradient, and a
 /// non-zero one unless it is a LoRA A whose B is still zero (PEFT's init makes that so).
-pub fn check_gradients(params: &[(String, Tensor)]) -> Result<()> {
+pub fn check_gradients(first: &[FirstGradient]) -> Result<()> {
     let mut bad = Vec::new();
-    let is_zero = |t: &Tensor| t.abs().max().double_value(&[]) == 0.0;
-    for (name, p) in params {
-        let g = p.grad();
-        let problem = if !g.defined() {
+    for g in first {
+        let name = &g.name;
+        let problem = if !g.defined {
             Some("no gradient")
-        } else if g.isfinite().logical_not().any().int64_value(&[]) == 1 {
+        } else if !g.finite {
             Some("a non-finite gradient")
-        } else if is_zero(&g) {
+        } else if g.zero {
             let partner = name.replace("lora_A", "lora_B");
             let b_is_zero =
-                partner != *name && params.iter().any(|(n, b)| *n == partner && is_zero(b));
+                partner != *name && first.iter().any(|b| b.name == partner && b.weight_zero);
             (!b_is_zero).then_some("a zero gradient")
         } else {
             None

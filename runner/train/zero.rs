@@ -8,6 +8,8 @@
 //! - ZeRO stage 2: as stage 1, and the full gradients are dropped once reduced, so between the
 //!   reduction and the next backward pass a rank holds only its fp32 shard of them.
 //!
+//! - ZeRO stage 3: the weights are sharded too (`zero3.rs`).
+//!
 //! Every rank computes the same global norm (the shards' squares summed over the ranks), so
 //! all clip alike. Checkpoints hold the whole moments per parameter, as one rank writes them,
 //! whatever the world size: a run resumes on another number of ranks.
@@ -19,11 +21,24 @@ use tch::{Device, Kind, Tensor};
 
 use super::optimizer::{adam_update, clip_grad_norm, zero_grad, AdamW};
 use super::parallel::{Buckets, DataParallel};
+use super::task::Task;
+use super::zero3::{Gatherer, Partitioned};
 use crate::distributed::c10d::{drop_grad, gradient, ReduceOp};
 
 pub enum Update {
     Replicated(AdamW),
     Sharded(Sharded),
+    Partitioned(Partitioned),
+}
+
+/// What the first backward pass left for one trainable parameter: its name, and whether its
+/// gradient exists, is finite and is all zero, and whether the weight is all zero.
+pub struct FirstGradient {
+    pub name: String,
+    pub defined: bool,
+    pub finite: bool,
+    pub zero: bool,
+    pub weight_zero: bool,
 }
 
 /// ZeRO's shard of the optimizer: this rank's chunk of every bucket.
@@ -41,11 +56,39 @@ pub struct Sharded {
     drop_gradients: bool,
 }
 
+/// What the first backward pass left in `params`' own gradients.
+pub fn first_gradients(params: &[(String, Tensor)]) -> Vec<FirstGradient> {
+    let is_zero = |t: &Tensor| t.abs().max().double_value(&[]) == 0.0;
+    params
+        .iter()
+        .map(|(name, p)| {
+            let g = p.grad();
+            let defined = g.defined();
+            FirstGradient {
+                name: name.clone(),
+                defined,
+                finite: defined && g.isfinite().all().int64_value(&[]) == 1,
+                zero: defined && is_zero(&g),
+                weight_zero: is_zero(p),
+            }
+        })
+        .collect()
+}
+
 impl Update {
-    /// The optimizer for `params` (named, trainable) under `dp`'s ZeRO stage.
-    pub fn new(adamw: AdamW, params: &[(String, Tensor)], dp: &DataParallel) -> Update {
+    /// The optimizer for `params` (`task`'s trainable ones, named) under `dp`'s ZeRO stage;
+    /// stage 3 shards `task`'s weights, so they must be the same on every rank by now.
+    pub fn new(
+        adamw: AdamW,
+        params: &[(String, Tensor)],
+        task: &dyn Task,
+        dp: &DataParallel,
+    ) -> Result<Update> {
         if dp.size() == 1 || dp.zero_stage == 0 {
-            return Update::Replicated(adamw);
+            return Ok(Update::Replicated(adamw));
+        }
+        if dp.zero_stage == 3 {
+            return Ok(Update::Partitioned(Partitioned::new(adamw, task, dp)?));
         }
         let tensors: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
         let buckets = Buckets::new(&tensors, dp.size());
@@ -61,7 +104,7 @@ impl Update {
                 (zeros(), zeros())
             })
             .collect();
-        Update::Sharded(Sharded {
+        Ok(Update::Sharded(Sharded {
             adamw,
             names: params.iter().map(|(n, _)| n.clone()).collect(),
             shapes: params.iter().map(|(_, t)| t.size()).collect(),
@@ -70,7 +113,72 @@ impl Update {
             device,
             home,
             drop_gradients: dp.zero_stage >= 2,
-        })
+        }))
+    }
+
+    /// Before a step's micro-batches (ZeRO-3 makes the weights outside blocks whole).
+    pub fn begin_step(&self, dp: &DataParallel) -> Result<()> {
+        match self {
+            Update::Partitioned(p) => p.begin_step(dp),
+            _ => Ok(()),
+        }
+    }
+
+    /// What makes a segment's weights whole for the tape (ZeRO-3 alone shards weights).
+    pub fn gatherer<'g>(&'g self, dp: &'g DataParallel) -> Result<Option<Gatherer<'g>>> {
+        match self {
+            Update::Partitioned(p) => p.gatherer(dp).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Runs `f` where every weight is whole (evaluation, checkpoints); every rank calls it.
+    pub fn whole<T>(&self, dp: &DataParallel, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match self {
+            Update::Partitioned(p) => p.whole(dp, f),
+            _ => f(),
+        }
+    }
+
+    /// Makes every weight whole for good: training is over and the result is saved.
+    pub fn finish(&self, dp: &DataParallel) -> Result<()> {
+        match self {
+            Update::Partitioned(p) => p.gather_all(dp),
+            _ => Ok(()),
+        }
+    }
+
+    /// What the first backward pass left for each trainable parameter (this rank's
+    /// gradients; under ZeRO-3 every rank's shards).
+    pub fn first_gradients(
+        &self,
+        params: &[(String, Tensor)],
+        dp: &DataParallel,
+    ) -> Result<Vec<FirstGradient>> {
+        if let Update::Partitioned(p) = self {
+            return Ok(p
+                .first_gradients(dp)?
+                .into_iter()
+                .map(|(name, finite, zero, weight_zero)| FirstGradient {
+                    name,
+                    defined: true,
+                    finite,
+                    zero,
+                    weight_zero,
+                })
+                .collect());
+        }
+        Ok(first_gradients(params))
+    }
+
+    /// Whether every trainable weight is finite (on every rank's shard under ZeRO-3).
+    pub fn weights_finite(&self, params: &[(String, Tensor)], dp: &DataParallel) -> Result<bool> {
+        if let Update::Partitioned(p) = self {
+            return p.weights_finite(dp);
+        }
+        // One device-to-host read for all of them, not one per parameter.
+        let each: Vec<Tensor> = params.iter().map(|(_, p)| p.isfinite().all()).collect();
+        Ok(each.is_empty() || Tensor::stack(&each, 0).all().int64_value(&[]) == 1)
     }
 
     /// One optimizer step at learning rate `lr` on the gradients backward left: averaged over
@@ -96,6 +204,7 @@ impl Update {
                 Ok(norm)
             }
             Update::Sharded(sharded) => sharded.step(params, lr, max_norm, dp),
+            Update::Partitioned(p) => p.step(lr, max_norm, dp),
         }
     }
 
@@ -105,6 +214,7 @@ impl Update {
         match self {
             Update::Replicated(adamw) => Ok(adamw.state()),
             Update::Sharded(sharded) => sharded.state(dp),
+            Update::Partitioned(p) => p.state(dp),
         }
     }
 
@@ -118,6 +228,7 @@ impl Update {
         match self {
             Update::Replicated(adamw) => adamw.load_state(tensors, steps),
             Update::Sharded(sharded) => sharded.load_state(tensors, steps, dp),
+            Update::Partitioned(p) => p.load_state(tensors, steps),
         }
     }
 }

@@ -25,15 +25,6 @@ impl Args {
     }
 }
 
-/// Returns freed memory to the system and lowers the process's peak resident set to its
-/// current one (Linux's `clear_refs` 5), so a later peak is that of what follows, not of
-/// building the model (QLoRA quantises dense weights at load). Where that is not allowed the
-/// peak keeps counting from the start.
-pub fn reset_peak_rss() {
-    crate::models::store::release_freed_memory();
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 /// The process's peak resident set (VmHWM) in KiB.
 pub fn peak_rss_kib() -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;

@@ -17,14 +17,15 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 use tch::Device;
 
-use super::{peak_rss_kib, reset_peak_rss};
+use super::peak_rss_kib;
 use crate::commands::finish;
 use crate::commands::run::{launch_ranks, Target};
 use crate::distributed::world::World;
 use crate::methods::{self, inputs::InputRuns};
 use crate::models::Checkpointing;
-use crate::models::Tape;
+use crate::models::{Gather, Tape};
 use crate::plan::Plan;
+use crate::train::memory::reset_peak;
 use crate::train::optimizer::AdamW;
 use crate::train::parallel::DataParallel;
 use crate::train::zero::Update;
@@ -92,6 +93,9 @@ pub fn run(
 }
 
 fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
+    if plan.recipe.training().distributed.shards_weights() {
+        crate::train::memory::map_large_allocations();
+    }
     let world = World::from_env()?;
     let device = options.target.device_of_rank(world.local_rank)?;
     let dp = DataParallel::join(world, device, &plan.recipe.training().distributed)?;
@@ -104,21 +108,30 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
     let t = plan.recipe.training();
     let (batch_size, seq_len) = batch.input_ids.size2()?;
     let params = crate::train::task::trainable(task.as_ref());
-    let mut optimizer = Update::new(AdamW::new(&t.optimizer), &params, &dp);
+    let mut optimizer = Update::new(AdamW::new(&t.optimizer), &params, task.as_ref(), &dp)?;
     let mode = match t.gradient_checkpointing {
         true => Checkpointing::Recompute,
         false => Checkpointing::Off,
     };
     let mut times = Vec::new();
     let mut losses = Vec::new();
-    // The step's peak: what the task holds plus what a step adds, not the building's transients.
-    reset_peak_rss();
+    // The step's peak: what the task holds plus what a step adds, not the building's transients
+    // (QLoRA quantises dense weights at load).
+    reset_peak(device);
     for step in 0..options.warmup + options.steps {
         sync(device);
         let start = Instant::now();
-        let tape = Tape::training(mode, step as i64);
-        let loss = task.loss(&batch, &tape, step);
-        tape.backward(&loss);
+        optimizer.begin_step(&dp)?;
+        let loss = {
+            let gatherer = optimizer.gatherer(&dp)?;
+            let tape = Tape::training(mode, step as i64)
+                .gathering(gatherer.as_ref().map(|g| g as &dyn Gather));
+            let loss = task.loss(&batch, &tape, step);
+            tape.failure()?;
+            tape.backward(&loss);
+            tape.failure()?;
+            loss
+        };
         optimizer.step(&params, t.optimizer.lr, t.max_grad_norm, &dp)?;
         losses.push(loss.double_value(&[]));
         sync(device);

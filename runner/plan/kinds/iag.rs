@@ -335,6 +335,9 @@ impl RecipeKind for IagRecipe {
             if self.training.gradient_checkpointing {
                 c.fail(&["method.alignment", "training.gradient_checkpointing"], "alignment keeps every layer's states and attention maps, which gradient checkpointing would recompute", "turn one of them off");
             }
+            if self.training.distributed.shards_weights() {
+                c.fail(&["method.alignment", "training.distributed.zero_stage"], "alignment runs every block outside the checkpoint segments in which ZeRO-3 gathers a block's sharded weights", "use zero_stage: 2, or drop `method.alignment`");
+            }
         }
         if self.method.alignment.is_some()
             && (t.arch.num_layers != s.arch.num_layers
