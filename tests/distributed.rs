@@ -514,16 +514,18 @@ fn each_zero_stage_lowers_the_measured_peak_and_the_plan_estimates_it() {
         z0.1 > z1.1 && z1.1 > z2.1,
         "the estimate falls stage by stage: {peaks:?}"
     );
-    // Stage 1 saves half the moments (0.19 GiB here): far above the allocator's noise.
-    assert!(z1.0 < z0.0 - 0.1e9, "stage 1 below stage 0: {peaks:?}");
-    assert!(z2.0 < z0.0 - 0.1e9, "stage 2 below stage 0: {peaks:?}");
+    // Stage 1 saves half the moments (0.21 GB here) but keeps an fp32 gradient shard beside
+    // the whole gradients (0.10 GB); ranks map their large allocations, so the peaks repeat
+    // within a few MB.
+    assert!(z1.0 < z0.0 - 0.05e9, "stage 1 below stage 0: {peaks:?}");
+    assert!(z2.0 < z1.0, "stage 2 below stage 1: {peaks:?}");
 
     // Stage 3 shards the weights: shown where frozen weights outweigh the rest (LoRA on a
-    // 100M model of 8 layers, 0.4 GB of fp32 weights; one layer is whole at a time).
+    // 150M model of 12 layers, 0.6 GB of fp32 weights; one layer is whole at a time).
     let lora = [
         "model.arch.hidden_size=1024",
         "model.arch.intermediate_size=2752",
-        "model.arch.num_hidden_layers=8",
+        "model.arch.num_hidden_layers=12",
         "model.arch.num_attention_heads=8",
         "model.arch.num_key_value_heads=8",
         "training.max_steps=2",

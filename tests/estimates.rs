@@ -79,8 +79,8 @@ fn memory_follows_precision_sharding_and_checkpointing() {
         2 * 2 * 256 * 64 * 4 + layers / 2 + logits
     );
 
-    // ZeRO-2 over 4 devices: each holds a quarter of the gradients and moments, all weights
-    // (stage 3, which would shard those too, is refused across devices).
+    // ZeRO-2 over 4 devices: each holds a quarter of the gradients and moments, all weights,
+    // and its reduced gradients as an fp32 quarter.
     let zero = count(
         "recipes/tiny/longlora_sft.yaml",
         &[
@@ -91,12 +91,32 @@ fn memory_follows_precision_sharding_and_checkpointing() {
     assert_eq!(zero.memory_per_device.weights, 4 * e.total_params);
     assert_eq!(
         zero.memory_per_device.gradients,
-        (4 * e.trainable_params).div_ceil(4)
+        2 * (4 * e.trainable_params).div_ceil(4)
     );
     assert_eq!(
         zero.memory_per_device.optimizer,
         (8 * e.trainable_params).div_ceil(4)
     );
+
+    // ZeRO-3: a quarter of every weight, plus, whole, the weights outside the layers
+    // (embedding, head, final norm) and one layer (q and o 64×64, k and v 64×32 with 2 KV
+    // heads, gate, up and down 64×128, two norms), and their gradients; the reduced gradients
+    // as an fp32 quarter.
+    let layer = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64;
+    let outside = 2 * 512 * 64 + 64;
+    assert_eq!(e.total_params, 2 * layer + outside);
+    let zero3 = count(
+        "recipes/tiny/longlora_sft.yaml",
+        &[
+            "training.adapter={type: full}",
+            "training.distributed={devices: 4, zero_stage: 3}",
+        ],
+    );
+    let whole = 4 * (outside + layer);
+    let m3 = &zero3.memory_per_device;
+    assert_eq!(m3.weights, (4 * e.total_params).div_ceil(4) + whole);
+    assert_eq!(m3.gradients, (4 * e.trainable_params).div_ceil(4) + whole);
+    assert_eq!(m3.optimizer, zero.memory_per_device.optimizer);
 }
 
 #[test]

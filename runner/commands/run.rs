@@ -146,7 +146,7 @@ pub fn run(
 /// Trains `plan` (its input runs first where they are missing) as this process's rank, and
 /// says what it did.
 fn train(plan: &Plan, target: Target, options: &RunOptions) -> Result<String> {
-    if plan.recipe.training().distributed.shards_weights() {
+    if plan.recipe.training().distributed.devices > 1 {
         // Before the models are built, so that their weights are mapped too.
         crate::train::memory::map_large_allocations();
     }

@@ -2,7 +2,7 @@
 //! filled from an HF folder, frozen or unfrozen by name, counted by module group.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -42,7 +42,9 @@ pub struct ParamStore {
 
 #[derive(Default)]
 struct BlockReads {
-    readers: BTreeMap<String, u32>,
+    /// Per weight: how many blocks read it, and the last of them (blocks numbered from 0).
+    readers: BTreeMap<String, (u32, usize)>,
+    loaded: usize,
     current: Option<BTreeMap<String, Tensor>>,
 }
 
@@ -145,19 +147,23 @@ impl ParamStore {
         let loaded = load();
         let mut blocks = self.blocks.borrow_mut();
         let read = blocks.current.take().unwrap_or_default();
+        let block = blocks.loaded;
+        blocks.loaded += 1;
         for name in read.keys() {
-            *blocks.readers.entry(name.clone()).or_default() += 1;
+            let reader = blocks.readers.entry(name.clone()).or_default();
+            *reader = (reader.0 + 1, block);
         }
         (loaded, read.into_values().collect())
     }
 
-    /// The weights that one block alone reads. ZeRO-3 gathers them around that block's
-    /// segment; the others (embeddings, heads, weights several blocks share) for a whole step.
-    pub fn block_owned(&self) -> BTreeSet<String> {
+    /// The weights that one block alone reads, with that block's number. ZeRO-3 gathers them
+    /// around that block's segment; the others (embeddings, heads, weights several blocks
+    /// share) for a whole step.
+    pub fn block_owned(&self) -> BTreeMap<String, usize> {
         let blocks = self.blocks.borrow();
         (blocks.readers.iter())
-            .filter(|(_, &n)| n == 1)
-            .map(|(name, _)| name.clone())
+            .filter(|(_, &(n, _))| n == 1)
+            .map(|(name, &(_, block))| (name.clone(), block))
             .collect()
     }
 

@@ -365,14 +365,18 @@ fn memory(
     let dequantised = four_bit.largest * value_bytes;
     let held = (total - four_bit.params) * weight_bytes + four_bit.bytes + dequantised;
     let weights = if d.offload_params { 0 } else { shard(held, 3) };
-    let gradients = shard(trainable * weight_bytes, 2);
+    // Under ZeRO a rank keeps its reduced gradients as an fp32 shard.
+    let reduced = match d.zero_stage >= 1 && devices > 1 {
+        true => (trainable * 4).div_ceil(devices),
+        false => 0,
+    };
     // ZeRO-3 makes weights whole where they are used, and their gradients whole until reduced.
     let (weights, gradients) = match d.shards_weights() {
         true => (
             weights + gathered.params * weight_bytes,
-            gradients + gathered.trainable * weight_bytes,
+            reduced + gathered.trainable * weight_bytes,
         ),
-        false => (weights, gradients),
+        false => (weights, shard(trainable * weight_bytes, 2) + reduced),
     };
     let optimizer = if d.offload_optimizer {
         0

@@ -87,6 +87,11 @@ impl DataParallel {
         })
     }
 
+    /// Whether ZeRO-3 shards the weights themselves.
+    pub fn shards_weights(&self) -> bool {
+        self.zero_stage >= 3 && self.size() > 1
+    }
+
     pub fn is_main(&self) -> bool {
         self.world.is_main()
     }
@@ -214,6 +219,15 @@ impl Buckets {
             count: ceil_div(total, size),
             ranks,
         }
+    }
+
+    /// One bucket holding all of `tensors` (its size a multiple of the ranks).
+    pub fn single(tensors: &[&Tensor], ranks: usize) -> Buckets {
+        let total: i64 = tensors.iter().map(|t| t.numel() as i64).sum();
+        let mut layout = Buckets::new(tensors, ranks);
+        layout.size = ceil_div(total.max(1), layout.ranks) * layout.ranks;
+        layout.count = 1;
+        layout
     }
 
     /// The flat range of bucket `k`.

@@ -87,7 +87,7 @@ impl Update {
         if dp.size() == 1 || dp.zero_stage == 0 {
             return Ok(Update::Replicated(adamw));
         }
-        if dp.zero_stage == 3 {
+        if dp.shards_weights() {
             return Ok(Update::Partitioned(Partitioned::new(adamw, task, dp)?));
         }
         let tensors: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();

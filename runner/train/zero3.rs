@@ -1,7 +1,8 @@
-//! ZeRO stage 3: the weights are sharded too. Every weight of a model that trains (its frozen
-//! ones included) is laid flat, padded to a multiple of the ranks and cut in equal pieces;
-//! rank r keeps the r-th (its shard), and between uses the weight itself holds no values
-//! (`set_` to an empty tensor, which every handle a model holds sees).
+//! ZeRO stage 3: the weights are sharded too. The weights of a model that trains (its frozen
+//! ones included) are laid end to end in flat units, one per layer, kind and trainability (as
+//! FSDP's flat parameters), padded to a multiple of the ranks and cut in equal pieces; rank r
+//! keeps the r-th (its shard), and between uses the weights themselves hold no values (`set_`
+//! to an empty tensor, which every handle a model holds sees). One unit, one collective.
 //!
 //! - A block's own weights (`ParamStore::block_owned`) are made whole by all-gathering their
 //!   shards around the block's checkpoint segment, for the forward pass and again for the
@@ -18,51 +19,71 @@
 //! Weights of a model that does not train (a frozen teacher) are not sharded.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{anyhow, bail, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::optimizer::{adam_update, AdamW};
-use super::parallel::{ceil_div, DataParallel};
+use super::parallel::{Buckets, DataParallel};
 use super::task::Task;
-use crate::distributed::c10d::{drop_grad, identity, ProcessGroup, ReduceOp};
+use crate::distributed::c10d::{drop_grad, gradient, identity, ProcessGroup, ReduceOp};
 use crate::models::Gather;
 
-/// One weight's shard and its optimizer state.
-struct Weight {
-    /// The name checkpoints give it (store prefix and HF name).
-    name: String,
-    /// The weight itself: whole while gathered, empty otherwise.
-    handle: Tensor,
-    shape: Vec<i64>,
-    numel: i64,
-    /// This rank's piece of the flat, padded weight, in the weight's kind.
+/// Weights sharded together: one layer's (or the weights outside layers) of one kind, trainable
+/// or frozen.
+struct Unit {
+    /// The names checkpoints give them (store prefix and HF name).
+    names: Vec<String>,
+    /// The weights themselves: whole while gathered, empty otherwise.
+    handles: Vec<Tensor>,
+    shapes: Vec<Vec<i64>>,
+    /// The weights end to end, padded: one bucket, of which rank r owns the r-th chunk.
+    layout: Buckets,
+    /// This rank's chunk, in the weights' kind.
     shard: Tensor,
-    /// Gathered around its block's segment (else for a whole step).
+    /// Gathered around its layer's segment (else for a whole step).
     in_block: bool,
-    /// Trainable weights: the sum over the ranks of the shard's gradient (fp32), and the
-    /// first and second moments.
+    /// Trainable units: the sum over the ranks of the chunk's gradient (fp32), and the first
+    /// and second moments.
     trained: Option<Trained>,
     whole: Cell<bool>,
 }
+
+/// What weights share a unit: their layer (none: outside layers), kind and trainability.
+type UnitKey = (Option<usize>, String, bool);
 
 struct Trained {
     grad: Tensor,
     moments: (Tensor, Tensor),
 }
 
+impl Unit {
+    fn chunk(&self, ranks: i64) -> i64 {
+        self.layout.size / ranks
+    }
+
+    /// Where each weight starts in the unit.
+    fn offsets(&self) -> Vec<i64> {
+        let mut offsets = vec![0; self.handles.len()];
+        for (i, _, at, _) in self.layout.pieces(&self.layout.bucket(0)) {
+            offsets[i] = at;
+        }
+        offsets
+    }
+}
+
 pub struct Partitioned {
     adamw: AdamW,
-    weights: Vec<Weight>,
-    /// Weight index by the TensorImpl its handles share.
+    units: Vec<Unit>,
+    /// Unit index by the TensorImpl a weight's handles share.
     by_identity: HashMap<usize, usize>,
     /// Where the weights are used, and so where the collectives run.
     home: Device,
     /// Where the moments and the update live (the host with `offload_optimizer`).
     optimizer_device: Device,
     ranks: i64,
-    rank: i64,
+    rank: usize,
 }
 
 impl Partitioned {
@@ -75,8 +96,8 @@ impl Partitioned {
         };
         let shard_device = host(dp.offload_params);
         let optimizer_device = host(dp.offload_optimizer);
-        let (ranks, rank) = (dp.size() as i64, dp.rank() as i64);
-        let mut weights = Vec::new();
+        let (ranks, rank) = (dp.size(), dp.rank());
+        let mut units = Vec::new();
         for (prefix, store) in task.stores() {
             if store.trainable().is_empty() {
                 continue;
@@ -85,106 +106,116 @@ impl Partitioned {
                 bail!("ZeRO-3 cannot shard QLoRA's 4-bit weights\n  hint: use training.distributed.zero_stage: 2 with training.adapter.quantize");
             }
             let owned = store.block_owned();
+            let mut groups: BTreeMap<UnitKey, Vec<(String, Tensor)>> = BTreeMap::new();
             for (name, t, _) in store.iter() {
-                let numel = t.numel() as i64;
-                let chunk = ceil_div(numel, ranks);
-                let flat = t.detach().reshape([-1]);
-                let shard = Tensor::zeros([chunk], (t.kind(), shard_device));
-                let (from, len) = (rank * chunk, (numel - rank * chunk).clamp(0, chunk));
-                if len > 0 {
-                    tch::no_grad(|| shard.narrow(0, 0, len).copy_(&flat.narrow(0, from, len)));
-                }
-                let trained = t.requires_grad().then(|| {
+                let key = (
+                    owned.get(name).copied(),
+                    format!("{:?}", t.kind()),
+                    t.requires_grad(),
+                );
+                let weight = (format!("{prefix}{name}"), t.shallow_clone());
+                groups.entry(key).or_default().push(weight);
+            }
+            for ((block, _, trains), weights) in groups {
+                let handles: Vec<Tensor> = weights.iter().map(|(_, t)| t.shallow_clone()).collect();
+                let refs: Vec<&Tensor> = handles.iter().collect();
+                let layout = Buckets::single(&refs, ranks);
+                // Through fp32, which holds every value of the narrower kinds exactly.
+                let shard = (layout.gather(&refs, layout.chunk(0, rank)))
+                    .to_kind(handles[0].kind())
+                    .to_device(shard_device);
+                let chunk = layout.size / ranks as i64;
+                let trained = trains.then(|| {
                     let zeros = |d| Tensor::zeros([chunk], (Kind::Float, d));
                     Trained {
                         grad: zeros(home),
                         moments: (zeros(optimizer_device), zeros(optimizer_device)),
                     }
                 });
-                weights.push(Weight {
-                    name: format!("{prefix}{name}"),
-                    handle: t.shallow_clone(),
-                    shape: t.size(),
-                    numel,
+                units.push(Unit {
+                    names: weights.into_iter().map(|(n, _)| n).collect(),
+                    shapes: handles.iter().map(Tensor::size).collect(),
+                    handles,
+                    layout,
                     shard,
-                    in_block: owned.contains(name),
+                    in_block: block.is_some(),
                     trained,
                     whole: Cell::new(true),
                 });
             }
         }
-        let by_identity = (weights.iter().enumerate())
-            .map(|(i, w)| (identity(&w.handle), i))
+        let by_identity = (units.iter().enumerate())
+            .flat_map(|(i, u)| u.handles.iter().map(move |h| (identity(h), i)))
             .collect();
         let partitioned = Partitioned {
             adamw,
-            weights,
+            units,
             by_identity,
             home,
             optimizer_device,
-            ranks,
+            ranks: ranks as i64,
             rank,
         };
-        for w in &partitioned.weights {
-            partitioned.release(w)?;
+        for unit in &partitioned.units {
+            partitioned.release(unit)?;
         }
         Ok(partitioned)
     }
 
-    fn chunk(&self, w: &Weight) -> i64 {
-        ceil_div(w.numel, self.ranks)
-    }
-
-    /// Makes `w` whole from every rank's shard (a no-op when it is).
-    fn gather(&self, w: &Weight, group: &ProcessGroup) -> Result<()> {
-        if w.whole.get() {
+    /// Makes `unit`'s weights whole from every rank's chunk (a no-op when they are).
+    fn gather(&self, unit: &Unit, group: &ProcessGroup) -> Result<()> {
+        if unit.whole.get() {
             return Ok(());
         }
-        let kind = w.shard.kind();
-        let whole = Tensor::empty([self.chunk(w) * self.ranks], (kind, self.home));
+        let whole = Tensor::empty([unit.layout.size], (unit.shard.kind(), self.home));
         // As bytes, so that every kind travels alike (Gloo lacks some).
-        let shard = w.shard.to_device(self.home);
+        let shard = unit.shard.to_device(self.home);
         group.all_gather(
             &whole.view_dtype(Kind::Uint8),
             &shard.view_dtype(Kind::Uint8),
         )?;
-        let mut handle = w.handle.shallow_clone();
-        let value = whole.narrow(0, 0, w.numel).view(w.shape.as_slice());
-        let _ = tch::no_grad(|| handle.f_set_source_tensor_(&value))?;
-        w.whole.set(true);
+        let offsets = unit.offsets();
+        for ((handle, shape), at) in unit.handles.iter().zip(&unit.shapes).zip(offsets) {
+            let numel: i64 = shape.iter().product();
+            let value = whole.narrow(0, at, numel).view(shape.as_slice());
+            let mut handle = handle.shallow_clone();
+            let _ = tch::no_grad(|| handle.f_set_source_tensor_(&value))?;
+        }
+        unit.whole.set(true);
         Ok(())
     }
 
-    /// Adds `w`'s gradient, summed over the ranks, to its shard's, and drops it.
-    fn reduce(&self, w: &Weight, group: &ProcessGroup) -> Result<()> {
-        let Some(trained) = &w.trained else {
+    /// Adds `unit`'s gradients, summed over the ranks, to its chunk's, and drops them.
+    fn reduce(&self, unit: &Unit, group: &ProcessGroup) -> Result<()> {
+        let Some(trained) = &unit.trained else {
             return Ok(());
         };
-        if !w.whole.get() {
+        if !unit.whole.get() {
             return Ok(());
         }
-        // A weight the micro-batches did not reach still takes part (as zeros): every rank
-        // calls the same collectives.
-        let flat = Tensor::zeros([self.chunk(w) * self.ranks], (Kind::Float, self.home));
-        let g = w.handle.grad();
-        if g.defined() {
-            tch::no_grad(|| flat.narrow(0, 0, w.numel).copy_(&g.reshape([-1])));
-        }
-        let mine = Tensor::zeros([self.chunk(w)], (Kind::Float, self.home));
+        // A weight the micro-batches did not reach takes part as zeros: every rank calls the
+        // same collectives.
+        let grads = (unit.handles.iter())
+            .map(gradient)
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Tensor> = grads.iter().collect();
+        let flat = unit.layout.gather(&refs, unit.layout.bucket(0));
+        drop(grads);
+        let mine = Tensor::zeros([unit.chunk(self.ranks)], (Kind::Float, self.home));
         group.reduce_scatter(&mine, &flat, ReduceOp::Sum)?;
         let mut sum = trained.grad.shallow_clone();
-        tch::no_grad(|| {
-            let _ = sum.g_add_(&mine);
-        });
-        drop_grad(&w.handle)
+        let _ = tch::no_grad(|| sum.g_add_(&mine));
+        unit.handles.iter().try_for_each(drop_grad)
     }
 
-    /// Frees `w`'s whole copy.
-    fn release(&self, w: &Weight) -> Result<()> {
-        if w.whole.get() {
-            let mut handle = w.handle.shallow_clone();
-            let _ = tch::no_grad(|| handle.f_set_())?;
-            w.whole.set(false);
+    /// Frees `unit`'s whole weights.
+    fn release(&self, unit: &Unit) -> Result<()> {
+        if unit.whole.get() {
+            for handle in &unit.handles {
+                let mut handle = handle.shallow_clone();
+                let _ = tch::no_grad(|| handle.f_set_())?;
+            }
+            unit.whole.set(false);
         }
         Ok(())
     }
@@ -194,12 +225,12 @@ impl Partitioned {
             .ok_or_else(|| anyhow!("ZeRO-3 needs a process group"))
     }
 
-    /// Before a step's first micro-batch: the weights outside blocks become whole.
+    /// Before a step's first micro-batch: the weights outside layers become whole.
     pub fn begin_step(&self, dp: &DataParallel) -> Result<()> {
         let group = Self::group(dp)?;
-        (self.weights.iter())
-            .filter(|w| !w.in_block)
-            .try_for_each(|w| self.gather(w, group))
+        (self.units.iter())
+            .filter(|u| !u.in_block)
+            .try_for_each(|u| self.gather(u, group))
     }
 
     /// The tape's gatherer for this step's micro-batches.
@@ -213,66 +244,76 @@ impl Partitioned {
     /// Runs `f` on the whole model (evaluation, checkpoints), sharding it again after.
     pub fn whole<T>(&self, dp: &DataParallel, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let group = Self::group(dp)?;
-        let gathered: Vec<&Weight> = self.weights.iter().filter(|w| !w.whole.get()).collect();
-        gathered.iter().try_for_each(|w| self.gather(w, group))?;
+        let gathered: Vec<&Unit> = self.units.iter().filter(|u| !u.whole.get()).collect();
+        gathered.iter().try_for_each(|u| self.gather(u, group))?;
         let result = f();
-        gathered.iter().try_for_each(|w| self.release(w))?;
+        gathered.iter().try_for_each(|u| self.release(u))?;
         result
     }
 
     /// Makes every weight whole for good (the end of training: the result is saved).
     pub fn gather_all(&self, dp: &DataParallel) -> Result<()> {
         let group = Self::group(dp)?;
-        self.weights.iter().try_for_each(|w| self.gather(w, group))
+        self.units.iter().try_for_each(|u| self.gather(u, group))
     }
 
-    /// The gradients of whatever is still whole reduced to the shards, and the whole copies
+    /// The gradients of whatever is still whole reduced to the chunks, and the whole weights
     /// freed (the end of a step's backward passes).
     fn settle(&self, group: &ProcessGroup) -> Result<()> {
-        for w in &self.weights {
-            self.reduce(w, group)?;
-            self.release(w)?;
+        for unit in &self.units {
+            self.reduce(unit, group)?;
+            self.release(unit)?;
         }
         Ok(())
     }
 
     /// What the first backward pass left, per trainable weight: (name, every value finite,
-    /// gradient all zero, weight all zero), over every rank's shard.
+    /// gradient all zero, weight all zero), over every rank's chunk.
     pub fn first_gradients(&self, dp: &DataParallel) -> Result<Vec<(String, bool, bool, bool)>> {
         self.settle(Self::group(dp)?)?;
-        let trained: Vec<(&Weight, &Trained)> = (self.weights.iter())
-            .filter_map(|w| w.trained.as_ref().map(|t| (w, t)))
-            .collect();
-        let mut values = Vec::with_capacity(3 * trained.len());
-        for (w, t) in &trained {
-            let not_finite = t.grad.isfinite().logical_not().any().int64_value(&[]) as f64;
-            let largest = |x: &Tensor| x.abs().nan_to_num(0.0, None, None).max().double_value(&[]);
-            values.extend([not_finite, largest(&t.grad), largest(&w.shard)]);
+        let largest = |x: &Tensor| x.abs().nan_to_num(0.0, None, None).max().double_value(&[]);
+        let (mut names, mut values) = (Vec::new(), Vec::new());
+        for unit in &self.units {
+            let Some(trained) = &unit.trained else {
+                continue;
+            };
+            // A weight has one piece in this rank's chunk, or none (then zeros).
+            let mut facts = vec![[0.0; 3]; unit.names.len()];
+            for (i, _, at, len) in unit.layout.pieces(&unit.layout.chunk(0, self.rank)) {
+                let (g, w) = (
+                    trained.grad.narrow(0, at, len),
+                    unit.shard.narrow(0, at, len),
+                );
+                let not_finite = g.isfinite().logical_not().any().int64_value(&[]) as f64;
+                facts[i] = [not_finite, largest(&g), largest(&w)];
+            }
+            names.extend(unit.names.iter().cloned());
+            values.extend(facts.into_iter().flatten());
         }
         let values = dp.max(&values)?;
-        Ok(trained
-            .iter()
+        Ok(names
+            .into_iter()
             .zip(values.chunks(3))
-            .map(|((w, _), v)| (w.name.clone(), v[0] == 0.0, v[1] == 0.0, v[2] == 0.0))
+            .map(|(name, v)| (name, v[0] == 0.0, v[1] == 0.0, v[2] == 0.0))
             .collect())
     }
 
-    /// Whether every rank's shards of the trainable weights are finite.
+    /// Whether every rank's chunks of the trainable weights are finite.
     pub fn weights_finite(&self, dp: &DataParallel) -> Result<bool> {
-        let bad = (self.weights.iter())
-            .filter(|w| w.trained.is_some())
-            .any(|w| w.shard.isfinite().logical_not().any().int64_value(&[]) == 1);
+        let bad = (self.units.iter())
+            .filter(|u| u.trained.is_some())
+            .any(|u| u.shard.isfinite().logical_not().any().int64_value(&[]) == 1);
         Ok(dp.max(&[f64::from(u8::from(bad))])?[0] == 0.0)
     }
 
     /// One optimizer step: the remaining gradients reduced, the global norm (every rank the
-    /// same), clipping, and AdamW on this rank's shards. Returns the norm before clipping;
+    /// same), clipping, and AdamW on this rank's chunks. Returns the norm before clipping;
     /// when it is not finite, nothing is updated.
     pub fn step(&mut self, lr: f64, max_norm: Option<f64>, dp: &DataParallel) -> Result<f64> {
         self.settle(Self::group(dp)?)?;
         let ranks = self.ranks as f64;
-        let local: f64 = (self.weights.iter())
-            .filter_map(|w| w.trained.as_ref())
+        let local: f64 = (self.units.iter())
+            .filter_map(|u| u.trained.as_ref())
             .map(|t| {
                 (&t.grad / ranks)
                     .square()
@@ -282,26 +323,30 @@ impl Partitioned {
             .sum();
         let norm = dp.sum(&[local])?[0].sqrt();
         let finite = norm.is_finite();
+        // The mean over the ranks, clipped as `clip_grad_norm` clips.
         let scale = max_norm.map_or(1.0, |max| (max / (norm + 1e-6)).min(1.0)) / ranks;
         if finite {
             self.adamw.steps += 1;
         }
         let t = self.adamw.steps;
         let (betas, eps) = self.adamw.betas_eps();
-        for w in &mut self.weights {
-            let Some(trained) = &mut w.trained else {
+        for unit in &mut self.units {
+            let Some(trained) = &mut unit.trained else {
                 continue;
             };
             if finite {
-                let decay = self.adamw.decay(&w.name);
                 let device = self.optimizer_device;
+                let decayed = unit.shard.to_device(device).to_kind(Kind::Float);
+                // Weight decay per weight, on each weight's piece of the chunk.
+                for (i, _, at, len) in unit.layout.pieces(&unit.layout.chunk(0, self.rank)) {
+                    let decay = self.adamw.decay(&unit.names[i]);
+                    let _ = decayed.narrow(0, at, len).g_mul_scalar_(1.0 - lr * decay);
+                }
                 tch::no_grad(|| {
                     let g = (&trained.grad * scale).to_device(device);
-                    let master = w.shard.to_device(device).to_kind(Kind::Float);
-                    let decayed = master * (1.0 - lr * decay);
                     let (m, v) = &mut trained.moments;
                     let updated = adam_update(decayed, &g, (m, v), t, lr, betas, eps);
-                    w.shard.copy_(&updated);
+                    unit.shard.copy_(&updated);
                 });
             }
             let _ = trained.grad.zero_();
@@ -314,18 +359,24 @@ impl Partitioned {
         let group = Self::group(dp)?;
         let steps = self.adamw.steps as i64;
         let mut out = Vec::new();
-        for w in &self.weights {
-            let Some(trained) = &w.trained else {
+        for unit in &self.units {
+            let Some(trained) = &unit.trained else {
                 continue;
             };
             let (m, v) = &trained.moments;
+            let offsets = unit.offsets();
             for (prefix, moment) in [("exp_avg.", m), ("exp_avg_sq.", v)] {
-                let whole = Tensor::zeros([self.chunk(w) * self.ranks], (Kind::Float, self.home));
+                let whole = Tensor::zeros([unit.layout.size], (Kind::Float, self.home));
                 group.all_gather(&whole, &moment.to_device(self.home))?;
-                let value = whole.narrow(0, 0, w.numel).view(w.shape.as_slice());
-                out.push((format!("{prefix}{}", w.name), value.to_device(Device::Cpu)));
+                for ((name, shape), &at) in unit.names.iter().zip(&unit.shapes).zip(&offsets) {
+                    let numel: i64 = shape.iter().product();
+                    let value = whole.narrow(0, at, numel).view(shape.as_slice());
+                    out.push((format!("{prefix}{name}"), value.to_device(Device::Cpu)));
+                }
             }
-            out.push((format!("step.{}", w.name), Tensor::from(steps)));
+            for name in &unit.names {
+                out.push((format!("step.{name}"), Tensor::from(steps)));
+            }
         }
         Ok(out)
     }
@@ -333,26 +384,24 @@ impl Partitioned {
     /// Restores moments saved by [`Partitioned::state`] (on any number of ranks).
     pub fn load_state(&mut self, saved: Vec<(String, Tensor)>, steps: u64) -> Result<()> {
         let mut saved: HashMap<String, Tensor> = saved.into_iter().collect();
-        let (ranks, rank) = (self.ranks, self.rank);
-        for w in &mut self.weights {
-            let Some(trained) = &mut w.trained else {
+        for unit in &mut self.units {
+            let Some(trained) = &mut unit.trained else {
                 continue;
             };
-            let chunk = ceil_div(w.numel, ranks);
             for (prefix, moment) in [
                 ("exp_avg.", &mut trained.moments.0),
                 ("exp_avg_sq.", &mut trained.moments.1),
             ] {
-                let key = format!("{prefix}{}", w.name);
-                let whole = saved.remove(&key).ok_or_else(|| {
-                    anyhow!("the checkpoint's optimizer state has no `{key}`\n  hint: it was written by another plan; use another --out")
-                })?;
-                let flat = whole.reshape([-1]).to_kind(Kind::Float);
-                let (from, len) = (rank * chunk, (w.numel - rank * chunk).clamp(0, chunk));
-                let mine = Tensor::zeros([chunk], (Kind::Float, Device::Cpu));
-                if len > 0 {
-                    tch::no_grad(|| mine.narrow(0, 0, len).copy_(&flat.narrow(0, from, len)));
-                }
+                let whole = (unit.names.iter())
+                    .map(|name| {
+                        let key = format!("{prefix}{name}");
+                        saved.remove(&key).ok_or_else(|| {
+                            anyhow!("the checkpoint's optimizer state has no `{key}`\n  hint: it was written by another plan; use another --out")
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let refs: Vec<&Tensor> = whole.iter().collect();
+                let mine = unit.layout.gather(&refs, unit.layout.chunk(0, self.rank));
                 *moment = mine.to_device(self.optimizer_device);
             }
         }
@@ -368,27 +417,32 @@ pub struct Gatherer<'g> {
 }
 
 impl Gatherer<'_> {
-    /// The block weights among `weights` (others are left alone: whole for the step, or not
-    /// sharded at all).
-    fn block_weights<'w>(&'w self, weights: &'w [Tensor]) -> impl Iterator<Item = &'w Weight> {
+    /// The layer units `weights` belong to (each once; weights whole for the step, or not
+    /// sharded at all, are left alone).
+    fn layer_units(&self, weights: &[Tensor]) -> Vec<&Unit> {
         let p = self.partitioned;
-        (weights.iter())
-            .filter_map(|t| p.by_identity.get(&identity(t)))
-            .map(|&i| &p.weights[i])
-            .filter(|w| w.in_block)
+        let mut units: Vec<usize> = (weights.iter())
+            .filter_map(|t| p.by_identity.get(&identity(t)).copied())
+            .filter(|&i| p.units[i].in_block)
+            .collect();
+        units.sort_unstable();
+        units.dedup();
+        units.into_iter().map(|i| &p.units[i]).collect()
     }
 }
 
 impl Gather for Gatherer<'_> {
     fn gather(&self, weights: &[Tensor]) -> Result<()> {
-        (self.block_weights(weights)).try_for_each(|w| self.partitioned.gather(w, self.group))
+        (self.layer_units(weights).into_iter())
+            .try_for_each(|u| self.partitioned.gather(u, self.group))
     }
 
     fn reduce(&self, weights: &[Tensor]) -> Result<()> {
-        (self.block_weights(weights)).try_for_each(|w| self.partitioned.reduce(w, self.group))
+        (self.layer_units(weights).into_iter())
+            .try_for_each(|u| self.partitioned.reduce(u, self.group))
     }
 
     fn release(&self, weights: &[Tensor]) -> Result<()> {
-        (self.block_weights(weights)).try_for_each(|w| self.partitioned.release(w))
+        (self.layer_units(weights).into_iter()).try_for_each(|u| self.partitioned.release(u))
     }
 }

@@ -93,7 +93,7 @@ pub fn run(
 }
 
 fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
-    if plan.recipe.training().distributed.shards_weights() {
+    if plan.recipe.training().distributed.devices > 1 {
         crate::train::memory::map_large_allocations();
     }
     let world = World::from_env()?;
