@@ -4,7 +4,9 @@
 //! A file is read once: its digest is cached by absolute path, size and modification time (in
 //! nanoseconds) in `digests.tsv` of the cache folder (`files::cache_dir`). A file modified
 //! within the last two seconds is not cached (as git does with its index: a later write in the
-//! same clock tick could keep size and time).
+//! same clock tick could keep size and time). Lines are appended; once most of the file is
+//! superseded lines (a file whose time keeps changing adds one per change), it is rewritten
+//! with one line per path.
 
 use std::collections::HashMap;
 use std::fs;
@@ -65,14 +67,22 @@ struct Cache {
     known: HashMap<PathBuf, (Stamp, String)>,
     /// Lines to append: what this process hashed.
     new: Vec<String>,
+    /// Lines read that a later line for the same path supersedes, or that do not parse.
+    stale: usize,
 }
+
+/// Superseded lines the cache keeps before it is rewritten (and only while they outnumber
+/// the live ones).
+const STALE_LINES: usize = 1000;
 
 impl Cache {
     fn open(dir: Option<PathBuf>) -> Cache {
         let file = dir.map(|d| d.join("digests.tsv"));
         let mut known = HashMap::new();
+        let mut lines = 0;
         if let Some(text) = file.as_ref().and_then(|f| fs::read_to_string(f).ok()) {
             for line in text.lines() {
+                lines += 1;
                 let fields: Vec<&str> = line.split('\t').collect();
                 if let [path, size, time, digest] = fields[..] {
                     if let (Ok(size), Ok(time)) = (size.parse(), time.parse()) {
@@ -83,6 +93,7 @@ impl Cache {
         }
         Cache {
             file,
+            stale: lines - known.len(),
             known,
             new: Vec::new(),
         }
@@ -117,17 +128,31 @@ impl Cache {
     }
 
     /// Appends what was hashed, in one write of whole lines (processes sharing the cache
-    /// interleave lines, not parts of them); a cache that cannot be written only costs a rehash.
+    /// interleave lines, not parts of them), or rewrites the file when it is mostly stale (a
+    /// line another process appends meanwhile may be lost). A cache that cannot be written
+    /// only costs a rehash.
     fn save(self) {
-        let (Some(file), false) = (self.file, self.new.is_empty()) else {
+        let Some(file) = self.file else {
             return;
         };
-        let appended = file
-            .parent()
-            .map_or(Ok(()), fs::create_dir_all)
-            .and_then(|()| fs::OpenOptions::new().create(true).append(true).open(&file))
-            .and_then(|mut f| f.write_all(self.new.concat().as_bytes()));
-        if let Err(e) = appended {
+        let written = if self.stale > STALE_LINES && self.stale > self.known.len() {
+            let mut lines: Vec<String> = (self.known.iter())
+                .map(|(path, ((size, time), digest))| {
+                    format!("{}\t{size}\t{time}\t{digest}\n", path.display())
+                })
+                .collect();
+            lines.sort();
+            crate::files::write_atomic(&file, lines.concat().as_bytes())
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))
+        } else if self.new.is_empty() {
+            return;
+        } else {
+            file.parent()
+                .map_or(Ok(()), fs::create_dir_all)
+                .and_then(|()| fs::OpenOptions::new().create(true).append(true).open(&file))
+                .and_then(|mut f| f.write_all(self.new.concat().as_bytes()))
+        };
+        if let Err(e) = written {
             eprintln!(
                 "warning: cannot cache file digests in {}: {e}",
                 file.display()

@@ -46,6 +46,29 @@ fn a_cached_digest_is_reused_while_size_and_mtime_hold() {
     // Without a cache every file is read.
     let uncached = digest::digests_cached_in(&files, None).unwrap();
     assert_eq!(uncached[0].1, again[0].1);
+
+    // A cache mostly of superseded lines (a file whose time kept changing) is rewritten with
+    // one line per path, and still answers.
+    let tsv = tmp.path().join("cache/digests.tsv");
+    let mut text = fs::read_to_string(&tsv).unwrap();
+    for time in 0..3000 {
+        text += &format!("/elsewhere/log.txt\t10\t{time}\tdeadbeef\n");
+    }
+    fs::write(&tsv, text).unwrap();
+    let compacted = digest::digests_cached_in(&files, cache.clone()).unwrap();
+    assert_eq!(compacted[0].1, again[0].1);
+    let lines: Vec<String> = fs::read_to_string(&tsv)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per path: {lines:?}");
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("/elsewhere/log.txt\t10\t2999\t")));
+    write("[1, 2, 5]", an_hour_ago + Duration::from_secs(2));
+    let after = digest::digests_cached_in(&files, cache.clone()).unwrap();
+    assert_eq!(after[0].1, blake3::hash(b"[1, 2, 5]").to_hex().to_string());
 }
 
 #[test]
