@@ -478,29 +478,14 @@ fn sweep_trials_of_two_ranks_run_locally_and_as_slurm_job_steps_alike() {
 fn each_zero_stage_lowers_the_measured_peak_and_the_plan_estimates_it() {
     let tmp = tempfile::tempdir().unwrap();
     // 52M weights trained in full, so that moments and gradients outweigh the activations.
-    let model = [
+    let full = [
         "training.adapter={type: full}",
-        "model.arch.hidden_size=1024",
-        "model.arch.intermediate_size=2752",
         "model.arch.num_hidden_layers=4",
-        "model.arch.num_attention_heads=8",
-        "model.arch.num_key_value_heads=8",
-        "training.max_steps=2",
-        "training.schedule.warmup_steps=1",
-        "training.micro_batch_size=1",
-        "training.distributed.devices=2",
-        "evaluation.every_steps=2",
-        "evaluation.perplexity=null",
-        "evaluation.passkey.trials=1",
     ];
     let mut peaks = Vec::new();
     for stage in [0, 1, 2] {
         let dir = tmp.path().join(format!("zero{stage}"));
-        let zero = format!("training.distributed.zero_stage={stage}");
-        let mut args = model.to_vec();
-        args.push(&zero);
-        run_ok(runner(LONGLORA, &dir, &args).args(["--nproc", "2"]));
-        let (measured, estimate) = measured_and_estimated(&dir);
+        let (measured, estimate) = peak_of_a_wide_llama(&dir, &full, stage);
         // The estimate counts weights, gradients, moments and activations; the allocator's
         // slack and the update's temporaries come on top, never below.
         assert!(
@@ -522,29 +507,14 @@ fn each_zero_stage_lowers_the_measured_peak_and_the_plan_estimates_it() {
 
     // Stage 3 shards the weights: shown where frozen weights outweigh the rest (LoRA on a
     // 150M model of 12 layers, 0.6 GB of fp32 weights; one layer is whole at a time).
-    let lora = [
-        "model.arch.hidden_size=1024",
-        "model.arch.intermediate_size=2752",
-        "model.arch.num_hidden_layers=12",
-        "model.arch.num_attention_heads=8",
-        "model.arch.num_key_value_heads=8",
-        "training.max_steps=2",
-        "training.schedule.warmup_steps=1",
-        "training.micro_batch_size=1",
-        "training.distributed.devices=2",
-        "evaluation.every_steps=2",
-        "evaluation.perplexity=null",
-        "evaluation.passkey.trials=1",
-    ];
-    let mut peaks = Vec::new();
-    for stage in [2, 3] {
-        let dir = tmp.path().join(format!("lora-zero{stage}"));
-        let zero = format!("training.distributed.zero_stage={stage}");
-        let mut args = lora.to_vec();
-        args.push(&zero);
-        run_ok(runner(LONGLORA, &dir, &args).args(["--nproc", "2"]));
-        peaks.push(measured_and_estimated(&dir));
-    }
+    let lora = ["model.arch.num_hidden_layers=12"];
+    let peaks: Vec<(f64, f64)> = [2, 3]
+        .into_iter()
+        .map(|stage| {
+            let dir = tmp.path().join(format!("lora-zero{stage}"));
+            peak_of_a_wide_llama(&dir, &lora, stage)
+        })
+        .collect();
     let (z2, z3) = (peaks[0], peaks[1]);
     assert!(
         z3.1 < z2.1 - 0.1e9,
@@ -559,8 +529,26 @@ fn each_zero_stage_lowers_the_measured_peak_and_the_plan_estimates_it() {
     assert!(z3.0 < z2.0 - 0.1e9, "stage 3 below stage 2: {peaks:?}");
 }
 
-/// The run's measured peak per rank and `runner plan`'s estimate of it, in bytes.
-fn measured_and_estimated(dir: &Path) -> (f64, f64) {
+/// Two steps of the tiny recipe widened to 1024 (8 heads), with `extra`, on 2 ranks at ZeRO
+/// `stage`: the measured peak per rank and `runner plan`'s estimate of it, in bytes.
+fn peak_of_a_wide_llama(dir: &Path, extra: &[&str], stage: u8) -> (f64, f64) {
+    let zero = format!("training.distributed.zero_stage={stage}");
+    let mut args = vec![
+        "model.arch.hidden_size=1024",
+        "model.arch.intermediate_size=2752",
+        "model.arch.num_attention_heads=8",
+        "model.arch.num_key_value_heads=8",
+        "training.max_steps=2",
+        "training.schedule.warmup_steps=1",
+        "training.micro_batch_size=1",
+        "training.distributed.devices=2",
+        "evaluation.every_steps=2",
+        "evaluation.perplexity=null",
+        "evaluation.passkey.trials=1",
+        &zero,
+    ];
+    args.extend(extra);
+    run_ok(runner(LONGLORA, dir, &args).args(["--nproc", "2"]));
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     let memory = &summary["memory_per_device"];

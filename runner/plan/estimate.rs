@@ -219,9 +219,9 @@ impl Gathered {
     /// From the trained models' parameters (with whether each trains). A block is what a
     /// name's prefix up to its first number names (`model.layers.3`); towers that run without
     /// checkpoint segments count as blocks here, though they stay whole for the step.
-    fn of<'p>(params: impl Iterator<Item = (&'p str, u64, bool)>) -> Gathered {
+    fn of(params: &[(String, u64, bool)]) -> Gathered {
         let mut units: BTreeMap<Option<String>, Gathered> = BTreeMap::new();
-        for (name, numel, trains) in params {
+        for &(ref name, numel, trains) in params {
             let parts: Vec<&str> = name.split('.').collect();
             let block = (parts.iter())
                 .position(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
@@ -277,9 +277,16 @@ pub fn estimate(recipe: &Recipe) -> Estimate {
         }
     };
     let mut four_bit = FourBit::default();
+    // The parameters of the models that train (name, count, trains), for ZeRO-3's units.
+    let mut trained_params: Vec<(String, u64, bool)> = Vec::new();
     for part in &parts {
+        let trained = !part.frozen || part.adapted;
         for param in &part.params {
-            count(part.name, param, trainable(part, param, &training.adapter));
+            let trains = trainable(part, param, &training.adapter);
+            count(part.name, param, trains);
+            if trained {
+                trained_params.push((param.name.clone(), param.numel(), trains));
+            }
             if let Some(q) = training
                 .adapter
                 .quantize()
@@ -292,20 +299,12 @@ pub fn estimate(recipe: &Recipe) -> Estimate {
         }
         for param in adapter_params(part, &training.adapter) {
             count(part.name, &param, true);
+            if trained {
+                trained_params.push((param.name.clone(), param.numel(), true));
+            }
         }
     }
-    let mut trained_params = Vec::new();
-    for part in parts.iter().filter(|p| !p.frozen || p.adapted) {
-        for param in &part.params {
-            let trains = trainable(part, param, &training.adapter);
-            trained_params.push((param.name.clone(), param.numel(), trains));
-        }
-        for param in adapter_params(part, &training.adapter) {
-            let numel = param.numel();
-            trained_params.push((param.name, numel, true));
-        }
-    }
-    let gathered = Gathered::of(trained_params.iter().map(|(n, c, t)| (n.as_str(), *c, *t)));
+    let gathered = Gathered::of(&trained_params);
     let total_params = groups.iter().map(|g| g.total).sum();
     let trainable_params = groups.iter().map(|g| g.trainable).sum();
     let examples_per_step = u64::from(training.micro_batch_size)

@@ -300,10 +300,13 @@ impl Partitioned {
 
     /// Whether every rank's chunks of the trainable weights are finite.
     pub fn weights_finite(&self, dp: &DataParallel) -> Result<bool> {
-        let bad = (self.units.iter())
+        // One device-to-host read for all of them, not one per unit.
+        let each: Vec<Tensor> = (self.units.iter())
             .filter(|u| u.trained.is_some())
-            .any(|u| u.shard.isfinite().logical_not().any().int64_value(&[]) == 1);
-        Ok(dp.max(&[f64::from(u8::from(bad))])?[0] == 0.0)
+            .map(|u| u.shard.isfinite().all())
+            .collect();
+        let finite = each.is_empty() || Tensor::stack(&each, 0).all().int64_value(&[]) == 1;
+        Ok(dp.max(&[f64::from(u8::from(!finite))])?[0] == 0.0)
     }
 
     /// One optimizer step: the remaining gradients reduced, the global norm (every rank the
@@ -312,15 +315,17 @@ impl Partitioned {
     pub fn step(&mut self, lr: f64, max_norm: Option<f64>, dp: &DataParallel) -> Result<f64> {
         self.settle(Self::group(dp)?)?;
         let ranks = self.ranks as f64;
-        let local: f64 = (self.units.iter())
+        // One device-to-host read for all units, not one per unit.
+        let squares: Vec<Tensor> = (self.units.iter())
             .filter_map(|u| u.trained.as_ref())
-            .map(|t| {
-                (&t.grad / ranks)
-                    .square()
-                    .sum(Kind::Float)
-                    .double_value(&[])
-            })
-            .sum();
+            .map(|t| (&t.grad / ranks).square().sum(Kind::Float))
+            .collect();
+        let local = match squares.is_empty() {
+            true => 0.0,
+            false => (Tensor::stack(&squares, 0).to_kind(Kind::Double))
+                .sum(Kind::Double)
+                .double_value(&[]),
+        };
         let norm = dp.sum(&[local])?[0].sqrt();
         let finite = norm.is_finite();
         // The mean over the ranks, clipped as `clip_grad_norm` clips.
