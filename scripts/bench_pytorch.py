@@ -1,79 +1,107 @@
-"""Time training steps of a Llama-family model in plain PyTorch + Hugging Face transformers (+ PEFT).
+"""Time training steps of runner's models in plain PyTorch + Hugging Face transformers (+ PEFT).
 
-This is the PyTorch side of `runner bench RECIPE`: runner times training steps of its own model,
-writes the same model, batch and precision as a JSON spec, runs this script on it and divides the
-two results, so one run reports runner/PyTorch ratios for step time, throughput and peak memory.
-The script does what a PyTorch user would write: an HF model built from the config values with
-SDPA attention, HF's causal-LM loss, PEFT for LoRA, torch.optim.AdamW and clip_grad_norm_.
+This is the PyTorch side of `runner bench recipe`: runner times training steps of its own model,
+then writes the same model (as the transformers config.json it would save), its initial weights
+and the batch it timed, and runs this script on them, so one run reports runner/PyTorch ratios of
+step time, throughput and peak memory, and both sides' first losses, which agree when both do the
+same arithmetic. The script does what a PyTorch user would write: transformers models with SDPA
+attention, PEFT for LoRA, torch.optim.AdamW and clip_grad_norm_.
 
-How to run:
+How to run (runner writes the files; see runner/commands/bench/pytorch.rs):
 
   .venv/bin/python scripts/bench_pytorch.py SPEC.json      (or `-` to read the spec from stdin)
 
-The spec (every key required unless marked optional):
+The spec (every key required; null only where marked):
 
-  {"arch": {"family": "llama" | "mistral" | "qwen2",
-            "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2,          optional, null = one per attention head
-            "max_position_embeddings": 128,
-            "rope_theta": 10000.0,             optional, default 10000
-            "rms_norm_eps": 1e-6,              optional, default 1e-6
-            "attention_bias": false,           optional; must be true for qwen2, false for mistral
-            "sliding_window": null,            optional, mistral/qwen2 only; null = full attention
-            "tie_word_embeddings": false},     optional, default false
-   "rope_factor": 2.0,                         linear RoPE scaling (position interpolation); 1 = none
-   "batch_size": 2, "seq_len": 256,
+  {"task": "causal_lm" | "fid_distill" | "vlm",
+   "model": {...},                              per task, below
+   "weights": "weights.safetensors" | null,    the initial weights by transformers state-dict
+        name (below); runner's own LoRA tensors (`lora_` in the name) are skipped, PEFT makes its
+        own (LoRA B starts at zero on both sides). null = random initialisation from "seed".
+   "batch": "batch.safetensors",               the batch, the same every step (below)
    "precision": "fp32" | "bf16_mixed" | "bf16",
         fp32       fp32 weights and compute
         bf16_mixed fp32 weights, forward under torch.autocast(device, dtype=torch.bfloat16)
-        bf16       the whole model in bfloat16 (LoRA adapters stay fp32, as PEFT does)
-   "gradient_checkpointing": true,             non-reentrant activation checkpointing per layer
+        bf16       every model in bfloat16 (LoRA adapters stay fp32, as PEFT does)
+   "gradient_checkpointing": true,             non-reentrant activation checkpointing per layer,
+        of the models runner checkpoints: the decoder (causal_lm, vlm), the trained T5s
    "lora": null | {"rank": 8, "alpha": 16, "dropout": 0.0,
                    "targets": ["q_proj", "v_proj"],     PEFT target_modules
-                   "also_train": ["embed", "norm"]},    optional; see below
-        null = full fine-tuning. also_train has runner's meaning: parameters whose names contain
-        an entry train too. They become PEFT modules_to_save (the modules owning those
-        parameters, so "embed" -> embed_tokens and "norm" -> every RMSNorm, the layers' and the
-        final one); PEFT trains a copy of each and keeps the original frozen.
+                   "also_train": ["embed", "norm"]},    see below
+        null = full fine-tuning. LoRA applies to the causal LM, the FiD student, the VLM's decoder.
+        also_train has runner's meaning: parameters whose names contain an entry train too. They
+        become PEFT modules_to_save (the modules owning those parameters, so "embed" ->
+        embed_tokens and "norm" -> every RMSNorm); PEFT trains a copy and keeps the original.
    "lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8,
-   "max_grad_norm": 1.0,                       null = no clipping
+   "max_grad_norm": 1.0 | null,                null = no clipping
    "warmup_steps": 3, "steps": 10,             untimed steps, then timed steps
    "device": "cpu" | "cuda",
-   "threads": 2,                               torch.set_num_threads on CPU; null = torch's default
-   "seed": 0}                                  model init, LoRA init and the batch
+   "threads": 2 | null,                        torch.set_num_threads on CPU; null = torch's default
+   "seed": 0}                                  random initialisation (weights null) and LoRA's A
 
-The batch is batch_size x seq_len random token ids in [0, vocab_size), labels = the ids (HF shifts
-them), the same batch every step. The learning rate is constant.
+"model" per task:
+
+  causal_lm    {"config": {config.json}}   a Llama, Mistral or Qwen2 (model_type) causal LM.
+               Weights: its state-dict names (model.embed_tokens.weight, …, lm_head.weight).
+               Loss: transformers' causal-LM loss on labels (shifted inside).
+  fid_distill  IAG's distillation step: a T5 student and a Fusion-in-Decoder T5 teacher.
+               {"student": {T5 config.json}, "teacher": {T5 config.json},
+                "teacher_trains": bool,          trained in full beside the student, else frozen
+                "alpha_kd": 0.4, "alpha_on": "kd" | "ce", "temperature": 3.0,
+                "extra_kl": null | {"temperature": 1.0, "scale": 1.0}}
+               Weights: the student's names, the teacher's prefixed "teacher.". Loss, IAG's code:
+               the teacher encodes each of the N passages apart and its decoder reads them joined;
+               CE = the student's cross-entropy (mean over targets, -100 ignored); KD = the mean over
+               every target position (padding included) of KL(softmax(t/T) || softmax(s/T)) in
+               fp32, no T^2; loss = a*KD + (1-a)*CE for alpha_on "kd", a*CE + (1-a)*KD for "ce";
+               extra_kl adds sigmoid(k)*k with k = the summed KL at its temperature / B / scale;
+               a trained teacher adds its own CE (its logits are detached for KD).
+  vlm          CoE's vision-language model: CLIP's vision tower, LLaVA's MLP projector, a decoder.
+               {"decoder": {config.json}, "vision": {"hidden_size", "intermediate_size",
+                "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
+                "num_channels", "layer_norm_eps"},
+                "connector_layers": 2,           Linear, then (exact GELU, Linear) x (layers - 1)
+                "vision_trains": bool, "connector_trains": bool,
+                "image_pad": 5}                  the placeholder token the image features replace
+               Weights: the decoder's names; "vision." + CLIPVisionModel's; "connector.connector.I"
+               + ".weight"/".bias" for the I-th module of the projector. The last layer's patch
+               states (class token dropped) go through the projector and replace the placeholders'
+               embeddings in reading order; loss: token-mean causal-LM cross-entropy (-100 ignored).
+
+The batch file (int64 except pixels, float32): input_ids [B, T], attention_mask [B, T], labels
+([B, T]; fid_distill: [B, A] targets), and for fid_distill passage_ids and passage_mask [B, N, L],
+for vlm pixels [images, channels, size, size]. Tokens a step = B x T of input_ids, as runner counts.
 
 Output: one line of JSON on stdout, everything else (warnings, progress) on stderr:
 
-  {"framework": "pytorch", "torch": "2.11.0", "transformers": "5.23.0", "peft": "0.21.2" | null,
-   "step_time_s": median of the timed steps, "step_times_s": [...],
-   "tokens_per_s": batch_size * seq_len / step_time_s,
+  {"framework": "pytorch", "task": ..., "torch": "2.11.0", "transformers": "5.23.0",
+   "peft": "0.21.2" | null, "step_time_s": median of the timed steps, "step_times_s": [...],
+   "ranks": 1, "tokens_per_s": ranks * B * T / step_time_s,
    "peak_memory_mib": ..., "memory_kind": "cuda_max_allocated" | "cpu_peak_rss_growth",
    "peak_rss_mib": the process's absolute peak resident set (VmHWM),
    "trainable_params": number of trainable parameters,
    "loss_first": loss of the first step (warmup included), "loss_last": loss of the last step}
 
-Under torchrun (WORLD_SIZE > 1: `torchrun --standalone --nproc-per-node N bench_pytorch.py
-SPEC.json`, as `runner bench recipe … --nproc N` runs it) every rank joins a process group (Gloo
-on CPU, NCCL on CUDA, device cuda:LOCAL_RANK), trains the same batch through
-DistributedDataParallel, and rank 0 alone prints the result, whose tokens_per_s counts every
-rank's batch.
+Under torchrun (WORLD_SIZE > 1, as `runner bench recipe … --nproc N` runs it) every rank joins a
+process group (Gloo on CPU, NCCL on CUDA, device cuda:LOCAL_RANK), trains the same batch through
+DistributedDataParallel, and rank 0 alone prints the result.
 
-Step times end with torch.cuda.synchronize() on CUDA. Peak memory on CUDA is
-torch.cuda.max_memory_allocated() over the timed steps (the statistics are reset after warmup, so
-weights, gradients and optimizer state are included); on CPU it is the growth of the process's
-peak resident set (VmHWM in /proc/self/status, Linux only) from before the model is built to
-after the last step, the way `runner bench checkpointing` measures runner. Non-finite numbers are
-written as null.
+Peak memory is measured as runner measures its own. On CUDA: torch.cuda.max_memory_allocated()
+over the timed steps (reset after warmup; weights, gradients and optimizer state included). On
+the CPU: the peak resident set (VmHWM) over the steps, less what the process holds besides the
+models (the resident set once they are built and loaded, less their parameters' and buffers'
+bytes: libraries, the batch), the high-water mark reset (freed memory trimmed, /proc/self/clear_refs
+5) before the steps, so that loading does not count. runner does the same, which leaves out the
+data, tokenizer and metrics it loads and the script does not. Non-finite numbers
+are written as null.
 
 Exit status: 0 on success, 2 for a bad spec (the message on stderr names the key), 1 for any other
 failure (out of memory, for instance; the traceback goes to stderr).
 """
 
 import contextlib
+import ctypes
+import gc
 import json
 import math
 import os
@@ -82,10 +110,10 @@ import sys
 import time
 import traceback
 
+TASKS = ("causal_lm", "fid_distill", "vlm")
 PRECISIONS = ("fp32", "bf16_mixed", "bf16")
 DEVICES = ("cpu", "cuda")
-# The transformers class each family builds (AutoModelForCausalLM picks it from the config).
-MODEL_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+IGNORE = -100
 
 
 class SpecError(Exception):
@@ -192,58 +220,68 @@ def is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-ARCH_KEYS = (
-    "family", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "rope_theta",
-    "rms_norm_eps", "attention_bias", "sliding_window", "tie_word_embeddings",
-)
 LORA_KEYS = ("rank", "alpha", "dropout", "targets", "also_train")
 SPEC_KEYS = (
-    "arch", "rope_factor", "batch_size", "seq_len", "precision", "gradient_checkpointing", "lora",
-    "lr", "weight_decay", "betas", "eps", "max_grad_norm", "warmup_steps", "steps", "device",
-    "threads", "seed",
+    "task", "model", "weights", "batch", "precision", "gradient_checkpointing", "lora", "lr",
+    "weight_decay", "betas", "eps", "max_grad_norm", "warmup_steps", "steps", "device", "threads",
+    "seed",
 )
+MODEL_KEYS = {
+    "causal_lm": ("config",),
+    "fid_distill": ("student", "teacher", "teacher_trains", "alpha_kd", "alpha_on", "temperature", "extra_kl"),
+    "vlm": ("decoder", "vision", "connector_layers", "vision_trains", "connector_trains", "image_pad"),
+}
+VISION_KEYS = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+    "patch_size", "num_channels", "layer_norm_eps",
+)
+
+
+def config_dict(fields, key, model_types):
+    """A config.json object whose model_type is one of `model_types`."""
+    value = fields._get(key, _REQUIRED)
+    where = fields._key(fields.path, key)
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: expected a config.json object, found {json.dumps(value)}")
+    if value.get("model_type") not in model_types:
+        raise SpecError(f"{where}.model_type: expected one of {', '.join(model_types)}, found {json.dumps(value.get('model_type'))}")
+    return value
+
+
+def parse_model(task, m):
+    """The task's "model" object, checked."""
+    decoders = ("llama", "mistral", "qwen2")
+    if task == "causal_lm":
+        return {"config": config_dict(m, "config", decoders)}
+    if task == "fid_distill":
+        extra = m.object("extra_kl", ("temperature", "scale"), default=None)
+        return {
+            "student": config_dict(m, "student", ("t5",)),
+            "teacher": config_dict(m, "teacher", ("t5",)),
+            "teacher_trains": m.bool("teacher_trains"),
+            "alpha_kd": m.float("alpha_kd", minimum=0.0),
+            "alpha_on": m.choice("alpha_on", ("kd", "ce")),
+            "temperature": m.float("temperature", positive=True),
+            "extra_kl": None if extra is None else {
+                "temperature": extra.float("temperature", positive=True),
+                "scale": extra.float("scale", positive=True),
+            },
+        }
+    v = m.object("vision", VISION_KEYS)
+    return {
+        "decoder": config_dict(m, "decoder", decoders),
+        "vision": {k: v.float(k, positive=True) if k == "layer_norm_eps" else v.int(k, minimum=1) for k in VISION_KEYS},
+        "connector_layers": m.int("connector_layers", minimum=1),
+        "vision_trains": m.bool("vision_trains"),
+        "connector_trains": m.bool("connector_trains"),
+        "image_pad": m.int("image_pad", minimum=0),
+    }
 
 
 def parse_spec(raw):
-    """The checked spec as a plain dict with every optional value filled in."""
+    """The checked spec as a plain dict."""
     top = Fields(raw, "", SPEC_KEYS)
-    a = top.object("arch", ARCH_KEYS)
-    family = a.choice("family", tuple(MODEL_CLASSES))
-    heads = a.int("num_attention_heads", minimum=1)
-    hidden = a.int("hidden_size", minimum=1)
-    kv_heads = a.int("num_key_value_heads", minimum=1, default=None) or heads
-    arch = {
-        "family": family,
-        "vocab_size": a.int("vocab_size", minimum=1),
-        "hidden_size": hidden,
-        "intermediate_size": a.int("intermediate_size", minimum=1),
-        "num_hidden_layers": a.int("num_hidden_layers", minimum=1),
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "max_position_embeddings": a.int("max_position_embeddings", minimum=1),
-        "rope_theta": a.float("rope_theta", positive=True, default=10000.0),
-        "rms_norm_eps": a.float("rms_norm_eps", positive=True, default=1e-6),
-        "attention_bias": a.bool("attention_bias", default=False),
-        "sliding_window": a.int("sliding_window", minimum=1, default=None),
-        "tie_word_embeddings": a.bool("tie_word_embeddings", default=False),
-    }
-    if hidden % heads or (hidden // heads) % 2:
-        raise SpecError(
-            f"arch.hidden_size: {hidden} / {heads} heads (arch.num_attention_heads) must be an even integer head width"
-        )
-    if heads % kv_heads:
-        raise SpecError(
-            f"arch.num_key_value_heads: {kv_heads} does not divide {heads} attention heads (arch.num_attention_heads)"
-        )
-    # The HF classes fix the bias: Qwen2 always has q/k/v biases, Mistral never.
-    if family == "qwen2" and not arch["attention_bias"]:
-        raise SpecError("arch.attention_bias: qwen2 has biases on q, k, v; must be true")
-    if family == "mistral" and arch["attention_bias"]:
-        raise SpecError("arch.attention_bias: mistral has no attention biases; must be false")
-    if family == "llama" and arch["sliding_window"] is not None:
-        raise SpecError("arch.sliding_window: llama has no sliding-window attention; must be null")
-
+    task = top.choice("task", TASKS)
     lora = None
     lo = top.object("lora", LORA_KEYS, default=None)
     if lo is not None:
@@ -254,12 +292,16 @@ def parse_spec(raw):
             "targets": lo.strings("targets", nonempty=True),
             "also_train": lo.strings("also_train", default=[]),
         }
-
-    spec = {
-        "arch": arch,
-        "rope_factor": top.float("rope_factor", positive=True),
-        "batch_size": top.int("batch_size", minimum=1),
-        "seq_len": top.int("seq_len", minimum=2),
+    weights = top._get("weights", None)
+    batch = top._get("batch", _REQUIRED)
+    for key, value in (("weights", weights), ("batch", batch)):
+        if value is not None and not isinstance(value, str):
+            top._fail(key, "a file path", value)
+    return {
+        "task": task,
+        "model": parse_model(task, top.object("model", MODEL_KEYS[task])),
+        "weights": weights,
+        "batch": batch,
         "precision": top.choice("precision", PRECISIONS),
         "gradient_checkpointing": top.bool("gradient_checkpointing"),
         "lora": lora,
@@ -274,7 +316,6 @@ def parse_spec(raw):
         "threads": top.int("threads", minimum=1, default=None),
         "seed": top.int("seed", minimum=0),
     }
-    return spec
 
 
 def read_spec(arg):
@@ -290,53 +331,61 @@ def read_spec(arg):
 
 
 # ----------------------------------------------------------------------------------------------
-# Model, optimizer, batch.
+# Memory.
 
 
-def peak_rss_mib():
-    """The process's peak resident set (VmHWM) in MiB."""
+def rss_mib(key="VmHWM"):
+    """The process's peak (VmHWM) or current (VmRSS) resident set in MiB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+    raise RuntimeError(f"no {key} in /proc/self/status (Linux only)")
 
 
-def hf_config(spec):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+def tensor_mib(modules):
+    """MiB of every parameter and buffer of `modules`, shared ones once."""
+    seen = {}
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            seen[t.data_ptr()] = t.numel() * t.element_size()
+    return sum(seen.values()) / 2**20
 
-    a = spec["arch"]
-    rope = {"rope_type": "default", "rope_theta": a["rope_theta"]}
-    if spec["rope_factor"] != 1.0:
-        rope = {"rope_type": "linear", "factor": spec["rope_factor"], "rope_theta": a["rope_theta"]}
-    common = dict(
-        vocab_size=a["vocab_size"],
-        hidden_size=a["hidden_size"],
-        intermediate_size=a["intermediate_size"],
-        num_hidden_layers=a["num_hidden_layers"],
-        num_attention_heads=a["num_attention_heads"],
-        num_key_value_heads=a["num_key_value_heads"],
-        max_position_embeddings=a["max_position_embeddings"],
-        rms_norm_eps=a["rms_norm_eps"],
-        rope_parameters=rope,
-        tie_word_embeddings=a["tie_word_embeddings"],
-        hidden_act="silu",
-        attention_dropout=0.0,
-        use_cache=False,
-    )
-    window = a["sliding_window"]
-    if a["family"] == "llama":
-        return LlamaConfig(attention_bias=a["attention_bias"], **common)
-    if a["family"] == "mistral":
-        # null means full attention (MistralConfig's own default would be a 4096 window).
-        return MistralConfig(sliding_window=window, **common)
-    # Qwen2: the window, when there is one, on every layer (max_window_layers = 0).
-    return Qwen2Config(
-        use_sliding_window=window is not None,
-        sliding_window=window,
-        max_window_layers=0 if window is not None else a["num_hidden_layers"],
-        **common,
-    )
+
+def reset_peak_rss():
+    """Starts VmHWM again from the current resident set, freed memory returned first, as runner's
+    memory::reset_peak does; where Linux does not allow it the peak counts from the start."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+# ----------------------------------------------------------------------------------------------
+# Models.
+
+
+def hf_config(config):
+    """A transformers config object from a config.json dict."""
+    from transformers import AutoConfig
+
+    values = dict(config)
+    model_type = values.pop("model_type")
+    values.pop("architectures", None)
+    values["use_cache"] = False
+    return AutoConfig.for_model(model_type, **values)
+
+
+def checkpointing(model):
+    """Non-reentrant activation checkpointing of a transformers model's layers."""
+    # transformers 5 renamed gradient_checkpointing_enable (now a deprecated alias).
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def modules_to_save(model, also_train):
@@ -352,55 +401,237 @@ def modules_to_save(model, also_train):
     return sorted(modules)
 
 
-def build_model(spec, torch):
-    """The HF model on the device, checkpointing and LoRA applied, in train mode."""
-    from transformers import AutoModelForCausalLM
+def with_lora(model, lora, task_type):
+    """The model with PEFT's LoRA (and its modules_to_save), or the model itself."""
+    if lora is None:
+        return model
+    from peft import LoraConfig, get_peft_model
 
+    config = LoraConfig(
+        r=lora["rank"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["targets"],
+        modules_to_save=modules_to_save(model, lora["also_train"]) or None,
+        bias="none",
+        task_type=task_type,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise SpecError(f"lora: PEFT refused the adapter config: {e}") from None
+
+
+def load_weights(parts, path, torch):
+    """Copies runner's initial weights into `parts` ({file prefix: module}); every parameter of
+    every part must get one, but tied aliases (T5's embed_tokens, a tied head)."""
+    from safetensors.torch import load_file
+
+    tensors = {n: t for n, t in load_file(path).items() if "lora_" not in n}
+    used = set()
+    for prefix, module in parts.items():
+        state = {n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix) and not any(
+            n.startswith(p) for p in parts if len(p) > len(prefix) and p.startswith(prefix))}
+        used |= {prefix + n for n in state}
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        tied = {n for n in missing if n.endswith("embed_tokens.weight") or n == "lm_head.weight"}
+        if set(missing) - tied:
+            raise SpecError(f"weights: {path} has no {prefix}{sorted(set(missing) - tied)[0]}")
+        if unexpected:
+            raise SpecError(f"weights: {prefix}{unexpected[0]} in {path} is no parameter of the model")
+        # load_state_dict copies into tied parameters too; the ties hold.
+    if set(tensors) - used:
+        raise SpecError(f"weights: {sorted(set(tensors) - used)[0]} in {path} is no parameter of the model")
+    del tensors
+
+
+class FidDistill:
+    """IAG's step: a T5 student, and a FiD teacher that encodes each passage apart."""
+
+    def __init__(self, spec, torch, dtype):
+        from transformers import T5ForConditionalGeneration
+
+        m = spec["model"]
+        self.m, self.torch = m, torch
+        self.student = T5ForConditionalGeneration(hf_config(m["student"])).to(dtype)
+        self.teacher = T5ForConditionalGeneration(hf_config(m["teacher"])).to(dtype)
+        self.parts = {"teacher.": self.teacher, "": self.student}
+
+    def finish(self, spec):
+        """Checkpointing, LoRA, frozen parts; the modules whose parameters train."""
+        if spec["gradient_checkpointing"]:
+            checkpointing(self.student)
+            if self.m["teacher_trains"]:
+                checkpointing(self.teacher)
+        self.student = with_lora(self.student, spec["lora"], "SEQ_2_SEQ_LM")
+        self.student.train()
+        self.teacher.train(self.m["teacher_trains"])
+        self.teacher.requires_grad_(self.m["teacher_trains"])
+        return [self.student, self.teacher]
+
+    def loss(self, batch):
+        torch, m = self.torch, self.m
+        F = torch.nn.functional
+        labels = batch["labels"]
+        # T5's shift: decoder start (0) first, the last target dropped, -100 read as padding (0).
+        shifted = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], 1)
+        decoder_ids = shifted.masked_fill(shifted == IGNORE, 0)
+        s = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_ids).logits
+
+        def teacher():
+            ids, mask = batch["passage_ids"], batch["passage_mask"]
+            b, n, l = ids.shape
+            encoded = self.teacher.encoder(input_ids=ids.view(b * n, l), attention_mask=mask.view(b * n, l)).last_hidden_state
+            joined = encoded.view(b, n * l, encoded.shape[-1])
+            return self.teacher(encoder_outputs=(joined,), attention_mask=mask.view(b, n * l), decoder_input_ids=decoder_ids).logits
+
+        if m["teacher_trains"]:
+            t = teacher()
+        else:
+            with torch.no_grad():
+                t = teacher()
+
+        def ce(logits):
+            return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+
+        def kl(temperature):
+            """Σ_v p_t·(log p_t − log p_s) per position, softmaxes at the temperature in fp32."""
+            log_s = F.log_softmax(s.float() / temperature, -1)
+            log_t = F.log_softmax(t.detach().float() / temperature, -1)
+            return (log_t.exp() * (log_t - log_s)).sum(-1)
+
+        a = m["alpha_kd"]
+        kd = kl(m["temperature"]).mean()
+        loss = a * kd + (1 - a) * ce(s) if m["alpha_on"] == "kd" else a * ce(s) + (1 - a) * kd
+        if m["extra_kl"] is not None:
+            k = kl(m["extra_kl"]["temperature"]).sum() / labels.shape[0] / m["extra_kl"]["scale"]
+            loss = loss + torch.sigmoid(k) * k
+        if m["teacher_trains"]:
+            loss = loss + ce(t)
+        return loss
+
+
+class CausalLm:
+    """A Llama-family decoder and transformers' causal-LM loss."""
+
+    def __init__(self, spec, torch, dtype):
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_config(
+            hf_config(spec["model"]["config"]), dtype=dtype, attn_implementation="sdpa"
+        )
+        self.parts = {"": self.model}
+
+    def finish(self, spec):
+        if spec["gradient_checkpointing"]:
+            checkpointing(self.model)
+        self.model = with_lora(self.model, spec["lora"], "CAUSAL_LM")
+        self.model.train()
+        return [self.model]
+
+    def loss(self, batch):
+        return self.model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
+
+
+class Vlm:
+    """CoE's model: CLIP's vision tower, LLaVA's projector, a decoder reading the image features
+    in place of the placeholder tokens."""
+
+    def __init__(self, spec, torch, dtype):
+        from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
+
+        m = spec["model"]
+        self.m, self.torch = m, torch
+        self.decoder = AutoModelForCausalLM.from_config(hf_config(m["decoder"]), dtype=dtype, attn_implementation="sdpa")
+        vision = CLIPVisionConfig(**m["vision"], hidden_act="quick_gelu", attention_dropout=0.0)
+        self.vision = CLIPVisionModel(vision).to(dtype)
+        width = self.decoder.config.hidden_size
+        layers = [torch.nn.Linear(vision.hidden_size, width)]
+        for _ in range(m["connector_layers"] - 1):
+            layers += [torch.nn.GELU(), torch.nn.Linear(width, width)]
+        # Named as runner names it: connector.I.weight inside the "connector." part.
+        self.connector = torch.nn.Module()
+        self.connector.connector = torch.nn.Sequential(*layers).to(dtype)
+        # transformers 5's CLIPVisionModel names its parameters without the "vision_model."
+        # its checkpoints (and runner) put in front.
+        self.parts = {"": self.decoder, "vision.vision_model.": self.vision, "connector.": self.connector}
+
+    def finish(self, spec):
+        if spec["gradient_checkpointing"]:
+            checkpointing(self.decoder)
+        self.decoder = with_lora(self.decoder, spec["lora"], "CAUSAL_LM")
+        self.vision.requires_grad_(self.m["vision_trains"])
+        # The class token's post-norm feeds CLIP's pooled output, which the model does not read:
+        # runner does not train it either.
+        for name, p in self.vision.named_parameters():
+            if "post_layernorm" in name:
+                p.requires_grad_(False)
+        self.connector.requires_grad_(self.m["connector_trains"])
+        for module in (self.decoder, self.vision, self.connector):
+            module.train()
+        return [self.decoder, self.vision, self.connector]
+
+    def loss(self, batch):
+        torch = self.torch
+        ids = batch["input_ids"]
+        embeds = self.decoder.get_input_embeddings()(ids)
+        patches = self.vision(pixel_values=batch["pixels"].to(embeds.dtype)).last_hidden_state[:, 1:]
+        visual = self.connector.connector(patches)
+        slots = (ids == self.m["image_pad"]).unsqueeze(-1)
+        embeds = embeds.masked_scatter(slots, visual.reshape(-1, visual.shape[-1]).to(embeds.dtype))
+        logits = self.decoder(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False).logits
+        labels = batch["labels"][:, 1:]
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE
+        )
+
+
+TASK_CLASSES = {"causal_lm": CausalLm, "fid_distill": FidDistill, "vlm": Vlm}
+# The transformers classes each task builds; imported before the memory baseline (below).
+TASK_IMPORTS = {
+    "causal_lm": ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"),
+    "fid_distill": ("T5ForConditionalGeneration",),
+    "vlm": ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "CLIPVisionModel"),
+}
+
+
+def build(spec, torch):
+    """The task's models on the device, runner's weights loaded, checkpointing and LoRA applied,
+    in train mode; and the trainable parameters."""
     device = torch.device(spec["device"])
     dtype = torch.bfloat16 if spec["precision"] == "bf16" else torch.float32
     torch.manual_seed(spec["seed"])
     with device:
-        model = AutoModelForCausalLM.from_config(hf_config(spec), dtype=dtype, attn_implementation="sdpa")
-    if spec["gradient_checkpointing"]:
-        # transformers 5 renamed gradient_checkpointing_enable (now a deprecated alias). With PEFT
-        # it also calls enable_input_require_grads(), harmless for non-reentrant checkpointing.
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-    lora = spec["lora"]
-    if lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        config = LoraConfig(
-            r=lora["rank"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
-            target_modules=lora["targets"],
-            modules_to_save=modules_to_save(model, lora["also_train"]) or None,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        try:
-            model = get_peft_model(model, config)
-        except ValueError as e:
-            raise SpecError(f"lora: PEFT refused the adapter config: {e}") from None
-    model.train()
-    return model
+        task = TASK_CLASSES[spec["task"]](spec, torch, dtype)
+    if spec["weights"] is not None:
+        load_weights(task.parts, spec["weights"], torch)
+    modules = task.finish(spec)
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    return task, modules, params
 
 
-def train(spec, torch, model):
+# ----------------------------------------------------------------------------------------------
+# Training.
+
+
+def read_batch(spec, torch):
+    from safetensors.torch import load_file
+
+    try:
+        batch = load_file(spec["batch"])
+    except (OSError, Exception) as e:  # safetensors raises its own error types
+        raise SpecError(f"batch: cannot read {spec['batch']}: {e}") from None
+    needed = {"causal_lm": (), "fid_distill": ("passage_ids", "passage_mask"), "vlm": ("pixels",)}[spec["task"]]
+    for name in ("input_ids", "attention_mask", "labels", *needed):
+        if name not in batch:
+            raise SpecError(f"batch: {spec['batch']} has no tensor {name}")
+    return {n: t.to(spec["device"]) for n, t in batch.items()}
+
+
+def train(spec, torch, task, modules, params, batch):
     """Warmup and timed steps: the step times, the first and last loss, the CUDA peak in MiB."""
     device = spec["device"]
     cuda = device == "cuda"
-    generator = torch.Generator().manual_seed(spec["seed"])
-    ids = torch.randint(
-        0, spec["arch"]["vocab_size"], (spec["batch_size"], spec["seq_len"]), generator=generator
-    ).to(device)
-
-    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=spec["lr"], betas=spec["betas"], eps=spec["eps"], weight_decay=spec["weight_decay"]
     )
@@ -413,13 +644,15 @@ def train(spec, torch, model):
     def step():
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss = task.loss(batch)
         loss.backward()
         if spec["max_grad_norm"] is not None:
             torch.nn.utils.clip_grad_norm_(params, spec["max_grad_norm"])
         optimizer.step()
         return loss.detach()
 
+    if not cuda:
+        reset_peak_rss()
     losses = []
     for _ in range(spec["warmup_steps"]):
         losses.append(step())
@@ -457,7 +690,8 @@ def bench(spec):
 
     # transformers loads its modeling code lazily, and that alone raises the peak RSS by about
     # 150 MiB: load everything before the baseline, so the growth is the model and its training.
-    getattr(transformers, MODEL_CLASSES[spec["arch"]["family"]])
+    for name in TASK_IMPORTS[spec["task"]]:
+        getattr(transformers, name)
     peft_version = None
     if spec["lora"] is not None:
         import peft
@@ -470,27 +704,36 @@ def bench(spec):
         if spec["device"] == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if spec["device"] == "cuda" else "gloo")
-    rss_before = peak_rss_mib()
-    model = build_model(spec, torch)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    batch = read_batch(spec, torch)
+    task, modules, params = build(spec, torch)
+    trainable = sum(p.numel() for p in params)
+    # What the process holds besides the models (libraries, the batch), as runner counts it.
+    reset_peak_rss()
+    besides_models = rss_mib("VmRSS") - tensor_mib(modules)
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    times, loss_first, loss_last, cuda_peak = train(spec, torch, model)
-    rss_peak = peak_rss_mib()
+        # Each trained module averages its gradients over the ranks.
+        wrapped = {id(m): torch.nn.parallel.DistributedDataParallel(m) for m in modules if any(p.requires_grad for p in m.parameters())}
+        for attribute, value in list(vars(task).items()):
+            if id(value) in wrapped:
+                setattr(task, attribute, wrapped[id(value)])
+    times, loss_first, loss_last, cuda_peak = train(spec, torch, task, modules, params, batch)
+    rss_peak = rss_mib()
     if world > 1:
         dist.destroy_process_group()
 
     median = statistics.median(times)
+    b, t = batch["input_ids"].shape
     return {
         "framework": "pytorch",
+        "task": spec["task"],
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft_version,
         "step_time_s": median,
         "step_times_s": times,
         "ranks": world,
-        "tokens_per_s": world * spec["batch_size"] * spec["seq_len"] / median,
-        "peak_memory_mib": cuda_peak if cuda_peak is not None else rss_peak - rss_before,
+        "tokens_per_s": world * b * t / median,
+        "peak_memory_mib": cuda_peak if cuda_peak is not None else rss_peak - besides_models,
         "memory_kind": "cuda_max_allocated" if cuda_peak is not None else "cpu_peak_rss_growth",
         "peak_rss_mib": rss_peak,
         "trainable_params": trainable,

@@ -130,42 +130,49 @@ fn doctor_reports_libtorch_and_bf16() {
     assert!(text.contains("cuda            "), "{text}");
 }
 
+/// `runner bench recipe` times every kind against transformers (+ PEFT) on the same weights and
+/// batch: both sides' first losses agree (fp32), and so do their trainable parameters, so the
+/// ratios compare the same arithmetic. (LongLoRA's LoRA starts at zero, so its first loss is
+/// the base model's on both sides.)
 #[test]
-fn bench_times_a_training_step_of_every_kind() {
-    for recipe in [
-        "recipes/tiny/longlora_sft.yaml",
-        "recipes/tiny/iag_distill.yaml",
-        "recipes/tiny/coe_multitask.yaml",
+fn bench_matches_pytorch_on_the_same_weights_and_batch_for_every_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    for (recipe, overrides) in [
+        ("recipes/tiny/longlora_sft.yaml", vec![]),
+        // Its teacher trains beside the student: both T5s, FiD, and with α 0.4 the KD term.
+        ("recipes/tiny/iag_teacher.yaml", vec!["method.alpha_kd=0.4"]),
+        ("recipes/tiny/coe_multitask.yaml", vec![]),
     ] {
+        let json = dir.path().join("bench.json");
         let o = Command::new(env!("CARGO_BIN_EXE_runner"))
-            .args([
-                "bench",
-                "recipe",
-                recipe,
-                "--steps",
-                "1",
-                "--warmup",
-                "0",
-                "--no-pytorch",
-            ])
-            .args(["--device", "cpu"])
+            .args(["bench", "recipe", recipe])
+            .args(&overrides)
+            .args(["--steps", "1", "--warmup", "0", "--device", "cpu", "--json"])
+            .arg(&json)
             .output()
             .unwrap();
         crate::assert_success(&o);
         let report = String::from_utf8_lossy(&o.stdout);
-        let row = report
-            .lines()
-            .find(|l| l.starts_with("runner"))
-            .unwrap_or_default();
-        let numbers: Vec<f64> = row
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let (ours, theirs) = (&record["runner"], &record["pytorch"]);
+        for side in [ours, theirs] {
+            assert!(
+                side["tokens_per_s"].as_f64().unwrap() > 0.0,
+                "{recipe}: {report}"
+            );
+        }
+        let loss = |r: &serde_json::Value| r["loss_first"].as_f64().unwrap();
+        let difference = (loss(ours) - loss(theirs)).abs() / loss(theirs);
         assert!(
-            numbers.len() == 3 && numbers[0] > 0.0 && numbers[1] > 0.0,
+            difference < 1e-5,
+            "{recipe}: first losses differ by {difference:e}: {report}"
+        );
+        assert_eq!(
+            ours["trainable_params"], theirs["trainable_params"],
             "{recipe}: {report}"
         );
+        assert!(report.contains("runner / pytorch: step time"), "{report}");
     }
 }
 

@@ -21,7 +21,7 @@ use crate::models::adapters::hyperlora;
 use crate::models::adapters::lora::{self, LoraSpec};
 use crate::models::adapters::whitening::{mean_pool, Whitening};
 use crate::models::generate::{self, GenerateOptions, Strategy};
-use crate::models::hf_folder::HfConfig;
+use crate::models::hf_folder::{config_json, HfConfig};
 use crate::models::loss::{cross_entropy, IGNORE};
 use crate::models::t5::{shift_right, T5};
 use crate::models::{fid, hf_model, Compute, ParamStore, Tape};
@@ -56,6 +56,9 @@ pub struct IagTask {
     tokenizer: Tokenizer,
     eos: i64,
     loader: Loader,
+    /// Training batches with student inputs padded to `model.student.max_length`: what
+    /// `runner bench` times, a step of the plan's full size.
+    full_length: MakeBatch,
     make: MakeBatch,
     validation: Vec<QaItem>,
     eval_batch: usize,
@@ -222,8 +225,15 @@ pub fn build(recipe: &IagRecipe, inputs: &Inputs, device: Device) -> Result<IagT
         batch_size: recipe.training.micro_batch_size as usize,
         seed: recipe.seed,
         lengths: None,
-        make: batches_of(train, shape),
+        make: batches_of(train.clone(), shape),
     };
+    let full_length = batches_of(
+        train,
+        Shape {
+            student_length: Some(s.max_length as usize),
+            ..shape
+        },
+    );
     let eval_make = batches_of(Arc::new(validation_examples), shape);
     Ok(IagTask {
         student_store,
@@ -239,6 +249,7 @@ pub fn build(recipe: &IagRecipe, inputs: &Inputs, device: Device) -> Result<IagT
         tokenizer,
         eos,
         loader,
+        full_length,
         make: eval_make,
         validation,
         eval_batch: recipe.evaluation.batch_size as usize,
@@ -446,6 +457,42 @@ impl Task for IagTask {
 
     fn loader(&self) -> &Loader {
         &self.loader
+    }
+
+    /// The first training micro-batch, student inputs padded to their maximum length.
+    fn bench_batch(&self) -> Batch {
+        let n = self.loader.batch_size.min(self.loader.len);
+        (self.full_length)(&(0..n).collect::<Vec<_>>()).to_device(self.device)
+    }
+
+    /// Both T5s as transformers builds them from the config.json runner would save, and IAG's
+    /// loss at the first step's temperature.
+    fn pytorch_reference(&self) -> std::result::Result<serde_json::Value, String> {
+        if self.hyper.is_some() {
+            return Err("HyperLoRA has no PEFT counterpart".to_string());
+        }
+        let m = &self.method;
+        if m.alignment.is_some() {
+            return Err("IAG's alignment losses are not in scripts/bench_pytorch.py".to_string());
+        }
+        Ok(serde_json::json!({
+            "task": "fid_distill",
+            "model": {
+                "student": config_json(&self.student_config),
+                "teacher": config_json(&self.teacher_config),
+                "teacher_trains": self.teacher_trains,
+                "alpha_kd": m.alpha_kd,
+                "alpha_on": match m.alpha_on {
+                    AlphaOn::Kd => "kd",
+                    AlphaOn::Ce => "ce",
+                },
+                "temperature": annealed_temperature(m.temperature, 0, m.anneal_every_steps),
+                "extra_kl": m.extra_kl.as_ref().map(|e| serde_json::json!({
+                    "temperature": e.temperature,
+                    "scale": e.scale,
+                })),
+            },
+        }))
     }
 
     fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>, step: u64) -> Tensor {

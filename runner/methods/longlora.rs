@@ -14,14 +14,13 @@ use crate::data::{instruction, packing, qa_expert};
 use crate::eval::{passkey, perplexity};
 use crate::models::adapters::lora::LoraSpec;
 use crate::models::generate::{self, GenerateOptions, Strategy};
-use crate::models::hf_folder::HfConfig;
+use crate::models::hf_folder::{config_json, HfConfig};
 use crate::models::llama::{self, DecoderOptions, Llama};
 use crate::models::loss::{causal_lm_loss, IGNORE};
 use crate::models::{hf_model, Compute, ParamStore, Tape};
 use crate::plan::common::tokenizer_file;
 use crate::plan::kinds::longlora::{DataFormat, Metric, Passkey, Perplexity, Side, Template};
 use crate::plan::recipe::LongloraRecipe;
-use crate::plan::training::Precision;
 use crate::train::task::{EvalShare, Evaluation, Partial, Reading, Task};
 
 pub struct LongloraTask {
@@ -338,33 +337,16 @@ impl Task for LongloraTask {
         }
     }
 
-    fn pytorch_reference(&self) -> Option<serde_json::Value> {
-        let (r, t) = (&self.recipe, &self.recipe.training);
-        let lora = match LoraSpec::of(&t.adapter) {
-            Some(l) => serde_json::json!({
-                "rank": l.rank, "alpha": l.alpha, "dropout": l.dropout, "targets": l.targets, "also_train": l.also_train,
-            }),
-            None => serde_json::Value::Null,
+    /// The decoder as transformers builds it from the config.json runner would save.
+    fn pytorch_reference(&self) -> std::result::Result<serde_json::Value, String> {
+        let r = &self.recipe;
+        let config = HfConfig::Decoder {
+            arch: r.model.arch.clone(),
+            rope_factor: r.model.rope_factor(r.data.max_length),
         };
-        let precision = match t.precision {
-            Precision::Fp32 => "fp32",
-            Precision::Bf16Mixed => "bf16_mixed",
-            Precision::Bf16 => "bf16",
-        };
-        Some(serde_json::json!({
-            "arch": r.model.arch,
-            "rope_factor": r.model.rope_factor(r.data.max_length),
-            "batch_size": t.micro_batch_size,
-            "seq_len": r.data.max_length,
-            "precision": precision,
-            "gradient_checkpointing": t.gradient_checkpointing,
-            "lora": lora,
-            "lr": t.optimizer.lr,
-            "weight_decay": t.optimizer.weight_decay,
-            "betas": t.optimizer.betas,
-            "eps": t.optimizer.eps,
-            "max_grad_norm": t.max_grad_norm,
-            "seed": r.seed,
+        Ok(serde_json::json!({
+            "task": "causal_lm",
+            "model": { "config": config_json(&config) },
         }))
     }
 

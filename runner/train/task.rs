@@ -132,10 +132,11 @@ pub trait Task: AsAny {
         let indices: Vec<usize> = (0..loader.batch_size.min(loader.len)).collect();
         (loader.make)(&indices).to_device(self.device())
     }
-    /// The same model and batch for `scripts/bench_pytorch.py` (transformers + PEFT), where
-    /// there is one.
-    fn pytorch_reference(&self) -> Option<serde_json::Value> {
-        None
+    /// The same model in transformers for `scripts/bench_pytorch.py`: its `task` and `model`
+    /// (the other keys of the spec come from the plan's training section), or why there is
+    /// none.
+    fn pytorch_reference(&self) -> std::result::Result<serde_json::Value, String> {
+        Err("no PyTorch reference for this kind".to_string())
     }
 }
 

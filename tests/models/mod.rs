@@ -24,29 +24,37 @@ use runner::models::t5::T5;
 use runner::models::{hf_model, ParamStore};
 use tch::{Device, Kind, Tensor};
 
+/// Where the parity tests run: `RUNNER_TEST_DEVICE=cuda` (`scripts/gpu_check.sh`) puts the
+/// models and inputs on the GPU and compares with the same CPU fixtures; the CPU otherwise.
+pub fn device() -> Device {
+    match std::env::var("RUNNER_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    }
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new("tests/fixtures/models").join(name)
 }
 
-/// The tensors of a fixture's expected.safetensors, by name.
+/// The tensors of a fixture's expected.safetensors, by name, on the test device.
 pub fn expected(dir: &Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(dir.join("expected.safetensors"))
         .unwrap()
         .into_iter()
+        .map(|(name, t)| (name, t.to_device(device())))
         .collect()
 }
 
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
+    let on_cpu = |t: &Tensor| t.to_device(Device::Cpu).to_kind(Kind::Double);
+    (on_cpu(a) - on_cpu(b)).abs().max().double_value(&[])
 }
 
 /// Weights of a fixture model, in `kind`.
 pub fn load(name: &str, kind: Kind) -> (HfConfig, ParamStore) {
-    hf_model::load(&fixture(name), Device::Cpu, kind).unwrap()
+    hf_model::load(&fixture(name), device(), kind).unwrap()
 }
 
 pub fn llama(config: &HfConfig, store: &ParamStore, kind: Kind) -> Llama {

@@ -8,7 +8,8 @@ use runner::models::{fid, ParamStore, Tape};
 use tch::{Kind, Tensor};
 
 use super::{
-    eval_logits, expected, fixture, grads, llama, load, max_diff, real_diff, t5, train_logits,
+    device, eval_logits, expected, fixture, grads, llama, load, max_diff, real_diff, t5,
+    train_logits,
 };
 
 const BOUND: f64 = 1e-4;
@@ -151,9 +152,13 @@ fn fusion_in_decoder_matches_transformers_encoding_passages_apart() {
 fn t5_traces_hold_every_layers_states_and_attention_without_changing_the_output() {
     let (config, store) = load("t5-v1_1", Kind::Float);
     let model = t5(&config, &store, Kind::Float);
-    let ids = Tensor::from_slice(&[5i64, 9, 3, 1, 7, 2, 1, 0]).view([2, 4]);
+    let ids = Tensor::from_slice(&[5i64, 9, 3, 1, 7, 2, 1, 0])
+        .view([2, 4])
+        .to_device(device());
     let mask = ids.ne(0).to_kind(Kind::Int64);
-    let decoder_ids = Tensor::from_slice(&[0i64, 4, 0, 6]).view([2, 2]);
+    let decoder_ids = Tensor::from_slice(&[0i64, 4, 0, 6])
+        .view([2, 2])
+        .to_device(device());
     let plain = Tape::plain;
     let (logits, (encoder, decoder)) = tch::no_grad(|| {
         let (encoded, encoder) = model.encode_traced(&ids, &mask, false);
@@ -181,7 +186,7 @@ fn t5_traces_hold_every_layers_states_and_attention_without_changing_the_output(
 fn clip_vision_matches_transformers_states_pooled_output_and_gradients() {
     let dir = fixture("clip-vision");
     let e = expected(&dir);
-    let (arch, store) = runner::models::vit::load(&dir, tch::Device::Cpu, Kind::Float).unwrap();
+    let (arch, store) = runner::models::vit::load(&dir, device(), Kind::Float).unwrap();
     assert_eq!((arch.hidden_size, arch.patches()), (32, 16));
     let vit = runner::models::vit::Vit::new(&store, &arch, Kind::Float).unwrap();
     let states = vit.forward(&e["pixel_values"], false);
@@ -220,7 +225,7 @@ fn qwen_vl_layout_with_fused_c_attn_matches_transformers_qwen2() {
         ..arch
     };
     let params = runner::plan::inventory::decoder(&arch);
-    let mut store = ParamStore::zeros(&params, tch::Device::Cpu, Kind::Float);
+    let mut store = ParamStore::zeros(&params, device(), Kind::Float);
     let get = |n: &str| hf.get(n).unwrap().detach();
     let mut sources: Vec<(String, Tensor)> = vec![
         (
@@ -308,7 +313,7 @@ fn qwen_vl_layout_with_fused_c_attn_matches_transformers_qwen2() {
 fn the_bert_sentence_encoder_matches_transformers() {
     let dir = fixture("bert-encoder");
     let e = expected(&dir);
-    let bert = runner::models::bert::Bert::load(&dir, tch::Device::Cpu).unwrap();
+    let bert = runner::models::bert::Bert::load(&dir, device()).unwrap();
     let (ids, mask) = (&e["input_ids"], &e["attention_mask"]);
     let states = tch::no_grad(|| bert.forward(ids, mask));
     let real = mask.unsqueeze(-1).to_kind(Kind::Float);

@@ -5,9 +5,9 @@ use runner::models::loss::{causal_lm_loss, cross_entropy};
 use runner::models::t5::shift_right;
 use runner::models::{hf_model, Compute, Tape};
 use runner::plan::training::Precision;
-use tch::{Device, Kind};
+use tch::Kind;
 
-use super::{expected, fixture, llama, max_diff, t5};
+use super::{device, expected, fixture, llama, max_diff, t5};
 
 #[test]
 fn llama_trains_in_bf16_mixed_and_pure_bf16() {
@@ -15,7 +15,7 @@ fn llama_trains_in_bf16_mixed_and_pure_bf16() {
     for precision in [Precision::Bf16Mixed, Precision::Bf16] {
         let compute = Compute::of(precision);
         let (config, store) =
-            hf_model::load(&fixture("llama-gqa-rope"), Device::Cpu, compute.weights).unwrap();
+            hf_model::load(&fixture("llama-gqa-rope"), device(), compute.weights).unwrap();
         let model = llama(&config, &store, compute.activations);
         let logits = model.forward(
             &e["input_ids"],
@@ -55,8 +55,7 @@ fn llama_trains_in_bf16_mixed_and_pure_bf16() {
 fn t5_runs_in_bf16_mixed() {
     let e = expected(&fixture("t5-v1_1"));
     let compute = Compute::of(Precision::Bf16Mixed);
-    let (config, store) =
-        hf_model::load(&fixture("t5-v1_1"), Device::Cpu, compute.weights).unwrap();
+    let (config, store) = hf_model::load(&fixture("t5-v1_1"), device(), compute.weights).unwrap();
     let model = t5(&config, &store, compute.activations);
     let logits = model.forward(
         &e["input_ids"],

@@ -5,14 +5,15 @@
 use runner::models::attention::{attend, shifted_sparse, Mask};
 use runner::models::llama::{DecoderOptions, Llama};
 use runner::models::Tape;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
-use super::{expected, fixture, load, max_diff};
+use super::{device, expected, fixture, load, max_diff};
 
 fn tensors() -> std::collections::HashMap<String, Tensor> {
     Tensor::read_safetensors("tests/fixtures/s2attn.safetensors")
         .unwrap()
         .into_iter()
+        .map(|(name, t)| (name, t.to_device(device())))
         .collect()
 }
 
@@ -45,7 +46,7 @@ fn padding_all_ones_changes_nothing_and_padding_hides_keys() {
     let (q, k, v) = (&r["q"], &r["k"], &r["v"]);
     let scale = (q.size()[3] as f64).powf(-0.5);
     let (b, _, t, _) = q.size4().unwrap();
-    let ones = Tensor::ones([b, t], (Kind::Int64, Device::Cpu));
+    let ones = Tensor::ones([b, t], (Kind::Int64, device()));
     let plain = shifted_sparse(q, k, v, 4, None, scale);
     assert!(max_diff(&shifted_sparse(q, k, v, 4, Some(&ones), scale), &plain) < 1e-6);
     // Padding the last 4 tokens cannot change what the unshifted heads output for the first 12.

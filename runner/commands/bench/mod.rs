@@ -1,6 +1,7 @@
 //! `runner bench …`: measurements, not tests. Figures go to stdout (and the issue notes).
 
 pub mod checkpointing;
+mod pytorch;
 pub mod recipe;
 
 use std::io::Write;

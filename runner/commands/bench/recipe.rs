@@ -1,23 +1,22 @@
 //! `runner bench RECIPE`: step time, tokens/s and peak memory of the plan's training step, and
 //! of the same model, batch and precision in PyTorch (transformers + PEFT, run by
-//! `scripts/bench_pytorch.py` in the same invocation), as ratios.
+//! `scripts/bench_pytorch.py` in the same invocation, `pytorch.rs`), as ratios.
 //!
-//! Both sides train on one random batch of `micro_batch_size × max_length` tokens with the
-//! plan's optimizer, clipping, precision, checkpointing and adapter. S²-Attn is turned off on
-//! the runner side: transformers has no such attention, and the point is the same model.
-//! `iag_distill` and `coe_multitask` recipes are timed on their first real batch, runner side
-//! only for now.
+//! Both sides train on the same batch (`Task::bench_batch`: random tokens filling
+//! `micro_batch_size × max_length` for `longlora_sft`, the first real micro-batch for the
+//! others), from the same weights, with the plan's optimizer, clipping, precision,
+//! checkpointing and adapter; their first losses are reported side by side. S²-Attn is turned
+//! off on the runner side: transformers has no such attention, and the point is the same model.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
 use tch::Device;
 
-use super::peak_rss_kib;
+use super::{peak_rss_kib, pytorch};
 use crate::commands::finish;
 use crate::commands::run::{launch_ranks, Target};
 use crate::distributed::world::World;
@@ -25,10 +24,12 @@ use crate::methods::{self, inputs::InputRuns};
 use crate::models::Checkpointing;
 use crate::models::{Gather, Tape};
 use crate::plan::Plan;
-use crate::train::memory::reset_peak;
+use crate::train::memory::{reset_peak, usage};
 use crate::train::optimizer::AdamW;
 use crate::train::parallel::DataParallel;
 use crate::train::zero::Update;
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// `runner bench recipe RECIPE [KEY=VALUE…]`.
 #[derive(Clone, Debug, clap::Args)]
@@ -49,6 +50,13 @@ pub struct Args {
     /// must be N); tokens/s counts every rank's batch.
     #[arg(long, value_name = "N")]
     nproc: Option<usize>,
+    /// Keep what only the paper's method has (LongLoRA's S²-Attn) on the runner side; the
+    /// PyTorch side, which has no such thing, runs without it.
+    #[arg(long)]
+    keep_method: bool,
+    /// Also write the figures as JSON to FILE (rank 0).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 impl Args {
@@ -58,6 +66,7 @@ impl Args {
             warmup: self.warmup,
             pytorch: !self.no_pytorch,
             target: self.device,
+            keep_method: self.keep_method,
         };
         match self.nproc.filter(|&n| n > 1) {
             Some(n) => {
@@ -66,7 +75,13 @@ impl Args {
                     Err(code) => Ok(code),
                 }
             }
-            None => run(&self.recipe, &self.overrides, options, out),
+            None => run(
+                &self.recipe,
+                &self.overrides,
+                options,
+                self.json.as_deref(),
+                out,
+            ),
         }
     }
 }
@@ -78,36 +93,64 @@ pub struct BenchOptions {
     /// Also run the PyTorch script.
     pub pytorch: bool,
     pub target: Target,
+    /// Keep the method's own parts (`--keep-method`).
+    pub keep_method: bool,
 }
 
 pub fn run(
     recipe: &Path,
     overrides: &[String],
     options: BenchOptions,
+    json: Option<&Path>,
     out: &mut dyn Write,
 ) -> std::io::Result<i32> {
     match crate::commands::resolve_or_report(recipe, overrides, out)? {
-        Ok(plan) => finish(bench(&plan, options), out),
+        Ok(plan) => {
+            let written = bench(&plan, options).and_then(|(report, record)| {
+                if let (Some(path), Some(mut record)) = (json, record) {
+                    record["recipe_file"] = json!(recipe.display().to_string());
+                    record["overrides"] = json!(overrides);
+                    let text = serde_json::to_string_pretty(&record)?;
+                    crate::files::write_atomic(path, text.as_bytes())?;
+                }
+                Ok(report)
+            });
+            finish(written, out)
+        }
         Err(code) => Ok(code),
     }
 }
 
-fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
+/// The report, and on rank 0 the same figures as JSON.
+fn bench(plan: &Plan, options: BenchOptions) -> Result<(String, Option<Value>)> {
     if plan.recipe.training().distributed.devices > 1 {
         crate::train::memory::map_large_allocations();
     }
     let world = World::from_env()?;
     let device = options.target.device_of_rank(world.local_rank)?;
     let dp = DataParallel::join(world, device, &plan.recipe.training().distributed)?;
-    let rss_before = peak_rss_kib()?;
     let mut plan = plan.clone();
-    plan.recipe.as_kind_mut().as_in_pytorch();
+    if !options.keep_method {
+        plan.recipe.as_kind_mut().as_in_pytorch();
+    }
     let inputs = methods::inputs::gather(&plan, InputRuns::IfPresent)?;
     let task = methods::build(&plan, &inputs, device)?;
     let batch = task.bench_batch();
+    // On the CPU the peak counts from what the process holds besides the models (libraries, the
+    // data, METEOR's WordNet), which the PyTorch script, reading one batch, does not load: the
+    // resident set now, less the models' bytes. The script measures itself the same way.
+    crate::models::store::release_freed_memory();
+    let model_bytes: u64 = task.stores().iter().map(|(_, s)| s.bytes()).sum();
+    let besides_models = usage(Device::Cpu).map_or(0, |(now, _)| now.saturating_sub(model_bytes));
     let t = plan.recipe.training();
     let (batch_size, seq_len) = batch.input_ids.size2()?;
     let params = crate::train::task::trainable(task.as_ref());
+    let trainable: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
+    // Before the first step (and before ZeRO-3 frees the weights): what PyTorch starts from.
+    let reference = match options.pytorch && dp.is_main() {
+        true => Some(pytorch::prepare(&plan, task.as_ref(), &batch)?),
+        false => None,
+    };
     let mut optimizer = Update::new(AdamW::new(&t.optimizer), &params, task.as_ref(), &dp)?;
     let mode = match t.gradient_checkpointing {
         true => Checkpointing::Recompute,
@@ -140,7 +183,7 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
         }
     }
     if !dp.is_main() {
-        return Ok(format!("rank {} of {} done", dp.rank(), dp.size()));
+        return Ok((format!("rank {} of {} done", dp.rank(), dp.size()), None));
     }
     // Every rank trains its own batch of the same size.
     let tokens = (batch_size * seq_len) as f64 * dp.size() as f64;
@@ -148,11 +191,12 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
         "step_time_s": median(&mut times),
         "tokens_per_s": tokens / median(&mut times),
         "peak_memory_mib": match device {
-            Device::Cpu => json!((peak_rss_kib()? - rss_before) as f64 / 1024.0),
-            _ => Value::Null,
+            Device::Cpu => json!((peak_rss_kib()? * 1024).saturating_sub(besides_models) as f64 / MIB),
+            _ => json!(usage(device).map(|(_, peak)| peak as f64 / MIB)),
         },
         "loss_first": losses.first(),
         "loss_last": losses.last(),
+        "trainable_params": trainable,
     });
     let mut report = format!(
         "bench {} ({}), batch {batch_size} × {seq_len} tokens × {} rank(s) of {} thread(s), ZeRO stage {}, {:?}, checkpointing {}, {} timed steps after {} warmup, device {device:?}\n",
@@ -171,29 +215,71 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<String> {
         "", "step s", "tokens/s", "peak MiB"
     );
     report += &row("runner", &ours);
-    match (task.pytorch_reference(), options.pytorch) {
-        (Some(reference), true) => {
-            let theirs = pytorch(reference, device, options, dp.size())?;
+    let (mut theirs, mut missing) = (Value::Null, Value::Null);
+    match reference {
+        Some(Ok(prepared)) => {
+            theirs = pytorch::run(&prepared, device, options, dp.size())?;
             report += &row("pytorch", &theirs);
-            let ratio = |key: &str| {
-                ours[key].as_f64().unwrap_or(f64::NAN) / theirs[key].as_f64().unwrap_or(f64::NAN)
-            };
-            report += &format!(
-                "runner / pytorch: step time {:.2}×, tokens/s {:.2}×, peak memory {:.2}×",
-                ratio("step_time_s"),
-                ratio("tokens_per_s"),
-                ratio("peak_memory_mib")
-            );
+            report += &comparison(&ours, &theirs, prepared.same_weights);
+            if options.keep_method {
+                report += "(runner keeps the recipe's method, PyTorch runs without it)\n";
+            }
         }
-        (None, true) => {
-            report += &format!(
-                "(no PyTorch reference for {} yet: scripts/bench_pytorch.py runs the Llama family)",
-                plan.recipe.kind()
-            )
+        Some(Err(why)) => {
+            report += &format!("(no PyTorch reference: {why})");
+            missing = json!(why);
         }
-        (_, false) => {}
+        None => {}
     }
-    Ok(report.trim_end().to_string())
+    let parameters: i64 = task
+        .stores()
+        .iter()
+        .flat_map(|(_, s)| {
+            s.iter()
+                .map(|(_, t, _)| t.numel() as i64)
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    let record = json!({
+        "recipe": plan.recipe.name(),
+        "kind": plan.recipe.kind(),
+        "plan_hash": plan.hash,
+        "device": format!("{device:?}"),
+        "batch": [batch_size, seq_len],
+        "ranks": dp.size(),
+        "threads": tch::get_num_threads(),
+        "precision": t.precision,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "keep_method": options.keep_method,
+        "parameters": parameters,
+        "runner": ours,
+        "pytorch": theirs,
+        "no_pytorch_reference": missing,
+    });
+    Ok((report.trim_end().to_string(), Some(record)))
+}
+
+/// The ratios, and whether both sides computed the same thing: their first losses (the same
+/// weights and batch give the same loss, up to dropout and rounding) and trainable parameters.
+fn comparison(ours: &Value, theirs: &Value, same_weights: bool) -> String {
+    let ratio = |key: &str| {
+        ours[key].as_f64().unwrap_or(f64::NAN) / theirs[key].as_f64().unwrap_or(f64::NAN)
+    };
+    let loss = |r: &Value| r["loss_first"].as_f64().unwrap_or(f64::NAN);
+    let (a, b) = (loss(ours), loss(theirs));
+    format!(
+        "runner / pytorch: step time {:.2}×, tokens/s {:.2}×, peak memory {:.2}×\n\
+         first loss: runner {a:.6}, pytorch {b:.6} ({}); trainable parameters: runner {}, pytorch {}\n",
+        ratio("step_time_s"),
+        ratio("tokens_per_s"),
+        ratio("peak_memory_mib"),
+        match same_weights {
+            true => format!("relative difference {:.1e}, same weights and batch", (a - b).abs() / b.abs()),
+            false => "different random weights: the 4-bit base stays in runner".to_string(),
+        },
+        ours["trainable_params"],
+        theirs["trainable_params"],
+    )
 }
 
 fn row(name: &str, r: &Value) -> String {
@@ -221,45 +307,4 @@ fn sync(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
     }
-}
-
-/// Runs scripts/bench_pytorch.py on the task's reference model and batch and reads its JSON
-/// line; with several ranks, under torchrun as as many DDP ranks (rank 0 reports).
-fn pytorch(mut spec: Value, device: Device, options: BenchOptions, ranks: usize) -> Result<Value> {
-    spec["warmup_steps"] = json!(options.warmup);
-    spec["steps"] = json!(options.steps);
-    spec["device"] = json!(if device == Device::Cpu { "cpu" } else { "cuda" });
-    spec["threads"] = json!(tch::get_num_threads());
-    let mut command = match ranks {
-        1 => Command::new(".venv/bin/python"),
-        n => {
-            let mut c = Command::new(".venv/bin/torchrun");
-            c.args(["--standalone", "--nproc-per-node", &n.to_string()]);
-            c
-        }
-    };
-    // Every torchrun rank reads the spec, so it goes in a file rather than on stdin.
-    let spec_file = std::env::temp_dir().join(format!("runner-bench-{}.json", std::process::id()));
-    std::fs::write(&spec_file, spec.to_string())
-        .with_context(|| format!("cannot write {}", spec_file.display()))?;
-    let child = command
-        .arg("scripts/bench_pytorch.py")
-        .arg(&spec_file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot start .venv/bin/python scripts/bench_pytorch.py (run from the repository root after ./dev run)")?;
-    let output = child.wait_with_output();
-    let _ = std::fs::remove_file(&spec_file);
-    let output = output?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let line = text.lines().last().unwrap_or("");
-    serde_json::from_str(line).map_err(|_| {
-        anyhow!(
-            "the PyTorch benchmark failed: {}{}\n  hint: it needs transformers and peft in .venv (pip install -r scripts/fixtures-requirements.txt)",
-            text,
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
 }

@@ -254,6 +254,10 @@ impl Task for CoeMultitask {
         &self.loader
     }
 
+    fn pytorch_reference(&self) -> std::result::Result<serde_json::Value, String> {
+        self.model.pytorch_reference()
+    }
+
     fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>, _step: u64) -> Tensor {
         let logits = self.logits(batch, tape, true);
         let (sums, counts) = causal_lm_example_losses(&logits, &batch.labels);

@@ -5,19 +5,20 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use serde_json::{json, Value};
 use tch::Device;
 
 use crate::data::chatml::Specials;
 use crate::data::tokenizer::Tokenizer;
 use crate::models::adapters::lora::LoraSpec;
 use crate::models::connector::{sincos_2d, Connector};
-use crate::models::hf_folder::HfConfig;
+use crate::models::hf_folder::{config_json, HfConfig};
 use crate::models::llama::{DecoderOptions, Llama};
 use crate::models::qwen_vl;
 use crate::models::vit::{self, Vit};
 use crate::models::vlm::Vlm;
 use crate::models::{hf_model, Compute, ParamStore};
-use crate::plan::arch::Connector as ConnectorSpec;
+use crate::plan::arch::{Connector as ConnectorSpec, Family, VisionFamily};
 use crate::plan::common::tokenizer_file;
 use crate::plan::inventory;
 use crate::plan::kinds::coe::Model as ModelSpec;
@@ -110,4 +111,47 @@ pub fn build(recipe: &CoeRecipe, image_pad: i64, device: Device) -> Result<Model
         decoder,
         vlm,
     })
+}
+
+impl Model {
+    /// The same model in transformers for `scripts/bench_pytorch.py`: CLIP's vision tower, the
+    /// MLP connector (LLaVA's projector) and the decoder from the config.json runner would
+    /// save, each part trained as here.
+    pub fn pytorch_reference(&self) -> std::result::Result<Value, String> {
+        let vlm = &self.vlm;
+        let Connector::Mlp(layers) = &vlm.connector else {
+            return Err("Qwen-VL's resampler has no transformers class".to_string());
+        };
+        let (v, decoder) = (&vlm.vision.arch, &vlm.decoder);
+        if v.family != VisionFamily::Clip || decoder.arch.family == Family::Qwen {
+            return Err(
+                "Qwen-VL's vision tower and decoder layout have no transformers class".to_string(),
+            );
+        }
+        let config = HfConfig::Decoder {
+            arch: decoder.arch.clone(),
+            rope_factor: decoder.options.rope_factor,
+        };
+        let trains = |store: &ParamStore| !store.trainable().is_empty();
+        Ok(json!({
+            "task": "vlm",
+            "model": {
+                "decoder": config_json(&config),
+                "vision": {
+                    "hidden_size": v.hidden_size,
+                    "intermediate_size": v.intermediate_size,
+                    "num_hidden_layers": v.num_hidden_layers,
+                    "num_attention_heads": v.num_attention_heads,
+                    "image_size": v.image_size,
+                    "patch_size": v.patch_size,
+                    "num_channels": v.num_channels,
+                    "layer_norm_eps": v.layer_norm_eps,
+                },
+                "connector_layers": layers.len(),
+                "vision_trains": trains(&self.vision),
+                "connector_trains": trains(&self.connector),
+                "image_pad": vlm.image_pad,
+            },
+        }))
+    }
 }
