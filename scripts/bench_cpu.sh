@@ -36,7 +36,7 @@ records = sorted(
     key=lambda r: (order.index(r["kind"]), r["precision"] != "fp32"),
 )
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
 versions = next((r["pytorch"] for r in records if r["pytorch"] and r["pytorch"].get("peft")), {})
 lines = [
     f"# runner against PyTorch on the CPU, {pathlib.Path(prefix).name}",

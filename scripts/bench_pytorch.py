@@ -16,22 +16,26 @@ The spec (every key required; null only where marked):
   {"task": "causal_lm" | "fid_distill" | "vlm",
    "model": {...},                              per task, below
    "weights": "weights.safetensors" | null,    the initial weights by transformers state-dict
-        name (below); runner's own LoRA tensors (`lora_` in the name) are skipped, PEFT makes its
-        own (LoRA B starts at zero on both sides). null = random initialisation from "seed".
+        name (per task, below), loaded before LoRA and cast to the models' dtype. Every parameter
+        needs a value but tied aliases (T5's encoder/decoder.embed_tokens, a tied lm_head), and
+        every name must be a parameter; runner's own LoRA tensors (`lora_` in the name) are
+        skipped, PEFT makes its own (LoRA B starts at zero on both sides).
+        null = random initialisation from "seed".
    "batch": "batch.safetensors",               the batch, the same every step (below)
    "precision": "fp32" | "bf16_mixed" | "bf16",
         fp32       fp32 weights and compute
         bf16_mixed fp32 weights, forward under torch.autocast(device, dtype=torch.bfloat16)
         bf16       every model in bfloat16 (LoRA adapters stay fp32, as PEFT does)
    "gradient_checkpointing": true,             non-reentrant activation checkpointing per layer,
-        of the models runner checkpoints: the decoder (causal_lm, vlm), the trained T5s
+        of the models runner checkpoints: the decoder (causal_lm, vlm), the trained T5s (fid)
    "lora": null | {"rank": 8, "alpha": 16, "dropout": 0.0,
                    "targets": ["q_proj", "v_proj"],     PEFT target_modules
                    "also_train": ["embed", "norm"]},    see below
-        null = full fine-tuning. LoRA applies to the causal LM, the FiD student, the VLM's decoder.
-        also_train has runner's meaning: parameters whose names contain an entry train too. They
-        become PEFT modules_to_save (the modules owning those parameters, so "embed" ->
-        embed_tokens and "norm" -> every RMSNorm); PEFT trains a copy and keeps the original.
+        null = full fine-tuning. LoRA (PEFT task CAUSAL_LM, or SEQ_2_SEQ_LM for T5, whose module
+        names are "q", "v", …) applies to the causal LM, the FiD student, the VLM's decoder only.
+        also_train has runner's meaning: parameters of that model whose names contain an entry
+        train too. They become PEFT modules_to_save (the modules owning those parameters, so
+        "embed" -> embed_tokens and "norm" -> every norm); PEFT trains a copy, keeps the original.
    "lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8,
    "max_grad_norm": 1.0 | null,                null = no clipping
    "warmup_steps": 3, "steps": 10,             untimed steps, then timed steps
@@ -42,14 +46,20 @@ The spec (every key required; null only where marked):
 "model" per task:
 
   causal_lm    {"config": {config.json}}   a Llama, Mistral or Qwen2 (model_type) causal LM.
+               Built by AutoModelForCausalLM.from_config (SDPA attention, no KV cache).
                Weights: its state-dict names (model.embed_tokens.weight, …, lm_head.weight).
-               Loss: transformers' causal-LM loss on labels (shifted inside).
+               Loss: transformers' causal-LM loss on labels (shifted inside), attention_mask given.
   fid_distill  IAG's distillation step: a T5 student and a Fusion-in-Decoder T5 teacher.
                {"student": {T5 config.json}, "teacher": {T5 config.json},
                 "teacher_trains": bool,          trained in full beside the student, else frozen
                 "alpha_kd": 0.4, "alpha_on": "kd" | "ce", "temperature": 3.0,
                 "extra_kl": null | {"temperature": 1.0, "scale": 1.0}}
-               Weights: the student's names, the teacher's prefixed "teacher.". Loss, IAG's code:
+               Both T5ForConditionalGeneration.from_config; tie_word_embeddings false gives an
+               lm_head of its own (transformers 5's T5Config ties it always otherwise). The student
+               trains (in full, or its LoRA); a frozen teacher is in eval mode, without gradients.
+               Weights: the student's names (shared.weight, encoder.block.0.layer.0.SelfAttention
+               .q.weight, …), the teacher's prefixed "teacher.". Loss, IAG's code, with decoder
+               inputs = labels shifted right (start token 0 first, the last dropped, -100 -> 0):
                the teacher encodes each of the N passages apart and its decoder reads them joined;
                CE = the student's cross-entropy (mean over targets, -100 ignored); KD = the mean over
                every target position (padding included) of KL(softmax(t/T) || softmax(s/T)) in
@@ -63,14 +73,23 @@ The spec (every key required; null only where marked):
                 "connector_layers": 2,           Linear, then (exact GELU, Linear) x (layers - 1)
                 "vision_trains": bool, "connector_trains": bool,
                 "image_pad": 5}                  the placeholder token the image features replace
-               Weights: the decoder's names; "vision." + CLIPVisionModel's; "connector.connector.I"
-               + ".weight"/".bias" for the I-th module of the projector. The last layer's patch
-               states (class token dropped) go through the projector and replace the placeholders'
-               embeddings in reading order; loss: token-mean causal-LM cross-entropy (-100 ignored).
+               The vision tower is CLIPVisionModel(CLIPVisionConfig(**vision, hidden_act
+               "quick_gelu", attention_dropout 0)), the decoder as for causal_lm. The vision tower
+               trains iff vision_trains (but its post_layernorm, unused: never), the projector iff
+               connector_trains, the decoder in full or its LoRA.
+               Weights: the decoder's names; "vision.vision_model." + transformers 5's
+               CLIPVisionModel names (vision.vision_model.embeddings.class_embedding, …);
+               "connector.connector.I" + ".weight"/".bias" for the I-th module of the projector
+               (0, 2, 4, …). The last layer's patch states (class token dropped, no post-norm) go
+               through the projector and replace the placeholders' embeddings in reading order;
+               loss: token-mean causal-LM cross-entropy, logits[:, :-1] on labels[:, 1:] (-100
+               ignored), in fp32.
 
 The batch file (int64 except pixels, float32): input_ids [B, T], attention_mask [B, T], labels
 ([B, T]; fid_distill: [B, A] targets), and for fid_distill passage_ids and passage_mask [B, N, L],
-for vlm pixels [images, channels, size, size]. Tokens a step = B x T of input_ids, as runner counts.
+for vlm pixels [images, channels, size, size]. Labels: causal_lm the input ids, vlm the ids with
+-100 on prompt and padding, fid_distill the targets with -100 on padding. Tokens a step = B x T of
+input_ids, as runner counts.
 
 Output: one line of JSON on stdout, everything else (warnings, progress) on stderr:
 
@@ -83,17 +102,18 @@ Output: one line of JSON on stdout, everything else (warnings, progress) on stde
    "loss_first": loss of the first step (warmup included), "loss_last": loss of the last step}
 
 Under torchrun (WORLD_SIZE > 1, as `runner bench recipe … --nproc N` runs it) every rank joins a
-process group (Gloo on CPU, NCCL on CUDA, device cuda:LOCAL_RANK), trains the same batch through
-DistributedDataParallel, and rank 0 alone prints the result.
+process group (Gloo on CPU, NCCL on CUDA, device cuda:LOCAL_RANK) and trains the same batch through
+one DistributedDataParallel around the task's models (so the gradients of every trained parameter,
+whichever model holds it, are averaged), and rank 0 alone prints the result.
 
 Peak memory is measured as runner measures its own. On CUDA: torch.cuda.max_memory_allocated()
 over the timed steps (reset after warmup; weights, gradients and optimizer state included). On
 the CPU: the peak resident set (VmHWM) over the steps, less what the process holds besides the
-models (the resident set once they are built and loaded, less their parameters' and buffers'
-bytes: libraries, the batch), the high-water mark reset (freed memory trimmed, /proc/self/clear_refs
-5) before the steps, so that loading does not count. runner does the same, which leaves out the
-data, tokenizer and metrics it loads and the script does not. Non-finite numbers
-are written as null.
+models (the resident set once they are built, loaded and adapted, freed memory returned, less
+their parameters' and buffers' bytes: libraries, the batch), with the high-water mark reset
+(gc, malloc_trim, /proc/self/clear_refs 5) once the optimizer is made, so that building and
+loading do not count. runner does the same, which leaves out the data, tokenizer and metrics it
+loads and the script does not. Non-finite numbers are written as null.
 
 Exit status: 0 on success, 2 for a bad spec (the message on stderr names the key), 1 for any other
 failure (out of memory, for instance; the traceback goes to stderr).
@@ -343,13 +363,10 @@ def rss_mib(key="VmHWM"):
     raise RuntimeError(f"no {key} in /proc/self/status (Linux only)")
 
 
-def tensor_mib(modules):
-    """MiB of every parameter and buffer of `modules`, shared ones once."""
-    seen = {}
-    for module in modules:
-        for t in [*module.parameters(), *module.buffers()]:
-            seen[t.data_ptr()] = t.numel() * t.element_size()
-    return sum(seen.values()) / 2**20
+def tensor_mib(module):
+    """MiB of every parameter and buffer of `module`, shared ones once."""
+    sizes = {t.data_ptr(): t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]}
+    return sum(sizes.values()) / 2**20
 
 
 def reset_peak_rss():
@@ -376,6 +393,22 @@ def hf_config(config):
     values.pop("architectures", None)
     values["use_cache"] = False
     return AutoConfig.for_model(model_type, **values)
+
+
+def untied_t5_head(model, config, torch):
+    """The T5 with an lm_head of its own when its config.json says tie_word_embeddings false
+    (T5 v1.1, Flan-T5). transformers 5's T5Config reads that key only to decide the decoder
+    output scaling and ties the head to the embedding always; from_pretrained unties them when a
+    checkpoint holds both, from_config cannot know."""
+    if config.get("tie_word_embeddings", True) is not False:
+        return model
+    model.config.tie_word_embeddings = False
+    model.all_tied_weights_keys.pop("lm_head.weight", None)
+    head = torch.empty_like(model.lm_head.weight)
+    # T5's own initialisation of an untied head (used when "weights" is null).
+    torch.nn.init.normal_(head, std=model.config.initializer_factor)
+    model.lm_head.weight = torch.nn.Parameter(head)
+    return model
 
 
 def checkpointing(model):
@@ -422,51 +455,100 @@ def with_lora(model, lora, task_type):
         raise SpecError(f"lora: PEFT refused the adapter config: {e}") from None
 
 
-def load_weights(parts, path, torch):
-    """Copies runner's initial weights into `parts` ({file prefix: module}); every parameter of
-    every part must get one, but tied aliases (T5's embed_tokens, a tied head)."""
+def load_weights(parts, path):
+    """Copies runner's initial weights into `parts` ({name prefix in the file: module}). Every
+    parameter must get a value but tied aliases (T5's embed_tokens, a tied lm_head), which share
+    the tensor of one that does; a name in the file that no part has is an error too."""
     from safetensors.torch import load_file
 
-    tensors = {n: t for n, t in load_file(path).items() if "lora_" not in n}
-    used = set()
-    for prefix, module in parts.items():
-        state = {n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix) and not any(
-            n.startswith(p) for p in parts if len(p) > len(prefix) and p.startswith(prefix))}
-        used |= {prefix + n for n in state}
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        tied = {n for n in missing if n.endswith("embed_tokens.weight") or n == "lm_head.weight"}
-        if set(missing) - tied:
-            raise SpecError(f"weights: {path} has no {prefix}{sorted(set(missing) - tied)[0]}")
-        if unexpected:
-            raise SpecError(f"weights: {prefix}{unexpected[0]} in {path} is no parameter of the model")
-        # load_state_dict copies into tied parameters too; the ties hold.
-    if set(tensors) - used:
-        raise SpecError(f"weights: {sorted(set(tensors) - used)[0]} in {path} is no parameter of the model")
+    try:
+        tensors = load_file(path)
+    except Exception as e:  # safetensors raises its own error types
+        raise SpecError(f"weights: cannot read {path}: {e}") from None
+    # runner's own LoRA factors: PEFT makes its own (LoRA B starts at zero on both sides).
+    tensors = {n: t for n, t in tensors.items() if "lora_" not in n}
+    # Each name belongs to the part with the longest matching prefix ("vision.vision_model."
+    # before the decoder's "").
+    prefixes = sorted(parts, key=len, reverse=True)
+    states = {p: {} for p in parts}
+    for name, tensor in tensors.items():
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        if prefix is None:
+            raise SpecError(f"weights: {name} in {path} is no parameter of the model")
+        states[prefix][name[len(prefix):]] = tensor
     del tensors
+    for prefix, module in parts.items():
+        state = states.pop(prefix)
+        current = module.state_dict(keep_vars=True)
+        for name, tensor in state.items():
+            if name not in current:
+                raise SpecError(f"weights: {prefix}{name} in {path} is no parameter of the model")
+            shape, expected = list(tensor.shape), list(current[name].shape)
+            if shape != expected:
+                raise SpecError(f"weights: {prefix}{name} in {path} has shape {shape}, the model's is {expected}")
+        # Copies into the model's own tensors: its dtype and device, ties kept.
+        module.load_state_dict(state, strict=False)
+        loaded = {current[n].data_ptr() for n in state}
+        for name, p in module.named_parameters(remove_duplicate=False):
+            if p.data_ptr() not in loaded:
+                raise SpecError(f"weights: {path} has no {prefix}{name}")
+        del state
+
+
+class CausalLm:
+    """A Llama-family decoder and transformers' causal-LM loss (labels shifted inside)."""
+
+    def __init__(self, spec, torch, dtype):
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_config(
+            hf_config(spec["model"]["config"]), dtype=dtype, attn_implementation="sdpa"
+        )
+        self.parts = {"": self.model}
+
+    def finish(self, spec):
+        """Checkpointing, LoRA, train mode; the modules of the step."""
+        if spec["gradient_checkpointing"]:
+            checkpointing(self.model)
+        self.model = with_lora(self.model, spec["lora"], "CAUSAL_LM")
+        self.model.train()
+        return [self.model]
+
+    def loss(self, batch):
+        return self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
 
 
 class FidDistill:
     """IAG's step: a T5 student, and a FiD teacher that encodes each passage apart."""
 
     def __init__(self, spec, torch, dtype):
-        from transformers import T5ForConditionalGeneration
+        from transformers import AutoModelForSeq2SeqLM
 
         m = spec["model"]
         self.m, self.torch = m, torch
-        self.student = T5ForConditionalGeneration(hf_config(m["student"])).to(dtype)
-        self.teacher = T5ForConditionalGeneration(hf_config(m["teacher"])).to(dtype)
-        self.parts = {"teacher.": self.teacher, "": self.student}
+        self.student, self.teacher = (
+            untied_t5_head(
+                AutoModelForSeq2SeqLM.from_config(hf_config(m[k]), dtype=dtype, attn_implementation="sdpa"),
+                m[k],
+                torch,
+            )
+            for k in ("student", "teacher")
+        )
+        self.parts = {"": self.student, "teacher.": self.teacher}
 
     def finish(self, spec):
-        """Checkpointing, LoRA, frozen parts; the modules whose parameters train."""
+        trains = self.m["teacher_trains"]
         if spec["gradient_checkpointing"]:
             checkpointing(self.student)
-            if self.m["teacher_trains"]:
+            if trains:
                 checkpointing(self.teacher)
         self.student = with_lora(self.student, spec["lora"], "SEQ_2_SEQ_LM")
         self.student.train()
-        self.teacher.train(self.m["teacher_trains"])
-        self.teacher.requires_grad_(self.m["teacher_trains"])
+        # A frozen teacher runs without dropout or gradients.
+        self.teacher.train(trains)
+        self.teacher.requires_grad_(trains)
         return [self.student, self.teacher]
 
     def loss(self, batch):
@@ -476,26 +558,18 @@ class FidDistill:
         # T5's shift: decoder start (0) first, the last target dropped, -100 read as padding (0).
         shifted = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], 1)
         decoder_ids = shifted.masked_fill(shifted == IGNORE, 0)
-        s = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_ids).logits
-
-        def teacher():
-            ids, mask = batch["passage_ids"], batch["passage_mask"]
-            b, n, l = ids.shape
-            encoded = self.teacher.encoder(input_ids=ids.view(b * n, l), attention_mask=mask.view(b * n, l)).last_hidden_state
-            joined = encoded.view(b, n * l, encoded.shape[-1])
-            return self.teacher(encoder_outputs=(joined,), attention_mask=mask.view(b, n * l), decoder_input_ids=decoder_ids).logits
-
-        if m["teacher_trains"]:
-            t = teacher()
-        else:
-            with torch.no_grad():
-                t = teacher()
+        s = self.student(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_ids
+        ).logits
+        with contextlib.nullcontext() if m["teacher_trains"] else torch.no_grad():
+            t = self.fid_teacher(batch["passage_ids"], batch["passage_mask"], decoder_ids)
 
         def ce(logits):
             return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
 
         def kl(temperature):
-            """Σ_v p_t·(log p_t − log p_s) per position, softmaxes at the temperature in fp32."""
+            """Σ_v p_t·(log p_t − log p_s) per position, softmaxes at the temperature in fp32;
+            the teacher's logits are detached (a trained teacher learns from its CE only)."""
             log_s = F.log_softmax(s.float() / temperature, -1)
             log_t = F.log_softmax(t.detach().float() / temperature, -1)
             return (log_t.exp() * (log_t - log_s)).sum(-1)
@@ -510,27 +584,15 @@ class FidDistill:
             loss = loss + ce(t)
         return loss
 
-
-class CausalLm:
-    """A Llama-family decoder and transformers' causal-LM loss."""
-
-    def __init__(self, spec, torch, dtype):
-        from transformers import AutoModelForCausalLM
-
-        self.model = AutoModelForCausalLM.from_config(
-            hf_config(spec["model"]["config"]), dtype=dtype, attn_implementation="sdpa"
-        )
-        self.parts = {"": self.model}
-
-    def finish(self, spec):
-        if spec["gradient_checkpointing"]:
-            checkpointing(self.model)
-        self.model = with_lora(self.model, spec["lora"], "CAUSAL_LM")
-        self.model.train()
-        return [self.model]
-
-    def loss(self, batch):
-        return self.model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
+    def fid_teacher(self, ids, mask, decoder_ids):
+        """Fusion-in-Decoder: the encoder reads each of the N passages apart, the decoder attends
+        to their states joined."""
+        b, n, l = ids.shape
+        encoded = self.teacher.encoder(input_ids=ids.view(b * n, l), attention_mask=mask.view(b * n, l))
+        joined = encoded.last_hidden_state.view(b, n * l, -1)
+        return self.teacher(
+            encoder_outputs=(joined,), attention_mask=mask.view(b, n * l), decoder_input_ids=decoder_ids
+        ).logits
 
 
 class Vlm:
@@ -538,22 +600,25 @@ class Vlm:
     in place of the placeholder tokens."""
 
     def __init__(self, spec, torch, dtype):
-        from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
+        from transformers import AutoModel, AutoModelForCausalLM, CLIPVisionConfig
 
         m = spec["model"]
         self.m, self.torch = m, torch
-        self.decoder = AutoModelForCausalLM.from_config(hf_config(m["decoder"]), dtype=dtype, attn_implementation="sdpa")
+        self.decoder = AutoModelForCausalLM.from_config(
+            hf_config(m["decoder"]), dtype=dtype, attn_implementation="sdpa"
+        )
         vision = CLIPVisionConfig(**m["vision"], hidden_act="quick_gelu", attention_dropout=0.0)
-        self.vision = CLIPVisionModel(vision).to(dtype)
+        self.vision = AutoModel.from_config(vision, dtype=dtype, attn_implementation="sdpa")
         width = self.decoder.config.hidden_size
         layers = [torch.nn.Linear(vision.hidden_size, width)]
         for _ in range(m["connector_layers"] - 1):
-            layers += [torch.nn.GELU(), torch.nn.Linear(width, width)]
-        # Named as runner names it: connector.I.weight inside the "connector." part.
+            layers += [torch.nn.GELU(), torch.nn.Linear(width, width)]  # exact (erf) GELU
+        # Inside a module of its own so that its names are runner's: connector.I.weight in the
+        # file's "connector." part.
         self.connector = torch.nn.Module()
         self.connector.connector = torch.nn.Sequential(*layers).to(dtype)
-        # transformers 5's CLIPVisionModel names its parameters without the "vision_model."
-        # its checkpoints (and runner) put in front.
+        # transformers 5's CLIPVisionModel names its parameters without the "vision_model." its
+        # checkpoints (and runner) put in front.
         self.parts = {"": self.decoder, "vision.vision_model.": self.vision, "connector.": self.connector}
 
     def finish(self, spec):
@@ -561,11 +626,8 @@ class Vlm:
             checkpointing(self.decoder)
         self.decoder = with_lora(self.decoder, spec["lora"], "CAUSAL_LM")
         self.vision.requires_grad_(self.m["vision_trains"])
-        # The class token's post-norm feeds CLIP's pooled output, which the model does not read:
-        # runner does not train it either.
-        for name, p in self.vision.named_parameters():
-            if "post_layernorm" in name:
-                p.requires_grad_(False)
+        # CLIP's post-norm makes the pooled output, which the model does not read: no gradient.
+        self.vision.post_layernorm.requires_grad_(False)
         self.connector.requires_grad_(self.m["connector_trains"])
         for module in (self.decoder, self.vision, self.connector):
             module.train()
@@ -575,19 +637,19 @@ class Vlm:
         torch = self.torch
         ids = batch["input_ids"]
         embeds = self.decoder.get_input_embeddings()(ids)
+        # The last layer's patch states, class token dropped (no post-norm).
         patches = self.vision(pixel_values=batch["pixels"].to(embeds.dtype)).last_hidden_state[:, 1:]
         visual = self.connector.connector(patches)
         slots = (ids == self.m["image_pad"]).unsqueeze(-1)
         embeds = embeds.masked_scatter(slots, visual.reshape(-1, visual.shape[-1]).to(embeds.dtype))
-        logits = self.decoder(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False).logits
-        labels = batch["labels"][:, 1:]
+        logits = self.decoder(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
         return torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE
+            logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE
         )
 
 
 TASK_CLASSES = {"causal_lm": CausalLm, "fid_distill": FidDistill, "vlm": Vlm}
-# The transformers classes each task builds; imported before the memory baseline (below).
+# The transformers classes each task builds, loaded before anything is measured (see bench).
 TASK_IMPORTS = {
     "causal_lm": ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"),
     "fid_distill": ("T5ForConditionalGeneration",),
@@ -596,45 +658,55 @@ TASK_IMPORTS = {
 
 
 def build(spec, torch):
-    """The task's models on the device, runner's weights loaded, checkpointing and LoRA applied,
-    in train mode; and the trainable parameters."""
+    """The task's models on the device with runner's weights (or random ones from the seed),
+    checkpointing and LoRA applied, in train mode; the step as one module (its forward is the
+    loss, what DDP wraps), and the trainable parameters."""
     device = torch.device(spec["device"])
     dtype = torch.bfloat16 if spec["precision"] == "bf16" else torch.float32
     torch.manual_seed(spec["seed"])
     with device:
         task = TASK_CLASSES[spec["task"]](spec, torch, dtype)
     if spec["weights"] is not None:
-        load_weights(task.parts, spec["weights"], torch)
-    modules = task.finish(spec)
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    return task, modules, params
+        load_weights(task.parts, spec["weights"])
+    step = torch.nn.ModuleList(task.finish(spec))
+    step.forward = task.loss
+    params = [p for p in step.parameters() if p.requires_grad]
+    return step, params
 
 
 # ----------------------------------------------------------------------------------------------
 # Training.
 
 
-def read_batch(spec, torch):
+# The batch file's tensors per task, with their number of dimensions.
+BATCH_TENSORS = {
+    "causal_lm": {"input_ids": 2, "attention_mask": 2, "labels": 2},
+    "fid_distill": {"input_ids": 2, "attention_mask": 2, "labels": 2, "passage_ids": 3, "passage_mask": 3},
+    "vlm": {"input_ids": 2, "attention_mask": 2, "labels": 2, "pixels": 4},
+}
+
+
+def read_batch(spec):
+    """The batch on the device, its tensors checked."""
     from safetensors.torch import load_file
 
+    path = spec["batch"]
     try:
-        batch = load_file(spec["batch"])
-    except (OSError, Exception) as e:  # safetensors raises its own error types
-        raise SpecError(f"batch: cannot read {spec['batch']}: {e}") from None
-    needed = {"causal_lm": (), "fid_distill": ("passage_ids", "passage_mask"), "vlm": ("pixels",)}[spec["task"]]
-    for name in ("input_ids", "attention_mask", "labels", *needed):
+        batch = load_file(path)
+    except Exception as e:  # safetensors raises its own error types
+        raise SpecError(f"batch: cannot read {path}: {e}") from None
+    for name, dims in BATCH_TENSORS[spec["task"]].items():
         if name not in batch:
-            raise SpecError(f"batch: {spec['batch']} has no tensor {name}")
+            raise SpecError(f"batch: {path} has no tensor {name}")
+        if batch[name].dim() != dims:
+            raise SpecError(f"batch: {name} in {path} has shape {list(batch[name].shape)}, expected {dims} dimensions")
     return {n: t.to(spec["device"]) for n, t in batch.items()}
 
 
-def train(spec, torch, task, modules, params, batch):
+def train(spec, torch, step_module, params, optimizer, batch):
     """Warmup and timed steps: the step times, the first and last loss, the CUDA peak in MiB."""
     device = spec["device"]
     cuda = device == "cuda"
-    optimizer = torch.optim.AdamW(
-        params, lr=spec["lr"], betas=spec["betas"], eps=spec["eps"], weight_decay=spec["weight_decay"]
-    )
     autocast = (
         torch.autocast(device, dtype=torch.bfloat16)
         if spec["precision"] == "bf16_mixed"
@@ -644,15 +716,13 @@ def train(spec, torch, task, modules, params, batch):
     def step():
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = task.loss(batch)
+            loss = step_module(batch)
         loss.backward()
         if spec["max_grad_norm"] is not None:
             torch.nn.utils.clip_grad_norm_(params, spec["max_grad_norm"])
         optimizer.step()
         return loss.detach()
 
-    if not cuda:
-        reset_peak_rss()
     losses = []
     for _ in range(spec["warmup_steps"]):
         losses.append(step())
@@ -688,8 +758,8 @@ def bench(spec):
     if spec["device"] == "cpu" and spec["threads"] is not None:
         torch.set_num_threads(spec["threads"])
 
-    # transformers loads its modeling code lazily, and that alone raises the peak RSS by about
-    # 150 MiB: load everything before the baseline, so the growth is the model and its training.
+    # transformers loads its modeling code lazily, and that alone raises the resident set by about
+    # 150 MiB: load it (and PEFT) first, so that what is measured is the models and their training.
     for name in TASK_IMPORTS[spec["task"]]:
         getattr(transformers, name)
     peft_version = None
@@ -704,19 +774,22 @@ def bench(spec):
         if spec["device"] == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if spec["device"] == "cuda" else "gloo")
-    batch = read_batch(spec, torch)
-    task, modules, params = build(spec, torch)
+    batch = read_batch(spec)
+    step_module, params = build(spec, torch)
     trainable = sum(p.numel() for p in params)
-    # What the process holds besides the models (libraries, the batch), as runner counts it.
+    # What the process holds besides the models (libraries, the batch), as runner counts it:
+    # the resident set once they are built, freed memory returned, less their bytes.
     reset_peak_rss()
-    besides_models = rss_mib("VmRSS") - tensor_mib(modules)
+    besides_models = rss_mib("VmRSS") - tensor_mib(step_module)
+    optimizer = torch.optim.AdamW(
+        params, lr=spec["lr"], betas=spec["betas"], eps=spec["eps"], weight_decay=spec["weight_decay"]
+    )
     if world > 1:
-        # Each trained module averages its gradients over the ranks.
-        wrapped = {id(m): torch.nn.parallel.DistributedDataParallel(m) for m in modules if any(p.requires_grad for p in m.parameters())}
-        for attribute, value in list(vars(task).items()):
-            if id(value) in wrapped:
-                setattr(task, attribute, wrapped[id(value)])
-    times, loss_first, loss_last, cuda_peak = train(spec, torch, task, modules, params, batch)
+        # Averages the trained parameters' gradients over the ranks, whichever model they are in.
+        step_module = torch.nn.parallel.DistributedDataParallel(step_module)
+    # The peak of the steps, not of building (runner resets its own here too).
+    reset_peak_rss()
+    times, loss_first, loss_last, cuda_peak = train(spec, torch, step_module, params, optimizer, batch)
     rss_peak = rss_mib()
     if world > 1:
         dist.destroy_process_group()
