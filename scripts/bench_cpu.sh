@@ -8,12 +8,12 @@
 #   scripts/bench_cpu.sh [OUT_PREFIX]     (default results/bench/cpu-$(date +%F))
 #
 # RUNNER picks the binary (default target/release/runner); STEPS and WARMUP the timed and untimed
-# steps of each side (default 5 and 2).
+# steps of each side (default 10 and 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runner=${RUNNER:-target/release/runner}
 prefix=${1:-results/bench/cpu-$(date +%F)}
-steps=${STEPS:-5}
+steps=${STEPS:-10}
 warmup=${WARMUP:-2}
 [[ -x "$runner" ]] || { echo "error: no $runner; run ./dev bench (or set RUNNER)" >&2; exit 2; }
 work=$(mktemp -d)

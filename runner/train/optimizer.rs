@@ -136,7 +136,7 @@ impl AdamW {
 /// Adam's step on fp32 values already decayed (`p·(1 − lr·wd)`), with gradient `g`, at the
 /// parameter's step `t`: the moments and the values are updated in place (the values are
 /// returned), `p − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`, by torch's single-tensor AdamW's
-/// operations (`lerp_`, `addcmul_`, `addcdiv_`): two temporaries, not ten, each a pass over
+/// operations (`lerp_`, `addcmul_`, `addcdiv_`): one temporary, not ten, each a pass over
 /// memory (measured: a tenth of a 16M-weight embedding's step). Shared by the replicated and
 /// the sharded (ZeRO) optimizer, so both take the same step.
 pub fn adam_update(
@@ -150,12 +150,21 @@ pub fn adam_update(
 ) -> Tensor {
     let (c1, c2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
     let _ = m.lerp_(g, 1.0 - b1);
-    let _ = v.g_mul_scalar_(b2).addcmul_(g, &(g * (1.0 - b2)));
-    // denom · (−(1 − β1ᵗ)/lr), so that addcdiv_ adds −lr/(1 − β1ᵗ) · m / denom.
+    // β2·v + (1 − β2)·g² in place, as (β2/(1 − β2)·v + g²)·(1 − β2): tch's addcmul_ has no
+    // `value`, and a scaled copy of g would be a temporary the size of the weight.
+    let _ = v
+        .g_mul_scalar_(b2 / (1.0 - b2))
+        .addcmul_(g, g)
+        .g_mul_scalar_(1.0 - b2);
+    if lr == 0.0 {
+        return values;
+    }
+    // denom = (√v/√(1 − β2ᵗ) + ε)·(−(1 − β1ᵗ)/lr), in two passes, so that addcdiv_ adds
+    // −lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε).
+    let scale = -c1 / lr;
     let mut denom = v.sqrt();
-    let _ = denom.g_div_scalar_(c2.sqrt());
-    let _ = denom.g_add_scalar_(eps);
-    let _ = denom.g_mul_scalar_(-c1 / lr);
+    let _ = denom.g_mul_scalar_(scale / c2.sqrt());
+    let _ = denom.g_add_scalar_(scale * eps);
     let _ = values.addcdiv_(m, &denom);
     values
 }
