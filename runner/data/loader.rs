@@ -34,6 +34,11 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// The first micro-batch's example indices (what `runner bench` times).
+    pub fn first_batch(&self) -> Vec<usize> {
+        (0..self.batch_size.min(self.len)).collect()
+    }
+
     /// Causal-LM examples, padded per batch.
     pub fn causal(
         examples: Vec<Example>,

@@ -461,8 +461,7 @@ impl Task for IagTask {
 
     /// The first training micro-batch, student inputs padded to their maximum length.
     fn bench_batch(&self) -> Batch {
-        let n = self.loader.batch_size.min(self.loader.len);
-        (self.full_length)(&(0..n).collect::<Vec<_>>()).to_device(self.device)
+        (self.full_length)(&self.loader.first_batch()).to_device(self.device)
     }
 
     /// Both T5s as transformers builds them from the config.json runner would save, and IAG's

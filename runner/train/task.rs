@@ -129,8 +129,7 @@ pub trait Task: AsAny {
     /// The micro-batch `runner bench` times: the first training micro-batch, on the device.
     fn bench_batch(&self) -> Batch {
         let loader = self.loader();
-        let indices: Vec<usize> = (0..loader.batch_size.min(loader.len)).collect();
-        (loader.make)(&indices).to_device(self.device())
+        (loader.make)(&loader.first_batch()).to_device(self.device())
     }
     /// The same model in transformers for `scripts/bench_pytorch.py`: its `task` and `model`
     /// (the other keys of the spec come from the plan's training section), or why there is

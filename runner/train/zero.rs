@@ -193,10 +193,12 @@ impl Update {
     ) -> Result<f64> {
         match self {
             Update::Replicated(adamw) => {
-                // Gradients are dropped after each step (below), so a weight this step's loss
-                // did not reach has none: once it has stepped, it steps on a zero gradient, as
-                // when gradients were zeroed in place.
-                for (name, p) in params.iter().filter(|(n, _)| adamw.has_stepped(n)) {
+                // One process drops its gradients after each step (below), so a weight this
+                // step's loss did not reach has none: once it has stepped, it steps on a zero
+                // gradient, as when gradients were zeroed in place. (Ranks keep theirs, and
+                // `average_gradients` makes any missing one.)
+                let drops = dp.size() == 1;
+                for (name, p) in params.iter().filter(|(n, _)| drops && adamw.has_stepped(n)) {
                     let _ = gradient(p).with_context(|| format!("a zero gradient for {name}"))?;
                 }
                 let tensors: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
@@ -212,9 +214,9 @@ impl Update {
                 // full, bench-cpu-coe). Ranks keep them: their large allocations are mapped
                 // afresh each time (`memory::map_large_allocations`), which made a 2-step run
                 // of a 52M-weight model take 38 s instead of 24 s.
-                match dp.size() {
-                    1 => params.iter().try_for_each(|(_, p)| drop_grad(p))?,
-                    _ => zero_grad(params),
+                match drops {
+                    true => params.iter().try_for_each(|(_, p)| drop_grad(p))?,
+                    false => zero_grad(params),
                 }
                 Ok(norm)
             }

@@ -16,7 +16,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 use tch::Device;
 
-use super::{peak_rss_kib, pytorch};
+use super::pytorch;
 use crate::commands::finish;
 use crate::commands::run::{launch_ranks, Target};
 use crate::distributed::world::World;
@@ -139,9 +139,18 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<(String, Option<Value>)> 
     // On the CPU the peak counts from what the process holds besides the models (libraries, the
     // data, METEOR's WordNet), which the PyTorch script, reading one batch, does not load: the
     // resident set now, less the models' bytes. The script measures itself the same way.
+    // Counted now: ZeRO-3 empties the stores' weights once the optimizer is made.
     crate::models::store::release_freed_memory();
-    let model_bytes: u64 = task.stores().iter().map(|(_, s)| s.bytes()).sum();
-    let besides_models = usage(Device::Cpu).map_or(0, |(now, _)| now.saturating_sub(model_bytes));
+    let stores = task.stores();
+    let model_bytes: u64 = stores.iter().map(|(_, s)| s.bytes()).sum();
+    let parameters: i64 = stores
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|(_, t, _)| t.numel() as i64))
+        .sum();
+    let besides_models = match device {
+        Device::Cpu => usage(device).map_or(0, |(now, _)| now.saturating_sub(model_bytes)),
+        _ => 0,
+    };
     let t = plan.recipe.training();
     let (batch_size, seq_len) = batch.input_ids.size2()?;
     let params = crate::train::task::trainable(task.as_ref());
@@ -190,10 +199,7 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<(String, Option<Value>)> 
     let ours = json!({
         "step_time_s": median(&mut times),
         "tokens_per_s": tokens / median(&mut times),
-        "peak_memory_mib": match device {
-            Device::Cpu => json!((peak_rss_kib()? * 1024).saturating_sub(besides_models) as f64 / MIB),
-            _ => json!(usage(device).map(|(_, peak)| peak as f64 / MIB)),
-        },
+        "peak_memory_mib": usage(device).map(|(_, peak)| peak.saturating_sub(besides_models) as f64 / MIB),
         "loss_first": losses.first(),
         "loss_last": losses.last(),
         "trainable_params": trainable,
@@ -231,15 +237,6 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<(String, Option<Value>)> 
         }
         None => {}
     }
-    let parameters: i64 = task
-        .stores()
-        .iter()
-        .flat_map(|(_, s)| {
-            s.iter()
-                .map(|(_, t, _)| t.numel() as i64)
-                .collect::<Vec<_>>()
-        })
-        .sum();
     let record = json!({
         "recipe": plan.recipe.name(),
         "kind": plan.recipe.kind(),
