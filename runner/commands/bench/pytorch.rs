@@ -10,7 +10,6 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Tensor};
 
-use super::recipe::BenchOptions;
 use crate::data::batch::Batch;
 use crate::models::adapters::lora::LoraSpec;
 use crate::models::hf_folder::write_safetensors;
@@ -106,16 +105,17 @@ pub fn prepare(
 }
 
 /// Runs scripts/bench_pytorch.py on the prepared spec and reads its JSON line; with several
-/// ranks, under torchrun as as many DDP ranks (rank 0 reports).
+/// ranks, under torchrun as that many DDP ranks (rank 0 reports). `warmup` untimed steps come
+/// before the `steps` timed ones, as on runner's side.
 pub fn run(
     prepared: &Prepared,
     device: Device,
-    options: BenchOptions,
+    (warmup, steps): (u64, u64),
     ranks: usize,
 ) -> Result<Value> {
     let mut spec = prepared.spec.clone();
-    spec["warmup_steps"] = json!(options.warmup);
-    spec["steps"] = json!(options.steps);
+    spec["warmup_steps"] = json!(warmup);
+    spec["steps"] = json!(steps);
     spec["device"] = json!(if device == Device::Cpu { "cpu" } else { "cuda" });
     spec["threads"] = json!(tch::get_num_threads());
     let mut command = match ranks {

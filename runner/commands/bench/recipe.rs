@@ -224,7 +224,12 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<(String, Option<Value>)> 
     let (mut theirs, mut missing) = (Value::Null, Value::Null);
     match reference {
         Some(Ok(prepared)) => {
-            theirs = pytorch::run(&prepared, device, options, dp.size())?;
+            theirs = pytorch::run(
+                &prepared,
+                device,
+                (options.warmup, options.steps),
+                dp.size(),
+            )?;
             report += &row("pytorch", &theirs);
             report += &comparison(&ours, &theirs, prepared.same_weights);
             if options.keep_method {
