@@ -704,7 +704,7 @@ def read_batch(spec):
 
 
 def train(spec, torch, step_module, params, optimizer, batch):
-    """Warmup and timed steps: the step times, the first and last loss, the CUDA peak in MiB."""
+    """Warmup and timed steps: each timed step's phase times, the first and last loss, the CUDA peak in MiB."""
     device = spec["device"]
     cuda = device == "cuda"
     autocast = (
@@ -713,31 +713,42 @@ def train(spec, torch, step_module, params, optimizer, batch):
         else contextlib.nullcontext()
     )
 
+    def now():
+        # On CUDA a lap waits for the device, so that a phase's time is its kernels', as in runner.
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     def step():
+        """The loss and the times of the forward, the backward and the update (runner's phases)."""
+        start = now()
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             loss = step_module(batch)
+        forward = now()
         loss.backward()
+        backward = now()
         if spec["max_grad_norm"] is not None:
             torch.nn.utils.clip_grad_norm_(params, spec["max_grad_norm"])
         optimizer.step()
-        return loss.detach()
+        loss = loss.detach()
+        loss.item()
+        update = now()
+        return loss, (forward - start, backward - forward, update - backward)
 
     losses = []
     for _ in range(spec["warmup_steps"]):
-        losses.append(step())
+        losses.append(step()[0])
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    phases = []
     for _ in range(spec["steps"]):
-        start = time.perf_counter()
-        losses.append(step())
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        loss, laps = step()
+        losses.append(loss)
+        phases.append(laps)
     cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-    return times, losses[0].item(), losses[-1].item(), cuda_peak
+    return phases, losses[0].item(), losses[-1].item(), cuda_peak
 
 
 def finite(x):
@@ -789,7 +800,8 @@ def bench(spec):
         step_module = torch.nn.parallel.DistributedDataParallel(step_module)
     # The peak of the steps, not of building (runner resets its own here too).
     reset_peak_rss()
-    times, loss_first, loss_last, cuda_peak = train(spec, torch, step_module, params, optimizer, batch)
+    phases, loss_first, loss_last, cuda_peak = train(spec, torch, step_module, params, optimizer, batch)
+    times = [sum(laps) for laps in phases]
     rss_peak = rss_mib()
     if world > 1:
         dist.destroy_process_group()
@@ -804,6 +816,10 @@ def bench(spec):
         "peft": peft_version,
         "step_time_s": median,
         "step_times_s": times,
+        "phases_s": {
+            name: statistics.median(laps[i] for laps in phases)
+            for i, name in enumerate(["forward", "backward", "update"])
+        },
         "ranks": world,
         "tokens_per_s": world * b * t / median,
         "peak_memory_mib": cuda_peak if cuda_peak is not None else rss_peak - besides_models,

@@ -355,10 +355,10 @@ impl Task for LongloraTask {
     }
 
     fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>, _step: u64) -> Tensor {
-        let logits = self
-            .model
-            .forward(&batch.input_ids, Some(&batch.attention_mask), tape, true);
-        causal_lm_loss(&logits, &batch.labels)
+        let embeds = self.model.embed(&batch.input_ids);
+        self.model
+            .causal_lm_loss(&embeds, Some(&batch.attention_mask), &batch.labels, tape)
+            .mean
     }
 
     /// Validation loss (token-weighted over every example) and its perplexity, LongLoRA's

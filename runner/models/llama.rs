@@ -14,6 +14,7 @@ use tch::{Kind, Tensor};
 use super::attention::{attend, decoder_mask, repeat_kv, shifted_sparse, KvCache, Mask};
 use super::checkpoint::Tape;
 use super::layers::{embed, Linear, RmsNorm};
+use super::loss::{self, TokenLosses};
 use super::rope::{self, Rotary};
 use super::store::ParamStore;
 use crate::plan::arch::{DecoderArch, Family};
@@ -229,6 +230,31 @@ impl Llama {
         tape: &Tape<'a>,
         train: bool,
     ) -> Tensor {
+        self.logits(&self.hidden_states(embeds, mask, tape, train))
+    }
+
+    /// The training loss of input embeddings `[B, T, d]` against `labels` `[B, T]` (the next
+    /// token's, -100 where none is wanted), from the hidden states without `[B, T, vocab]`
+    /// logits: [`loss::causal_lm_head_loss`].
+    pub fn causal_lm_loss<'a>(
+        &'a self,
+        embeds: &Tensor,
+        mask: Option<&Tensor>,
+        labels: &Tensor,
+        tape: &Tape<'a>,
+    ) -> TokenLosses {
+        let hidden = self.hidden_states(embeds, mask, tape, true);
+        loss::causal_lm_head_loss(&hidden, &self.lm_head, labels)
+    }
+
+    /// The last layer's output, normalised: what the output projection reads, `[B, T, d]`.
+    fn hidden_states<'a>(
+        &'a self,
+        embeds: &Tensor,
+        mask: Option<&Tensor>,
+        tape: &Tape<'a>,
+        train: bool,
+    ) -> Tensor {
         let (b, t, _) = embeds.size3().expect("embeddings are [B, T, d]");
         let attention = match self.options.shifted_sparse_groups {
             Some(groups) if train => How::ShiftedSparse {
@@ -245,7 +271,7 @@ impl Llama {
                 layer.forward(&xs[0], &context, train, None)
             });
         }
-        self.head(&x)
+        self.norm.forward(&x)
     }
 
     /// Logits of the new tokens `ids` `[B, T]` after the cached ones (no gradients).
@@ -275,7 +301,7 @@ impl Llama {
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &context, false, Some(kv));
         }
-        self.head(&x)
+        self.logits(&self.norm.forward(&x))
     }
 
     pub fn device(&self) -> tch::Device {
@@ -319,9 +345,10 @@ impl Llama {
         }
     }
 
-    fn head(&self, x: &Tensor) -> Tensor {
-        let y = self.norm.forward(x);
-        y.linear::<Tensor>(&self.lm_head.to_kind(y.kind()), None)
+    /// fp32 logits of normalised hidden states.
+    fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden
+            .linear::<Tensor>(&self.lm_head.to_kind(hidden.kind()), None)
             .to_kind(Kind::Float)
     }
 }

@@ -9,6 +9,7 @@ use tch::Tensor;
 use super::checkpoint::Tape;
 use super::connector::Connector;
 use super::llama::{DecoderCache, Llama};
+use super::loss::TokenLosses;
 use super::vit::Vit;
 
 pub struct Vlm {
@@ -60,6 +61,20 @@ impl Vlm {
     ) -> Result<Tensor> {
         let embeds = self.embeds(ids, pixels, train)?;
         Ok(self.decoder.forward_embeds(&embeds, mask, tape, train))
+    }
+
+    /// The training loss of a batch with its images against `labels` (the decoder's
+    /// [`Llama::causal_lm_loss`]).
+    pub fn causal_lm_loss<'a>(
+        &'a self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        pixels: Option<&Tensor>,
+        labels: &Tensor,
+        tape: &Tape<'a>,
+    ) -> Result<TokenLosses> {
+        let embeds = self.embeds(ids, pixels, true)?;
+        Ok(self.decoder.causal_lm_loss(&embeds, mask, labels, tape))
     }
 
     /// The prompt's pass for generation: logits of `ids` with its images, filling `cache`;

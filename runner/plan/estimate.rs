@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::hypernet;
 use super::inventory::{self, Group, Param};
-use super::parts::Part;
+use super::parts::{Head, Part, LOGITS_PER_CHUNK};
 use super::recipe::Recipe;
 use super::training::{Adapter, Precision, Quantize, Training};
 
@@ -398,12 +398,17 @@ fn memory(
                 checkpointed += kept;
             }
         }
-        if let Some((vocab, tokens)) = part.logits.filter(|_| trained) {
-            // fp32 logits and their gradient.
-            let logits = 2 * batch * tokens * vocab * 4;
-            full += logits;
-            checkpointed += logits;
-        }
+        // fp32 logits and their gradient: all of them, or one chunk's.
+        let logits = match &part.head {
+            _ if !trained => 0,
+            Some(Head::Logits { vocab, tokens }) => 2 * batch * tokens * vocab * 4,
+            Some(Head::Fused { vocab, tokens }) => {
+                2 * (batch * tokens * vocab).min(LOGITS_PER_CHUNK as u64) * 4
+            }
+            None => 0,
+        };
+        full += logits;
+        checkpointed += logits;
     }
     let activations = if training.gradient_checkpointing {
         checkpointed

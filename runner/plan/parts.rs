@@ -14,6 +14,18 @@ pub struct Part {
     pub adapted: bool,
     /// Its transformer stacks: (layers, tokens per example, hidden width).
     pub stacks: Vec<(u64, u64, u64)>,
-    /// Vocabulary of its output head and tokens it is applied to, for logits memory.
-    pub logits: Option<(u64, u64)>,
+    /// Its output head, for the logits' memory.
+    pub head: Option<Head>,
 }
+
+/// An output head over `vocab` words applied to `tokens` positions per example.
+pub enum Head {
+    /// `[B, T, V]` fp32 logits are made and back-propagated (T5: IAG's distillation reads them).
+    Logits { vocab: u64, tokens: u64 },
+    /// Fused with the loss, [`LOGITS_PER_CHUNK`] logits at a time (the Llama family's
+    /// `causal_lm_head_loss`).
+    Fused { vocab: u64, tokens: u64 },
+}
+
+/// Logits a fused head makes at once: 64 MiB in fp32, whatever the sequence length.
+pub const LOGITS_PER_CHUNK: i64 = 1 << 24;

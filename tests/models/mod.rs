@@ -7,6 +7,7 @@ mod connector;
 mod four_bit;
 mod generation;
 mod hyperlora;
+mod linear_cross_entropy;
 mod lora;
 mod parity;
 mod precision;

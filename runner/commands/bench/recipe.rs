@@ -166,13 +166,14 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<(String, Option<Value>)> 
         false => Checkpointing::Off,
     };
     let mut times = Vec::new();
+    let mut phases = Phases::default();
     let mut losses = Vec::new();
     // The step's peak: what the task holds plus what a step adds, not the building's transients
     // (QLoRA quantises dense weights at load).
     reset_peak(device);
     for step in 0..options.warmup + options.steps {
-        sync(device);
-        let start = Instant::now();
+        let timed = step >= options.warmup;
+        let mut clock = Clock::start(device);
         optimizer.begin_step(&dp)?;
         let loss = {
             let gatherer = optimizer.gatherer(&dp)?;
@@ -180,16 +181,16 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<(String, Option<Value>)> 
                 .gathering(gatherer.as_ref().map(|g| g as &dyn Gather));
             let loss = task.loss(&batch, &tape, step);
             tape.failure()?;
+            phases.forward.extend(clock.lap(timed));
             tape.backward(&loss);
             tape.failure()?;
+            phases.backward.extend(clock.lap(timed));
             loss
         };
         optimizer.step(&params, t.optimizer.lr, t.max_grad_norm, &dp)?;
         losses.push(loss.double_value(&[]));
-        sync(device);
-        if step >= options.warmup {
-            times.push(start.elapsed().as_secs_f64());
-        }
+        phases.update.extend(clock.lap(timed));
+        times.extend(clock.total(timed));
     }
     if !dp.is_main() {
         return Ok((format!("rank {} of {} done", dp.rank(), dp.size()), None));
@@ -198,6 +199,7 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<(String, Option<Value>)> 
     let tokens = (batch_size * seq_len) as f64 * dp.size() as f64;
     let ours = json!({
         "step_time_s": median(&mut times),
+        "phases_s": phases.medians(),
         "tokens_per_s": tokens / median(&mut times),
         "peak_memory_mib": usage(device).map(|(_, peak)| peak.saturating_sub(besides_models) as f64 / MIB),
         "loss_first": losses.first(),
@@ -217,8 +219,8 @@ fn bench(plan: &Plan, options: BenchOptions) -> Result<(String, Option<Value>)> 
         options.warmup
     );
     report += &format!(
-        "{:<10} {:>12} {:>12} {:>16}\n",
-        "", "step s", "tokens/s", "peak MiB"
+        "{:<10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}\n",
+        "", "step s", "forward", "backward", "update", "tokens/s", "peak MiB"
     );
     report += &row("runner", &ours);
     let (mut theirs, mut missing) = (Value::Null, Value::Null);
@@ -289,12 +291,73 @@ fn row(name: &str, r: &Value) -> String {
         r[k].as_f64()
             .map_or("n/a".to_string(), |v| format!("{v:.4}"))
     };
+    let phase = |k: &str| {
+        r["phases_s"][k]
+            .as_f64()
+            .map_or("n/a".to_string(), |v| format!("{v:.4}"))
+    };
     format!(
-        "{name:<10} {:>12} {:>12} {:>16}\n",
+        "{name:<10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}\n",
         f("step_time_s"),
+        phase("forward"),
+        phase("backward"),
+        phase("update"),
         f("tokens_per_s"),
         f("peak_memory_mib")
     )
+}
+
+/// Each timed step's forward (to the loss), backward (with checkpointing's recomputation) and
+/// update (ZeRO's gathers and reductions, clipping, AdamW): where a step's time goes, on both
+/// sides.
+#[derive(Default)]
+struct Phases {
+    forward: Vec<f64>,
+    backward: Vec<f64>,
+    update: Vec<f64>,
+}
+
+impl Phases {
+    fn medians(&mut self) -> Value {
+        json!({
+            "forward": median(&mut self.forward),
+            "backward": median(&mut self.backward),
+            "update": median(&mut self.update),
+        })
+    }
+}
+
+/// Wall-clock laps of one step; on CUDA each lap waits for the device first, so that a phase's
+/// time is its kernels' and not only their launches.
+struct Clock {
+    device: Device,
+    start: Instant,
+    lap: Instant,
+}
+
+impl Clock {
+    fn start(device: Device) -> Clock {
+        sync(device);
+        let now = Instant::now();
+        Clock {
+            device,
+            start: now,
+            lap: now,
+        }
+    }
+
+    /// Seconds since the last lap, when the step is timed.
+    fn lap(&mut self, timed: bool) -> Option<f64> {
+        sync(self.device);
+        let now = Instant::now();
+        let lap = now - std::mem::replace(&mut self.lap, now);
+        timed.then_some(lap.as_secs_f64())
+    }
+
+    /// Seconds since the start, when the step is timed.
+    fn total(&self, timed: bool) -> Option<f64> {
+        timed.then(|| self.lap.duration_since(self.start).as_secs_f64())
+    }
 }
 
 fn median(xs: &mut [f64]) -> f64 {

@@ -119,7 +119,7 @@ impl CoeMultitask {
             .expect("image placeholders match the images")
     }
 
-    fn pixels(&self, batch: &Batch) -> Option<Tensor> {
+    pub(super) fn pixels(&self, batch: &Batch) -> Option<Tensor> {
         let p = batch.extra("pixels");
         (p.size()[0] > 0).then(|| p.shallow_clone())
     }

@@ -30,7 +30,7 @@ use crate::data::scienceqa::{Item, Task as CoeTask};
 use crate::data::tokenizer::Tokenizer;
 use crate::eval::text_metrics::TextScorer;
 use crate::models::hf_folder::write_safetensors;
-use crate::models::loss::causal_lm_example_losses;
+use crate::models::loss::TokenLosses;
 use crate::models::{ParamStore, Tape};
 use crate::plan::common::is_recipe;
 use crate::plan::kinds::coe::{Data, TextMetric};
@@ -259,8 +259,18 @@ impl Task for CoeMultitask {
     }
 
     fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>, _step: u64) -> Tensor {
-        let logits = self.logits(batch, tape, true);
-        let (sums, counts) = causal_lm_example_losses(&logits, &batch.labels);
+        let losses = self
+            .model
+            .vlm
+            .causal_lm_loss(
+                &batch.input_ids,
+                Some(&batch.attention_mask),
+                self.pixels(batch).as_ref(),
+                &batch.labels,
+                tape,
+            )
+            .expect("image placeholders match the images");
+        let TokenLosses { mean, sums, counts } = losses;
         // Each task's share of the step, for its own loss curve.
         let cpu = |t: &Tensor, kind: Kind| t.detach().to_device(Device::Cpu).to_kind(kind);
         let values = Vec::<f64>::try_from(cpu(&sums, Kind::Double)).expect("a CPU vector");
@@ -272,7 +282,7 @@ impl Task for CoeMultitask {
             step[*k as usize].0 += v;
             step[*k as usize].1 += n;
         }
-        sums.sum(Kind::Float) / counts.sum(Kind::Int64).clamp_min(1)
+        mean
     }
 
     /// Each task's token-weighted loss over the step's micro-batches (tasks the step did not

@@ -8,7 +8,7 @@ use crate::plan::checks::Checker;
 use crate::plan::common::{is_recipe, tokenizer_file};
 use crate::plan::inventory;
 use crate::plan::layout::{evaluation_schedule, InputPath, InputRecipe, RecipeKind, RecipeOf};
-use crate::plan::parts::Part;
+use crate::plan::parts::{Head, Part};
 use crate::plan::training::Adapter;
 
 use crate::plan::arch::{Connector, DecoderArch, VisionArch};
@@ -386,7 +386,7 @@ impl RecipeKind for CoeRecipe {
                 frozen: model.vision.frozen,
                 adapted: false,
                 stacks: vec![(v.num_hidden_layers, v.patches() + 1, v.hidden_size)],
-                logits: None,
+                head: None,
             },
             Part {
                 name: "connector",
@@ -394,7 +394,7 @@ impl RecipeKind for CoeRecipe {
                 frozen: false,
                 adapted: false,
                 stacks: vec![],
-                logits: None,
+                head: None,
             },
             Part {
                 name: "decoder",
@@ -402,7 +402,10 @@ impl RecipeKind for CoeRecipe {
                 frozen: false,
                 adapted: true,
                 stacks: vec![(d.num_hidden_layers, max_length, d.hidden_size)],
-                logits: Some((d.vocab_size, max_length)),
+                head: Some(Head::Fused {
+                    vocab: d.vocab_size,
+                    tokens: max_length,
+                }),
             },
         ]
     }

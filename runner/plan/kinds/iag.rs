@@ -9,7 +9,7 @@ use crate::plan::checks::Checker;
 use crate::plan::common::tokenizer_file;
 use crate::plan::inventory;
 use crate::plan::layout::{evaluation_schedule, InputPath, InputRecipe, RecipeKind, RecipeOf};
-use crate::plan::parts::Part;
+use crate::plan::parts::{Head, Part};
 use crate::plan::training::Adapter;
 
 use crate::plan::arch::T5Arch;
@@ -361,7 +361,10 @@ impl RecipeKind for IagRecipe {
                     (s.arch.num_layers, s.max_length, s.arch.d_model),
                     (s.arch.decoder_layers(), answer, s.arch.d_model),
                 ],
-                logits: Some((s.arch.vocab_size, answer)),
+                head: Some(Head::Logits {
+                    vocab: s.arch.vocab_size,
+                    tokens: answer,
+                }),
             },
             Part {
                 name: "teacher",
@@ -376,7 +379,10 @@ impl RecipeKind for IagRecipe {
                     ),
                     (t.arch.decoder_layers(), answer, t.arch.d_model),
                 ],
-                logits: Some((t.arch.vocab_size, answer)),
+                head: Some(Head::Logits {
+                    vocab: t.arch.vocab_size,
+                    tokens: answer,
+                }),
             },
         ]
     }

@@ -9,7 +9,7 @@ use crate::plan::checks::Checker;
 use crate::plan::common::tokenizer_file;
 use crate::plan::inventory;
 use crate::plan::layout::{evaluation_schedule, InputPath, RecipeKind, RecipeOf};
-use crate::plan::parts::Part;
+use crate::plan::parts::{Head, Part};
 use crate::plan::training::Adapter;
 
 use crate::plan::arch::DecoderArch;
@@ -356,7 +356,10 @@ impl RecipeKind for LongloraRecipe {
             frozen: false,
             adapted: true,
             stacks: vec![(a.num_hidden_layers, self.data.max_length, a.hidden_size)],
-            logits: Some((a.vocab_size, self.data.max_length)),
+            head: Some(Head::Fused {
+                vocab: a.vocab_size,
+                tokens: self.data.max_length,
+            }),
         }]
     }
 }
