@@ -95,6 +95,8 @@ Output: one line of JSON on stdout, everything else (warnings, progress) on stde
 
   {"framework": "pytorch", "task": ..., "torch": "2.11.0", "transformers": "5.23.0",
    "peft": "0.21.2" | null, "step_time_s": median of the timed steps, "step_times_s": [...],
+   "phases_s": {"forward", "backward", "update"}: medians of each phase (update: zero_grad,
+        clipping, AdamW; on CUDA each phase ends with a synchronize), as runner splits its step,
    "ranks": 1, "tokens_per_s": ranks * B * T / step_time_s,
    "peak_memory_mib": ..., "memory_kind": "cuda_max_allocated" | "cpu_peak_rss_growth",
    "peak_rss_mib": the process's absolute peak resident set (VmHWM),
