@@ -48,8 +48,9 @@ fn sliding_window_perplexity_weights_each_window_by_its_predictions() {
     // Windows of 8 every 6 tokens over 20: starts 0, 6, 12; each predicts 7 tokens.
     let expected = ((loss_of(0, 8) + loss_of(6, 8) + loss_of(12, 8)) * 7.0 / 21.0).exp();
     let got = perplexity::sliding_window(&model, &tokens, 8, 6).unwrap();
+    // fp32 rounding apart: the windows' token losses come from the fused head (no logits).
     assert!(
-        (got - expected).abs() < 1e-9 * expected,
+        (got - expected).abs() < 1e-6 * expected,
         "{got} vs {expected}"
     );
     assert_eq!(perplexity::sliding_window(&model, &tokens[..5], 8, 6), None);

@@ -16,7 +16,7 @@ use crate::models::adapters::lora::LoraSpec;
 use crate::models::generate::{self, GenerateOptions, Strategy};
 use crate::models::hf_folder::{config_json, HfConfig};
 use crate::models::llama::{self, DecoderOptions, Llama};
-use crate::models::loss::{causal_lm_loss, IGNORE};
+use crate::models::loss::IGNORE;
 use crate::models::{hf_model, Compute, ParamStore, Tape};
 use crate::plan::common::tokenizer_file;
 use crate::plan::kinds::longlora::{DataFormat, Metric, Passkey, Perplexity, Side, Template};
@@ -266,18 +266,15 @@ impl LongloraTask {
         tch::no_grad(|| {
             for members in mine.chunks(self.eval_batch.max(1)) {
                 let batch = collate(members, self.pad, self.side, 1).to_device(self.device);
-                let logits = self.model.forward(
-                    &batch.input_ids,
+                let losses = self.model.causal_lm_loss(
+                    &self.model.embed(&batch.input_ids),
                     Some(&batch.attention_mask),
+                    &batch.labels,
                     &Tape::plain(),
                     false,
                 );
-                let t = logits.size()[1];
-                let targets = batch.labels.narrow(1, 1, t - 1);
-                let n = targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]);
-                let loss = causal_lm_loss(&logits, &batch.labels).double_value(&[]);
-                total += loss * n as f64;
-                tokens += n;
+                total += losses.sums.sum(Kind::Double).double_value(&[]);
+                tokens += losses.counts.sum(Kind::Int64).int64_value(&[]);
             }
         });
         (total, tokens as f64)
@@ -357,7 +354,13 @@ impl Task for LongloraTask {
     fn loss<'a>(&'a self, batch: &Batch, tape: &Tape<'a>, _step: u64) -> Tensor {
         let embeds = self.model.embed(&batch.input_ids);
         self.model
-            .causal_lm_loss(&embeds, Some(&batch.attention_mask), &batch.labels, tape)
+            .causal_lm_loss(
+                &embeds,
+                Some(&batch.attention_mask),
+                &batch.labels,
+                tape,
+                true,
+            )
             .mean
     }
 

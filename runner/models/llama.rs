@@ -233,17 +233,18 @@ impl Llama {
         self.logits(&self.hidden_states(embeds, mask, tape, train))
     }
 
-    /// The training loss of input embeddings `[B, T, d]` against `labels` `[B, T]` (the next
-    /// token's, -100 where none is wanted), from the hidden states without `[B, T, vocab]`
-    /// logits: [`loss::causal_lm_head_loss`].
+    /// The loss of input embeddings `[B, T, d]` against `labels` `[B, T]` (the inputs, -100
+    /// where no loss is wanted), from the hidden states without `[B, T, vocab]` logits
+    /// ([`loss::causal_lm_head_loss`]): training's, and evaluation's under `no_grad`.
     pub fn causal_lm_loss<'a>(
         &'a self,
         embeds: &Tensor,
         mask: Option<&Tensor>,
         labels: &Tensor,
         tape: &Tape<'a>,
+        train: bool,
     ) -> TokenLosses {
-        let hidden = self.hidden_states(embeds, mask, tape, true);
+        let hidden = self.hidden_states(embeds, mask, tape, train);
         loss::causal_lm_head_loss(&hidden, &self.lm_head, labels)
     }
 

@@ -80,7 +80,10 @@ pub fn causal_lm_head_loss_in_chunks(
     let counts = targets.ne(IGNORE).sum_dim_intlist(1, false, Kind::Int64);
     // On the device, not read back: no host synchronisation in the step.
     let total = counts.sum(Kind::Int64).clamp_min(1).to_kind(Kind::Float);
-    let (to_hidden, to_head) = (hidden.requires_grad(), head.requires_grad());
+    // Gradients only where autograd records: under `no_grad` (evaluation) a trained head still
+    // requires a gradient, but a view of it made there does not.
+    let records = |x: &Tensor| x.requires_grad() && x.narrow(0, 0, 1).requires_grad();
+    let (to_hidden, to_head) = (records(hidden), records(head));
     let (per_token, hidden_grad, head_grad) = tch::no_grad(|| {
         let weight = head.to_kind(kind);
         let states = hidden.reshape([b * t, d]);

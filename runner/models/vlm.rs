@@ -74,7 +74,9 @@ impl Vlm {
         tape: &Tape<'a>,
     ) -> Result<TokenLosses> {
         let embeds = self.embeds(ids, pixels, true)?;
-        Ok(self.decoder.causal_lm_loss(&embeds, mask, labels, tape))
+        Ok(self
+            .decoder
+            .causal_lm_loss(&embeds, mask, labels, tape, true))
     }
 
     /// The prompt's pass for generation: logits of `ids` with its images, filling `cache`;

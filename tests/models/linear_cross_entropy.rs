@@ -103,6 +103,16 @@ fn a_frozen_head_gets_no_gradient_and_the_hidden_states_theirs() {
 }
 
 #[test]
+fn under_no_grad_it_gives_the_evaluation_loss() {
+    let (hidden, head, labels) = inputs(Kind::Float);
+    let (loss, _) = by_logits(&hidden, &head, &labels);
+    // Evaluation: parameters still require gradients, but nothing is recorded.
+    let fused = tch::no_grad(|| causal_lm_head_loss_in_chunks(&hidden, &head, &labels, 4));
+    assert!(!fused.mean.requires_grad());
+    assert!(max_diff(&fused.mean, &loss) < 1e-6);
+}
+
+#[test]
 fn bf16_hidden_states_give_the_bf16_logits_loss_and_gradients() {
     let (hidden, head, labels) = inputs(Kind::BFloat16);
     let (loss, [dh, dw]) = by_logits(&hidden, &head, &labels);

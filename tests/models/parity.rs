@@ -63,7 +63,13 @@ fn decoder_parity(name: &str) {
 
     // The training loss, fused with the output projection (no logits), against transformers'.
     let loss = model
-        .causal_lm_loss(&model.embed(ids), Some(mask), &e["labels"], &Tape::plain())
+        .causal_lm_loss(
+            &model.embed(ids),
+            Some(mask),
+            &e["labels"],
+            &Tape::plain(),
+            true,
+        )
         .mean;
     loss.backward();
     check_step(name, &store, &loss, &e);
