@@ -65,9 +65,10 @@ fn memory_follows_precision_sharding_and_checkpointing() {
     assert_eq!(m.gradients, 4 * e.trainable_params);
     assert_eq!(m.optimizer, 8 * e.trainable_params);
     // 2 layers × micro-batch 2 × 256 tokens × 64 wide × 17 values × 4 bytes, plus fp32 logits
-    // and their gradient (2 × 256 × 512 vocabulary × 4 bytes × 2).
+    // and their gradient (2 × 256 × 512 vocabulary × 4 bytes × 2: within one chunk of the fused
+    // head), plus the hidden states' gradient the fused head keeps (2 × 256 × 64 × 4 bytes).
     let layers = 2 * 2 * 256 * 64 * 17 * 4;
-    let logits = 2 * 2 * 256 * 512 * 4;
+    let logits = 2 * 2 * 256 * 512 * 4 + 2 * 256 * 64 * 4;
     assert_eq!(m.activations, layers + logits);
     assert_eq!(
         m.peak,

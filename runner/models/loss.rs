@@ -81,15 +81,19 @@ pub fn causal_lm_head_loss_in_chunks(
     // On the device, not read back: no host synchronisation in the step.
     let total = counts.sum(Kind::Int64).clamp_min(1).to_kind(Kind::Float);
     // Gradients only where autograd records: under `no_grad` (evaluation) a trained head still
-    // requires a gradient, but a view of it made there does not.
-    let records = |x: &Tensor| x.requires_grad() && x.narrow(0, 0, 1).requires_grad();
-    let (to_hidden, to_head) = (records(hidden), records(head));
+    // requires one, and nothing is to be computed for it.
+    let recording = records_gradients();
+    let (to_hidden, to_head) = (
+        recording && hidden.requires_grad(),
+        recording && head.requires_grad(),
+    );
     let (per_token, hidden_grad, head_grad) = tch::no_grad(|| {
         let weight = head.to_kind(kind);
         let states = hidden.reshape([b * t, d]);
         let targets = targets.reshape([b * t, 1]);
         let mut losses = Vec::new();
-        let mut hidden_grads = Vec::new();
+        // Filled chunk by chunk in place: one [B·T, d] tensor, no list to concatenate.
+        let hidden_grad = to_hidden.then(|| states.empty_like());
         let mut head_grad = to_head.then(|| weight.zeros_like().to_kind(Kind::Float));
         for start in (0..b * t).step_by(rows as usize) {
             let n = rows.min(b * t - start);
@@ -112,20 +116,27 @@ pub fn causal_lm_head_loss_in_chunks(
             );
             let _ = logits.masked_fill_(&ignored, 0.0).g_div_(&total);
             let grad = logits.to_kind(kind);
-            if to_hidden {
-                hidden_grads.push(grad.mm(&weight));
+            if let Some(out) = &hidden_grad {
+                let _ = grad.mm_out(&out.narrow(0, start, n), &weight);
             }
-            if let Some(g) = head_grad.as_mut() {
-                let _ = g.g_add_(&grad.tr().mm(&h).to_kind(Kind::Float));
+            match head_grad.as_mut() {
+                // fp32 adds the chunk's product in place; bf16 products are summed in fp32.
+                Some(g) if kind == Kind::Float => {
+                    let _ = g.addmm_(&grad.tr(), &h);
+                }
+                Some(g) => {
+                    let _ = g.g_add_(&grad.tr().mm(&h).to_kind(Kind::Float));
+                }
+                None => {}
             }
         }
         let per_token = Tensor::cat(&losses, 0).view([b, t]);
-        let hidden_grad = to_hidden.then(|| Tensor::cat(&hidden_grads, 0).view([b, t, d]));
-        (per_token, hidden_grad, head_grad)
+        (per_token, hidden_grad.map(|g| g.view([b, t, d])), head_grad)
     });
     let sums = per_token.sum_dim_intlist(1, false, Kind::Float);
     // The gradients computed above enter autograd through terms worth 0 whose gradient they
-    // are: ∂/∂x (Σ x·g − const) = g.
+    // are: ∂/∂x (Σ x·g − const) = g. In bf16 the factor arriving from above (1/accumulation)
+    // is rounded to bf16 before it scales the hidden states' g (at most 0.4%, uniformly).
     let mean = [(hidden, hidden_grad), (head, head_grad)]
         .into_iter()
         .filter_map(|(x, g)| g.map(|g| (x * g).sum(Kind::Float)))
@@ -133,4 +144,11 @@ pub fn causal_lm_head_loss_in_chunks(
             mean + (&s - s.detach())
         });
     TokenLosses { mean, sums, counts }
+}
+
+/// Whether autograd records operations here (false under `no_grad`). libtorch's grad mode is
+/// not exposed by tch, and a view keeps its base's `requires_grad` even under `no_grad`, so
+/// this asks an operation that is not a view.
+pub fn records_gradients() -> bool {
+    (Tensor::from(0f32).set_requires_grad(true) * 1.0).requires_grad()
 }

@@ -398,12 +398,18 @@ fn memory(
                 checkpointed += kept;
             }
         }
-        // fp32 logits and their gradient: all of them, or one chunk's.
+        // fp32 logits and their gradient: all of them, or one chunk's and the hidden states'
+        // gradient, which the fused head computes in the forward pass and keeps for backward.
         let logits = match &part.head {
             _ if !trained => 0,
             Some(Head::Logits { vocab, tokens }) => 2 * batch * tokens * vocab * 4,
-            Some(Head::Fused { vocab, tokens }) => {
+            Some(Head::Fused {
+                vocab,
+                tokens,
+                width,
+            }) => {
                 2 * (batch * tokens * vocab).min(LOGITS_PER_CHUNK as u64) * 4
+                    + batch * tokens * width * value_bytes
             }
             None => 0,
         };

@@ -24,7 +24,8 @@ pub enum Head {
     Logits { vocab: u64, tokens: u64 },
     /// Fused with the loss, [`LOGITS_PER_CHUNK`] logits at a time (the Llama family's
     /// `causal_lm_head_loss`).
-    Fused { vocab: u64, tokens: u64 },
+    /// `width` is the hidden states', whose gradient it computes in the forward pass.
+    Fused { vocab: u64, tokens: u64, width: u64 },
 }
 
 /// Logits a fused head makes at once: 64 MiB in fp32, whatever the sequence length.

@@ -4,7 +4,7 @@
 
 use runner::models::loss::{
     causal_lm_example_losses, causal_lm_head_loss, causal_lm_head_loss_in_chunks, causal_lm_loss,
-    IGNORE,
+    records_gradients, IGNORE,
 };
 use tch::{Kind, Tensor};
 
@@ -106,7 +106,10 @@ fn a_frozen_head_gets_no_gradient_and_the_hidden_states_theirs() {
 fn under_no_grad_it_gives_the_evaluation_loss() {
     let (hidden, head, labels) = inputs(Kind::Float);
     let (loss, _) = by_logits(&hidden, &head, &labels);
-    // Evaluation: parameters still require gradients, but nothing is recorded.
+    // Evaluation: parameters still require gradients, but nothing is recorded, which is what
+    // decides whether gradients are computed.
+    assert!(records_gradients());
+    assert!(!tch::no_grad(records_gradients));
     let fused = tch::no_grad(|| causal_lm_head_loss_in_chunks(&hidden, &head, &labels, 4));
     assert!(!fused.mean.requires_grad());
     assert!(max_diff(&fused.mean, &loss) < 1e-6);

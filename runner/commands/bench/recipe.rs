@@ -307,9 +307,10 @@ fn row(name: &str, r: &Value) -> String {
     )
 }
 
-/// Each timed step's forward (to the loss), backward (with checkpointing's recomputation) and
-/// update (ZeRO's gathers and reductions, clipping, AdamW): where a step's time goes, on both
-/// sides.
+/// Each timed step's forward (to the loss; ZeRO-3's gathers, and the fused head's gradient
+/// products, which PyTorch makes in its backward), backward (with checkpointing's
+/// recomputation) and update (ZeRO's reductions, clipping, AdamW): where a step's time goes,
+/// on both sides.
 #[derive(Default)]
 struct Phases {
     forward: Vec<f64>,

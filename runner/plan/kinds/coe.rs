@@ -405,6 +405,7 @@ impl RecipeKind for CoeRecipe {
                 head: Some(Head::Fused {
                     vocab: d.vocab_size,
                     tokens: max_length,
+                    width: d.hidden_size,
                 }),
             },
         ]

@@ -359,6 +359,7 @@ impl RecipeKind for LongloraRecipe {
             head: Some(Head::Fused {
                 vocab: a.vocab_size,
                 tokens: self.data.max_length,
+                width: a.hidden_size,
             }),
         }]
     }
