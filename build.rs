@@ -1,4 +1,5 @@
-//! Link libtorch so that the binary finds it and sees CUDA, and compile the c10d shim.
+//! Link libtorch so that the binary finds it and sees CUDA, and compile the C++ shim (c10d,
+//! QLoRA's 4-bit layer, the optimizer's multi-tensor kernels).
 //!
 //! rustc links with `--as-needed`, which drops `libtorch_cuda` (nothing references it
 //! by symbol) and CUDA then silently reports unavailable. torch-sys also sets no rpath
@@ -17,12 +18,20 @@ const SHIM: &str = "runner/distributed/c10d.cpp";
 const SHIM_NCCL: &str = "runner/distributed/c10d_nccl.cpp";
 /// QLoRA's 4-bit linear layer: a torch::autograd::Function that dequantises in backward.
 const LINEAR_4BIT: &str = "runner/models/linear_4bit.cpp";
+/// The optimizer's multi-tensor kernels: fused AdamW, the gradients' norm and scaling.
+const OPTIMIZER: &str = "runner/train/optimizer.cpp";
+/// The shim's error convention: shim.h, included by the files above, and its one function.
+const SHIM_ERRORS: [&str; 2] = ["runner/shim.h", "runner/shim.cpp"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={SHIM}");
     println!("cargo:rerun-if-changed={SHIM_NCCL}");
     println!("cargo:rerun-if-changed={LINEAR_4BIT}");
+    println!("cargo:rerun-if-changed={OPTIMIZER}");
+    for file in SHIM_ERRORS {
+        println!("cargo:rerun-if-changed={file}");
+    }
     for var in [
         "RUNNER_GLOO_INCLUDE",
         "RUNNER_CUDA_INCLUDE",
@@ -51,9 +60,10 @@ fn main() {
     }
 }
 
-/// Three translation units at most, compiled in parallel (cc's `parallel` feature): c10d.cpp
-/// (stores, Gloo, the C ABI), linear_4bit.cpp (QLoRA's layer) and, with CUDA, c10d_nccl.cpp
-/// (ProcessGroupNCCL's constructor).
+/// Five translation units at most, compiled in parallel (cc's `parallel` feature): c10d.cpp
+/// (stores, Gloo, the C ABI), linear_4bit.cpp (QLoRA's layer), optimizer.cpp (fused AdamW),
+/// shim.cpp (freeing the shim's messages) and, with CUDA, c10d_nccl.cpp (ProcessGroupNCCL's
+/// constructor).
 fn compile_shim(lib: &Path, cuda: bool) {
     let torch = lib
         .parent()
@@ -89,7 +99,9 @@ fn compile_shim(lib: &Path, cuda: bool) {
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .file(SHIM)
-        .file(LINEAR_4BIT);
+        .file(LINEAR_4BIT)
+        .file(OPTIMIZER)
+        .file(SHIM_ERRORS[1]);
     if gloo != Path::new("/usr/include") {
         // (GCC ignores -I/usr/include; it is searched anyway, after the folders above.)
         build.include(&gloo);

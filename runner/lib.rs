@@ -16,5 +16,6 @@ pub mod files;
 pub mod methods;
 pub mod models;
 pub mod plan;
+pub mod shim;
 pub mod sweep;
 pub mod train;

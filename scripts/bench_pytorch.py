@@ -5,7 +5,7 @@ then writes the same model (as the transformers config.json it would save), its 
 and the batch it timed, and runs this script on them, so one run reports runner/PyTorch ratios of
 step time, throughput and peak memory, and both sides' first losses, which agree when both do the
 same arithmetic. The script does what a PyTorch user would write: transformers models with SDPA
-attention, PEFT for LoRA, torch.optim.AdamW and clip_grad_norm_.
+attention, PEFT for LoRA, fused torch.optim.AdamW (the Trainer's default) and clip_grad_norm_.
 
 How to run (runner writes the files; see runner/commands/bench/pytorch.rs):
 
@@ -794,8 +794,14 @@ def bench(spec):
     # the resident set once they are built, freed memory returned, less their bytes.
     reset_peak_rss()
     besides_models = rss_mib("VmRSS") - tensor_mib(step_module)
+    # Fused, as transformers' Trainer builds it by default with torch >= 2.8 (`adamw_torch_fused`).
     optimizer = torch.optim.AdamW(
-        params, lr=spec["lr"], betas=spec["betas"], eps=spec["eps"], weight_decay=spec["weight_decay"]
+        params,
+        lr=spec["lr"],
+        betas=spec["betas"],
+        eps=spec["eps"],
+        weight_decay=spec["weight_decay"],
+        fused=True,
     )
     if world > 1:
         # Averages the trained parameters' gradients over the ranks, whichever model they are in.

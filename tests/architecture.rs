@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The floors, bottom first (see ARCHITECTURE.md); `""` is the crate root (lib.rs, main.rs).
-const FLOORS: [(&str, u32); 15] = [
+const FLOORS: [(&str, u32); 16] = [
     ("config", 0),
     ("artifacts", 0),
     ("files", 0),
     ("digest", 0),
+    ("shim", 0),
     ("distributed", 0),
     ("plan", 1),
     ("models", 2),

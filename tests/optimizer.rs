@@ -104,7 +104,9 @@ fn replay_step(
         let expected = !step["grads"][name.as_str()].is_null();
         assert_eq!(p.grad().defined(), expected, "step {index}: {name}");
     }
-    optimizer.step(params, step["lr"].as_f64().unwrap());
+    optimizer
+        .step(params, step["lr"].as_f64().unwrap())
+        .unwrap();
 }
 
 fn check_step(fixture: &Value, params: &[(String, Tensor)], index: usize) {
@@ -284,7 +286,7 @@ fn clipping_follows_torch() {
         ));
         let max_norm = case["max_norm"].as_f64().unwrap();
         let want_norm = case["total_norm"].as_f64().unwrap();
-        let norm = clip_grad_norm(&params, Some(max_norm));
+        let norm = clip_grad_norm(&params, Some(max_norm)).unwrap();
         assert!(
             (norm - want_norm).abs() <= TOLERANCE,
             "case {case_index}: norm {norm} vs torch {want_norm}"
@@ -311,7 +313,7 @@ fn clipping_follows_torch() {
             .iter()
             .map(|(_, p)| p.grad().copy())
             .collect();
-        let again = clip_grad_norm(&params, None);
+        let again = clip_grad_norm(&params, None).unwrap();
         let want_again = if want_norm > max_norm {
             max_norm
         } else {
@@ -337,10 +339,63 @@ fn clipping_without_gradients_gives_zero() {
             (n.to_string(), p)
         })
         .collect();
-    assert_eq!(clip_grad_norm(&params, Some(1.0)), 0.0);
-    assert_eq!(clip_grad_norm(&params, None), 0.0);
-    assert_eq!(clip_grad_norm(&[], Some(1.0)), 0.0);
+    assert_eq!(clip_grad_norm(&params, Some(1.0)).unwrap(), 0.0);
+    assert_eq!(clip_grad_norm(&params, None).unwrap(), 0.0);
+    assert_eq!(clip_grad_norm(&[], Some(1.0)).unwrap(), 0.0);
     for (_, p) in &params {
         assert!(!p.grad().defined());
     }
+}
+
+/// Fused AdamW updates contiguous fp32 weights where they are and the others through an fp32
+/// copy: a bf16 weight takes the fp32 weight's step rounded to bf16, with fp32 moments, and a
+/// strided (transposed) fp32 weight takes the same step as a contiguous one.
+#[test]
+fn weights_in_bf16_or_strided_take_the_contiguous_fp32_weights_step() {
+    tch::manual_seed(0);
+    let config: Optimizer = serde_json::from_value(json!({
+        "lr": 1e-2, "weight_decay": 0.1, "betas": [0.9, 0.95], "eps": 1e-8, "no_decay": [],
+    }))
+    .unwrap();
+    let mut optimizer = AdamW::new(&config);
+    let bf16 = |t: &Tensor| t.to_kind(Kind::BFloat16);
+    // Values that bf16 holds exactly, so that every weight starts from the same numbers.
+    let start = bf16(&Tensor::randn([6, 5], (Kind::Float, tch::Device::Cpu))).to_kind(Kind::Float);
+    let strided = start.tr().contiguous().tr().set_requires_grad(true);
+    assert!(!strided.is_contiguous());
+    let params = vec![
+        ("fp32".to_string(), leaf(&start)),
+        ("bf16".to_string(), leaf(&bf16(&start))),
+        ("strided".to_string(), strided),
+    ];
+    for step in 0..3 {
+        let g = bf16(&Tensor::randn([6, 5], (Kind::Float, tch::Device::Cpu)));
+        zero_grad(&params);
+        for (name, p) in &params {
+            match name.as_str() {
+                "bf16" => set_grad(p, &g),
+                _ => set_grad(p, &g.to_kind(Kind::Float)),
+            }
+        }
+        optimizer.step(&params, 1e-2).unwrap();
+        let fp32 = params[0].1.detach();
+        let scale = fp32.abs().max().double_value(&[]);
+        let diff = max_diff(&params[2].1, &fp32);
+        assert!(
+            diff <= 1e-7 * scale,
+            "step {step}: strided differs by {diff:e}"
+        );
+        if step == 0 {
+            // One bf16 rounding apart at most.
+            let diff = max_diff(
+                &params[1].1.to_kind(Kind::Float),
+                &bf16(&fp32).to_kind(Kind::Float),
+            );
+            assert!(diff <= scale / 128.0, "bf16 differs by {diff:e}");
+            assert_eq!(params[1].1.kind(), Kind::BFloat16);
+        }
+    }
+    let state = optimizer.state();
+    let moment = &state.iter().find(|(k, _)| k == "exp_avg.bf16").unwrap().1;
+    assert_eq!(moment.kind(), Kind::Float, "fp32 moments for a bf16 weight");
 }

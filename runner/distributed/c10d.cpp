@@ -11,10 +11,11 @@
 // class's vtable or inline Gloo algorithms (ProcessGroupGlooDetail.hpp) is included, so the
 // 2022 Gloo snapshot's headers cannot disagree with the Gloo compiled into libtorch_cpu.
 //
-// Every function returning char* returns nullptr on success or a malloc'd message (freed by
-// runner_c10d_free_error); no C++ exception crosses the boundary.
+// Every function returning char* follows the shim's convention (../shim.h).
 
 #include <ATen/ATen.h>
+
+#include "../shim.h"
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -52,26 +53,7 @@ struct Group {
   bool nccl = false;
 };
 
-char* message(const std::string& text) {
-  char* out = static_cast<char*>(std::malloc(text.size() + 1));
-  if (out != nullptr) std::memcpy(out, text.c_str(), text.size() + 1);
-  return out;
-}
-
-// Runs `body`, turning any C++ exception into a message prefixed with `what`.
-template <typename F>
-char* guarded(const char* what, F&& body) noexcept {
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return message(std::string(what) + ": " + e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return message(std::string(what) + ": " + e.what());
-  } catch (...) {
-    return message(std::string(what) + ": unknown C++ exception");
-  }
-}
+using runner_shim::guarded;
 
 Group& group_of(void* group) {
   TORCH_CHECK(group != nullptr, "null process group handle");
@@ -214,8 +196,6 @@ void runner_c10d_free(void* group) {
   } catch (...) {
   }
 }
-
-void runner_c10d_free_error(char* message) { std::free(message); }
 
 int runner_c10d_has_nccl(void) {
 #ifdef RUNNER_C10D_NCCL

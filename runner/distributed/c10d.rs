@@ -3,7 +3,7 @@
 //! against the torch wheel's headers). Collectives are blocking and work on tch tensors in
 //! place; every rank must call them in the same order with the same shapes.
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
@@ -11,6 +11,7 @@ use tch::{Device, Tensor};
 use torch_sys::C_tensor;
 
 use super::world::World;
+use crate::shim::checked;
 
 extern "C" {
     #[allow(clippy::too_many_arguments)]
@@ -29,7 +30,6 @@ extern "C" {
         group_out: *mut *mut c_void,
     ) -> *mut c_char;
     fn runner_c10d_free(group: *mut c_void);
-    fn runner_c10d_free_error(message: *mut c_char);
     fn runner_c10d_has_nccl() -> c_int;
     fn runner_c10d_all_reduce(group: *mut c_void, tensor: *mut C_tensor, op: c_int) -> *mut c_char;
     fn runner_c10d_broadcast(group: *mut c_void, tensor: *mut C_tensor, root: c_int)
@@ -61,18 +61,6 @@ pub enum ReduceOp {
 /// Whether this build can run NCCL (the libtorch it was built against has CUDA).
 pub fn has_nccl() -> bool {
     unsafe { runner_c10d_has_nccl() == 1 }
-}
-
-/// The shim's result: Ok, or its message as an error (the message is freed here).
-fn checked(message: *mut c_char, what: &str) -> Result<()> {
-    if message.is_null() {
-        return Ok(());
-    }
-    let text = unsafe { CStr::from_ptr(message) }
-        .to_string_lossy()
-        .into_owned();
-    unsafe { runner_c10d_free_error(message) };
-    Err(anyhow!("{what}: {}", text.trim()))
 }
 
 /// Drops a tensor's gradient, freeing its memory (PyTorch's `p.grad = None`; tch can only
@@ -149,7 +137,7 @@ impl ProcessGroup {
         };
         checked(
             message,
-            &format!(
+            format!(
                 "rank {} of {} could not join the process group ({backend}) at {}:{} (set up by {})",
                 world.rank, world.size, world.master_addr, world.master_port, world.launcher
             ),

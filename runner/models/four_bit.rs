@@ -13,14 +13,15 @@
 //! Dequantisation and the layer's matrix multiply are in `linear_4bit.cpp`: a libtorch
 //! autograd function that dequantises again in backward, so no dequantised weight is kept.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 use std::sync::OnceLock;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
 use crate::plan::training::{QuantType, Quantize};
+use crate::shim::checked;
 
 /// QLoRA's NormalFloat code book: quantiles of N(0, 1) scaled to [−1, 1], with an exact zero.
 pub const NF4: [f32; 16] = [
@@ -284,7 +285,6 @@ struct Raw {
 }
 
 extern "C" {
-    fn runner_4bit_free_error(message: *mut c_char);
     fn runner_4bit_dequantize(out: *mut *mut C_tensor, raw: *const Raw) -> *mut c_char;
     fn runner_4bit_linear(
         out: *mut *mut C_tensor,
@@ -353,13 +353,10 @@ impl FourBit {
         };
         let mut out: *mut C_tensor = std::ptr::null_mut();
         let error = f(&mut out, &raw);
-        if !error.is_null() {
-            let text = unsafe { CStr::from_ptr(error) }
-                .to_string_lossy()
-                .into_owned();
-            unsafe { runner_4bit_free_error(error) };
-            bail!("4-bit weight [{}, {}]: {text}", self.rows, self.cols);
-        }
+        checked(
+            error,
+            format!("4-bit weight [{}, {}]", self.rows, self.cols),
+        )?;
         if out.is_null() {
             return Err(anyhow!("4-bit weight: libtorch returned no tensor"));
         }

@@ -7,11 +7,13 @@
 // functions, hence this small C++ `torch::autograd::Function`.
 //
 // Dequantisation is bitsandbytes' (`dequantize_4bit`, `dequantize_blockwise`): each value is
-// `code[q] · absmax[block]` in fp32, then cast. Every function returns nullptr on success or a
-// malloc'd message (freed by runner_4bit_free_error); no C++ exception crosses the boundary.
+// `code[q] · absmax[block]` in fp32, then cast. Every function follows the shim's convention
+// (../shim.h).
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
+
+#include "../shim.h"
 
 #include <cstdlib>
 #include <algorithm>
@@ -41,11 +43,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-char* message(const std::string& text) {
-  char* out = static_cast<char*>(std::malloc(text.size() + 1));
-  if (out != nullptr) std::memcpy(out, text.c_str(), text.size() + 1);
-  return out;
-}
 
 // `values[i] · absmax[i / block]` in fp32 for the first `n` values (`values` may hold more).
 // `values` is a temporary of the caller's: scaled in place, to hold one fp32 copy, not two.
@@ -157,31 +154,19 @@ struct MatMul4bit : public torch::autograd::Function<MatMul4bit> {
   }
 };
 
-template <typename F>
-char* guarded(F&& body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const std::exception& e) {
-    return message(e.what());
-  } catch (...) {
-    return message("unknown C++ exception in the 4-bit linear layer");
-  }
-}
-
 }  // namespace
 
 extern "C" {
 
-void runner_4bit_free_error(char* error) { std::free(error); }
-
 // *out = the weight dequantised in fp32, shape [rows, cols].
 char* runner_4bit_dequantize(at::Tensor** out, const Runner4bit* raw) {
-  return guarded([&] { *out = new at::Tensor(State::of(*raw).dequantize(at::kFloat)); });
+  return runner_shim::guarded("dequantize", [&] {
+    *out = new at::Tensor(State::of(*raw).dequantize(at::kFloat));
+  });
 }
 
 // *out = x·Wᵀ, differentiable in x; the autograd graph keeps only the packed weight.
 char* runner_4bit_linear(at::Tensor** out, const at::Tensor* x, const Runner4bit* raw) {
-  return guarded([&] { *out = new at::Tensor(MatMul4bit::apply(*x, raw)); });
+  return runner_shim::guarded("linear", [&] { *out = new at::Tensor(MatMul4bit::apply(*x, raw)); });
 }
 }

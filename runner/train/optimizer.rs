@@ -1,15 +1,18 @@
-//! AdamW (Loshchilov & Hutter) with the update of `torch.optim.AdamW`, written here because
-//! tch's optimizer cannot save or load its moments, and exact resume needs them. Moments are
-//! fp32 whatever the weights' kind; parameters named in `no_decay` get no weight decay. As in
-//! torch, a parameter without a gradient skips the step entirely, its step count (and so its
-//! bias correction) included.
+//! AdamW (Loshchilov & Hutter) as `torch.optim.AdamW(fused=True)` updates, by libtorch's fused
+//! kernel (optimizer.cpp); the state is held here because tch's optimizer cannot save or load
+//! its moments, and exact resume needs them. Moments are fp32 whatever the weights' kind;
+//! parameters named in `no_decay` get no weight decay. As in torch, a parameter without a
+//! gradient skips the step entirely, its step count (and so its bias correction) included.
 
 use std::collections::BTreeMap;
+use std::ffi::c_char;
 
-use anyhow::{bail, Result};
-use tch::{Kind, Tensor};
+use anyhow::{bail, Context, Result};
+use tch::{Device, Kind, Tensor};
+use torch_sys::C_tensor;
 
 use crate::plan::training::Optimizer;
+use crate::shim::checked;
 
 pub struct AdamW {
     betas: [f64; 2],
@@ -54,34 +57,52 @@ impl AdamW {
     /// One update of every parameter that has a gradient, at learning rate `lr`:
     /// `p ← p·(1 − lr·wd)`, then `p ← p − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`, with `t`
     /// the number of steps in which that parameter had a gradient (torch's per-parameter step).
-    pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) {
+    /// fp32 weights are updated where they are, by one fused call per device, decay and `t`
+    /// (in practice two: with and without decay); others through an fp32 copy, one at a time,
+    /// so that at most one such copy exists.
+    pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<()> {
         self.steps += 1;
+        let (betas, eps) = (self.betas, self.eps);
+        let mut groups: Vec<Group> = Vec::new();
         tch::no_grad(|| {
             for (name, p) in params {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
                 }
-                let g = g.to_kind(Kind::Float);
+                let g = g.to_kind(Kind::Float).contiguous();
                 let decay = self.decay(name);
-                let (m, v, t) = self
-                    .moments
-                    .entry(name.clone())
-                    .or_insert_with(|| (g.zeros_like(), g.zeros_like(), 0));
+                let (m, v, t) = self.moments.entry(name.clone()).or_insert_with(|| {
+                    let zeros = || Tensor::zeros(g.size(), (Kind::Float, g.device()));
+                    (zeros(), zeros(), 0)
+                });
                 *t += 1;
-                // fp32 weights are updated where they are; others through an fp32 copy.
-                let mut values = match p.kind() {
-                    Kind::Float => p.shallow_clone(),
-                    _ => p.to_kind(Kind::Float),
-                };
-                let _ = values.g_mul_scalar_(1.0 - lr * decay);
-                let updated = adam_update(values, &g, (m, v), *t, lr, self.betas, self.eps);
-                if p.kind() != Kind::Float {
-                    let mut p = p.shallow_clone();
-                    p.copy_(&updated);
+                let at = Step { t: *t, decay };
+                if p.kind() == Kind::Float && p.is_contiguous() {
+                    let group = match groups
+                        .iter()
+                        .position(|x| x.at == at && x.device == p.device())
+                    {
+                        Some(i) => &mut groups[i],
+                        None => {
+                            groups.push(Group::new(p.device(), at));
+                            groups.last_mut().expect("pushed above")
+                        }
+                    };
+                    group.push(p.shallow_clone(), g, m, v);
+                } else {
+                    let values = p.to_kind(Kind::Float).contiguous();
+                    let mut one = Group::new(p.device(), at);
+                    one.push(values.shallow_clone(), g, m, v);
+                    one.update(lr, betas, eps)
+                        .with_context(|| format!("AdamW on {name}"))?;
+                    p.shallow_clone().copy_(&values);
                 }
             }
-        });
+            groups
+                .iter()
+                .try_for_each(|group| group.update(lr, betas, eps))
+        })
     }
 
     /// The moments, as tensors named `exp_avg.<param>` and `exp_avg_sq.<param>` (PyTorch's names),
@@ -135,73 +156,138 @@ impl AdamW {
 
 /// Adam's step on fp32 values already decayed (`p·(1 − lr·wd)`), with gradient `g`, at the
 /// parameter's step `t`: the moments and the values are updated in place (the values are
-/// returned), `p − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`, by torch's single-tensor AdamW's
-/// operations (`lerp_`, `addcmul_`, `addcdiv_`): one temporary, not ten, each a pass over
-/// memory (measured: a tenth of a 16M-weight embedding's step). Shared by the replicated and
-/// the sharded (ZeRO) optimizer, so both take the same step.
+/// returned). The sharded (ZeRO) optimizers' step on their flat chunks, so that they take the
+/// replicated optimizer's step, by the same fused kernel.
 pub fn adam_update(
-    mut values: Tensor,
+    values: Tensor,
     g: &Tensor,
     (m, v): (&mut Tensor, &mut Tensor),
     t: u64,
     lr: f64,
-    [b1, b2]: [f64; 2],
+    betas: [f64; 2],
     eps: f64,
-) -> Tensor {
-    let (c1, c2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
-    let _ = m.lerp_(g, 1.0 - b1);
-    // β2·v + (1 − β2)·g² in place, as (β2/(1 − β2)·v + g²)·(1 − β2): tch's addcmul_ has no
-    // `value`, and a scaled copy of g would be a temporary the size of the weight.
-    let _ = v
-        .g_mul_scalar_(b2 / (1.0 - b2))
-        .addcmul_(g, g)
-        .g_mul_scalar_(1.0 - b2);
-    if lr == 0.0 {
-        return values;
+) -> Result<Tensor> {
+    let mut one = Group::new(values.device(), Step { t, decay: 0.0 });
+    one.push(values.shallow_clone(), g.shallow_clone(), m, v);
+    one.update(lr, betas, eps)?;
+    Ok(values)
+}
+
+/// Where a weight is in its optimization: its step count after this step, and its decay.
+#[derive(Clone, Copy, PartialEq)]
+struct Step {
+    t: u64,
+    decay: f64,
+}
+
+/// fp32 weights that one call of libtorch's fused AdamW updates: one device, one [`Step`].
+struct Group {
+    device: Device,
+    at: Step,
+    values: Vec<Tensor>,
+    grads: Vec<Tensor>,
+    exp_avgs: Vec<Tensor>,
+    exp_avg_sqs: Vec<Tensor>,
+}
+
+extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    fn runner_fused_adamw(
+        params: *const *const C_tensor,
+        grads: *const *const C_tensor,
+        exp_avgs: *const *const C_tensor,
+        exp_avg_sqs: *const *const C_tensor,
+        n: i64,
+        step: *const C_tensor,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+    ) -> *mut c_char;
+    fn runner_total_norm(
+        out: *mut *mut C_tensor,
+        tensors: *const *const C_tensor,
+        n: i64,
+    ) -> *mut c_char;
+    fn runner_scale_(tensors: *const *const C_tensor, n: i64, factor: f64) -> *mut c_char;
+}
+
+/// What libtorch's list operations take: the tensors' handles.
+fn handles(tensors: &[Tensor]) -> Vec<*const C_tensor> {
+    tensors.iter().map(Tensor::as_ptr).collect()
+}
+
+impl Group {
+    fn new(device: Device, at: Step) -> Group {
+        Group {
+            device,
+            at,
+            values: Vec::new(),
+            grads: Vec::new(),
+            exp_avgs: Vec::new(),
+            exp_avg_sqs: Vec::new(),
+        }
     }
-    // denom = (√v/√(1 − β2ᵗ) + ε)·(−(1 − β1ᵗ)/lr), in two passes, so that addcdiv_ adds
-    // −lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε).
-    let scale = -c1 / lr;
-    let mut denom = v.sqrt();
-    let _ = denom.g_mul_scalar_(scale / c2.sqrt());
-    let _ = denom.g_add_scalar_(scale * eps);
-    let _ = values.addcdiv_(m, &denom);
-    values
+
+    fn push(&mut self, values: Tensor, g: Tensor, m: &Tensor, v: &Tensor) {
+        self.values.push(values);
+        self.grads.push(g);
+        self.exp_avgs.push(m.shallow_clone());
+        self.exp_avg_sqs.push(v.shallow_clone());
+    }
+
+    /// torch's `_fused_adamw_` (AdamW with `fused=True`) on every weight of the group.
+    fn update(&self, lr: f64, [beta1, beta2]: [f64; 2], eps: f64) -> Result<()> {
+        // The kernel reads each weight's step count from a tensor on the weights' device.
+        let step = Tensor::from(self.at.t as f32).to_device(self.device);
+        let lists =
+            [&self.values, &self.grads, &self.exp_avgs, &self.exp_avg_sqs].map(|l| handles(l));
+        let message = unsafe {
+            runner_fused_adamw(
+                lists[0].as_ptr(),
+                lists[1].as_ptr(),
+                lists[2].as_ptr(),
+                lists[3].as_ptr(),
+                self.values.len() as i64,
+                step.as_ptr(),
+                lr,
+                beta1,
+                beta2,
+                self.at.decay,
+                eps,
+            )
+        };
+        checked(message, "AdamW")
+    }
 }
 
 /// The global L2 norm of all gradients; when above `max_norm`, every gradient is scaled down
-/// to it (as `torch.nn.utils.clip_grad_norm_`). Parameters without a gradient are skipped, and
-/// no gradient at all gives 0.
-pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: Option<f64>) -> f64 {
+/// to it (as `torch.nn.utils.clip_grad_norm_`, by the same `_foreach_` kernels: each
+/// gradient's norm in fp32, then the norm of those). Parameters without a gradient are skipped,
+/// and no gradient at all gives 0.
+pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: Option<f64>) -> Result<f64> {
     let grads: Vec<Tensor> = params
         .iter()
         .map(|(_, p)| p.grad())
         .filter(Tensor::defined)
         .collect();
     if grads.is_empty() {
-        return 0.0;
+        return Ok(0.0);
     }
-    // Each gradient's norm, then the norm of those (torch's way): no squared copy of a gradient.
-    let squares: Vec<Tensor> = grads
-        .iter()
-        .map(|g| g.to_kind(Kind::Float).norm().square())
-        .collect();
-    let norm = Tensor::stack(&squares, 0)
-        .sum(Kind::Float)
-        .sqrt()
-        .double_value(&[]);
+    let list = handles(&grads);
+    let mut total: *mut C_tensor = std::ptr::null_mut();
+    let message = unsafe { runner_total_norm(&mut total, list.as_ptr(), list.len() as i64) };
+    checked(message, "gradient norm")?;
+    let norm = unsafe { Tensor::from_ptr(total) }.double_value(&[]);
     if let Some(max) = max_norm {
         let scale = max / (norm + 1e-6);
         if scale < 1.0 {
-            tch::no_grad(|| {
-                for g in &grads {
-                    let mut g = g.shallow_clone();
-                    let _ = g.g_mul_scalar_(scale);
-                }
-            });
+            let message = unsafe { runner_scale_(list.as_ptr(), list.len() as i64, scale) };
+            checked(message, "gradient clipping")?;
         }
     }
-    norm
+    Ok(norm)
 }
 
 /// Zeroes every gradient in place (tch cannot unset one, as torch's `set_to_none` does), so the

@@ -203,10 +203,10 @@ impl Update {
                 }
                 let tensors: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
                 dp.average_gradients(&tensors)?;
-                let norm = clip_grad_norm(params, max_norm);
+                let norm = clip_grad_norm(params, max_norm)?;
                 // A non-finite gradient is not applied (the caller stops, or skips the step).
                 if norm.is_finite() {
-                    adamw.step(params, lr);
+                    adamw.step(params, lr)?;
                 }
                 // In one process dropped, not zeroed (torch's `zero_grad(set_to_none=True)`):
                 // the next backward pass makes them anew, so they hold no memory through the
@@ -315,7 +315,7 @@ impl Sharded {
                 let (m, v) = &mut self.moments[k as usize];
                 let g = g.to_device(self.device);
                 let updated =
-                    adam_update(decayed, &g, (m, v), t, lr, betas, eps).to_device(self.home);
+                    adam_update(decayed, &g, (m, v), t, lr, betas, eps)?.to_device(self.home);
                 let bucket = self.buckets.bucket(k);
                 let whole = Tensor::zeros([bucket.end - bucket.start], (Kind::Float, self.home));
                 group.all_gather(&whole, &updated)?;

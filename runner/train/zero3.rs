@@ -347,12 +347,13 @@ impl Partitioned {
                     let decay = self.adamw.decay(&unit.names[i]);
                     let _ = decayed.narrow(0, at, len).g_mul_scalar_(1.0 - lr * decay);
                 }
-                tch::no_grad(|| {
+                tch::no_grad(|| -> Result<()> {
                     let g = (&trained.grad * scale).to_device(device);
                     let (m, v) = &mut trained.moments;
-                    let updated = adam_update(decayed, &g, (m, v), t, lr, betas, eps);
+                    let updated = adam_update(decayed, &g, (m, v), t, lr, betas, eps)?;
                     unit.shard.copy_(&updated);
-                });
+                    Ok(())
+                })?;
             }
             let _ = trained.grad.zero_();
         }
