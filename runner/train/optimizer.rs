@@ -38,7 +38,7 @@ impl AdamW {
     }
 
     /// The weight decay of the parameter `name` (none for those `no_decay` names).
-    pub fn decay(&self, name: &str) -> f64 {
+    fn decay(&self, name: &str) -> f64 {
         match self.no_decay.iter().any(|n| name.contains(n.as_str())) {
             true => 0.0,
             false => self.weight_decay,
@@ -48,10 +48,6 @@ impl AdamW {
     /// Whether `name` has taken a step (has moments).
     pub fn has_stepped(&self, name: &str) -> bool {
         self.moments.contains_key(name)
-    }
-
-    pub fn betas_eps(&self) -> ([f64; 2], f64) {
-        (self.betas, self.eps)
     }
 
     /// One update of every parameter that has a gradient, at learning rate `lr`:
@@ -76,20 +72,14 @@ impl AdamW {
                     let zeros = || Tensor::zeros(g.size(), (Kind::Float, g.device()));
                     (zeros(), zeros(), 0)
                 });
+                // Moments restored from a checkpoint are read onto the CPU.
+                if m.device() != g.device() {
+                    (*m, *v) = (m.to_device(g.device()), v.to_device(g.device()));
+                }
                 *t += 1;
                 let at = Step { t: *t, decay };
                 if p.kind() == Kind::Float && p.is_contiguous() {
-                    let group = match groups
-                        .iter()
-                        .position(|x| x.at == at && x.device == p.device())
-                    {
-                        Some(i) => &mut groups[i],
-                        None => {
-                            groups.push(Group::new(p.device(), at));
-                            groups.last_mut().expect("pushed above")
-                        }
-                    };
-                    group.push(p.shallow_clone(), g, m, v);
+                    group_for(&mut groups, p.device(), at).push(p.shallow_clone(), g, m, v);
                 } else {
                     let values = p.to_kind(Kind::Float).contiguous();
                     let mut one = Group::new(p.device(), at);
@@ -102,6 +92,38 @@ impl AdamW {
             groups
                 .iter()
                 .try_for_each(|group| group.update(lr, betas, eps))
+        })
+    }
+
+    /// The sharded (ZeRO) optimizers' step on a flat fp32 chunk of several weights, at step `t`:
+    /// `pieces` are the weights' (name, offset, length) in the chunk, and `[values, g, m, v]`
+    /// the chunk's values, gradient and moments, updated in place. Each piece takes
+    /// [`AdamW::step`]'s update of its weight, by the same fused calls, one per decay.
+    pub fn step_chunk<'a>(
+        &self,
+        [values, g, m, v]: [&Tensor; 4],
+        pieces: impl IntoIterator<Item = (&'a str, i64, i64)>,
+        t: u64,
+        lr: f64,
+    ) -> Result<()> {
+        let mut groups: Vec<Group> = Vec::new();
+        for (name, at, len) in pieces {
+            let piece = |x: &Tensor| x.narrow(0, at, len);
+            let step = Step {
+                t,
+                decay: self.decay(name),
+            };
+            group_for(&mut groups, values.device(), step).push(
+                piece(values),
+                piece(g),
+                &piece(m),
+                &piece(v),
+            );
+        }
+        tch::no_grad(|| {
+            groups
+                .iter()
+                .try_for_each(|group| group.update(lr, self.betas, self.eps))
         })
     }
 
@@ -154,25 +176,6 @@ impl AdamW {
     }
 }
 
-/// Adam's step on fp32 values already decayed (`p·(1 − lr·wd)`), with gradient `g`, at the
-/// parameter's step `t`: the moments and the values are updated in place (the values are
-/// returned). The sharded (ZeRO) optimizers' step on their flat chunks, so that they take the
-/// replicated optimizer's step, by the same fused kernel.
-pub fn adam_update(
-    values: Tensor,
-    g: &Tensor,
-    (m, v): (&mut Tensor, &mut Tensor),
-    t: u64,
-    lr: f64,
-    betas: [f64; 2],
-    eps: f64,
-) -> Result<Tensor> {
-    let mut one = Group::new(values.device(), Step { t, decay: 0.0 });
-    one.push(values.shallow_clone(), g.shallow_clone(), m, v);
-    one.update(lr, betas, eps)?;
-    Ok(values)
-}
-
 /// Where a weight is in its optimization: its step count after this step, and its decay.
 #[derive(Clone, Copy, PartialEq)]
 struct Step {
@@ -213,6 +216,20 @@ extern "C" {
     fn runner_scale_(tensors: *const *const C_tensor, n: i64, factor: f64) -> *mut c_char;
 }
 
+/// The group of `groups` for weights on `device` at `step`, added if there is none yet.
+fn group_for(groups: &mut Vec<Group>, device: Device, step: Step) -> &mut Group {
+    match groups
+        .iter()
+        .position(|g| g.device == device && g.at == step)
+    {
+        Some(i) => &mut groups[i],
+        None => {
+            groups.push(Group::new(device, step));
+            groups.last_mut().expect("pushed above")
+        }
+    }
+}
+
 /// What libtorch's list operations take: the tensors' handles.
 fn handles(tensors: &[Tensor]) -> Vec<*const C_tensor> {
     tensors.iter().map(Tensor::as_ptr).collect()
@@ -239,8 +256,9 @@ impl Group {
 
     /// torch's `_fused_adamw_` (AdamW with `fused=True`) on every weight of the group.
     fn update(&self, lr: f64, [beta1, beta2]: [f64; 2], eps: f64) -> Result<()> {
-        // The kernel reads each weight's step count from a tensor on the weights' device.
-        let step = Tensor::from(self.at.t as f32).to_device(self.device);
+        // The kernel reads each weight's step count from an fp32 tensor on the weights' device;
+        // filled there, not copied from the host, so that the host does not wait on CUDA.
+        let step = Tensor::full([0i64; 0], self.at.t as f64, (Kind::Float, self.device));
         let lists =
             [&self.values, &self.grads, &self.exp_avgs, &self.exp_avg_sqs].map(|l| handles(l));
         let message = unsafe {
@@ -264,7 +282,8 @@ impl Group {
 
 /// The global L2 norm of all gradients; when above `max_norm`, every gradient is scaled down
 /// to it (as `torch.nn.utils.clip_grad_norm_`, by the same `_foreach_` kernels: each
-/// gradient's norm in fp32, then the norm of those). Parameters without a gradient are skipped,
+/// gradient's norm, then the norm of those). The norms are fp32 where torch keeps the
+/// gradients' kind (bf16 gradients: a bf16 norm). Parameters without a gradient are skipped,
 /// and no gradient at all gives 0.
 pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: Option<f64>) -> Result<f64> {
     let grads: Vec<Tensor> = params

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use super::optimizer::{adam_update, clip_grad_norm, zero_grad, AdamW};
+use super::optimizer::{clip_grad_norm, zero_grad, AdamW};
 use super::parallel::{Buckets, DataParallel};
 use super::task::Task;
 use super::zero3::{Gatherer, Partitioned};
@@ -297,7 +297,6 @@ impl Sharded {
         let scale = max_norm.map_or(1.0, |max| max / (norm + 1e-6));
         self.adamw.steps += 1;
         let t = self.adamw.steps;
-        let (betas, eps) = self.adamw.betas_eps();
         tch::no_grad(|| -> Result<()> {
             for (k, g) in (0..self.buckets.count).zip(shards) {
                 let g = match scale < 1.0 {
@@ -305,17 +304,17 @@ impl Sharded {
                     false => g,
                 };
                 let range = self.buckets.chunk(k, rank);
-                let master = self.buckets.gather(&tensors, range.clone());
-                // Weight decay per parameter, on each parameter's piece of the chunk.
-                let decayed = master.to_device(self.device);
-                for (i, _, at, len) in self.buckets.pieces(&range) {
-                    let decay = self.adamw.decay(&self.names[i]);
-                    let _ = decayed.narrow(0, at, len).g_mul_scalar_(1.0 - lr * decay);
-                }
-                let (m, v) = &mut self.moments[k as usize];
+                let values = self
+                    .buckets
+                    .gather(&tensors, range.clone())
+                    .to_device(self.device);
+                let pieces = (self.buckets.pieces(&range))
+                    .into_iter()
+                    .map(|(i, _, at, len)| (self.names[i].as_str(), at, len));
+                let (m, v) = &self.moments[k as usize];
                 let g = g.to_device(self.device);
-                let updated =
-                    adam_update(decayed, &g, (m, v), t, lr, betas, eps)?.to_device(self.home);
+                self.adamw.step_chunk([&values, &g, m, v], pieces, t, lr)?;
+                let updated = values.to_device(self.home);
                 let bucket = self.buckets.bucket(k);
                 let whole = Tensor::zeros([bucket.end - bucket.start], (Kind::Float, self.home));
                 group.all_gather(&whole, &updated)?;

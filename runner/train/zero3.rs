@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{anyhow, bail, Result};
 use tch::{Device, Kind, Tensor};
 
-use super::optimizer::{adam_update, AdamW};
+use super::optimizer::AdamW;
 use super::parallel::{Buckets, DataParallel};
 use super::task::Task;
 use crate::distributed::c10d::{drop_grad, gradient, identity, ProcessGroup, ReduceOp};
@@ -334,26 +334,20 @@ impl Partitioned {
             self.adamw.steps += 1;
         }
         let t = self.adamw.steps;
-        let (betas, eps) = self.adamw.betas_eps();
         for unit in &mut self.units {
             let Some(trained) = &mut unit.trained else {
                 continue;
             };
             if finite {
                 let device = self.optimizer_device;
-                let decayed = unit.shard.to_device(device).to_kind(Kind::Float);
-                // Weight decay per weight, on each weight's piece of the chunk.
-                for (i, _, at, len) in unit.layout.pieces(&unit.layout.chunk(0, self.rank)) {
-                    let decay = self.adamw.decay(&unit.names[i]);
-                    let _ = decayed.narrow(0, at, len).g_mul_scalar_(1.0 - lr * decay);
-                }
-                tch::no_grad(|| -> Result<()> {
-                    let g = (&trained.grad * scale).to_device(device);
-                    let (m, v) = &mut trained.moments;
-                    let updated = adam_update(decayed, &g, (m, v), t, lr, betas, eps)?;
-                    unit.shard.copy_(&updated);
-                    Ok(())
-                })?;
+                let values = unit.shard.to_device(device).to_kind(Kind::Float);
+                let pieces = (unit.layout.pieces(&unit.layout.chunk(0, self.rank)))
+                    .into_iter()
+                    .map(|(i, _, at, len)| (unit.names[i].as_str(), at, len));
+                let g = tch::no_grad(|| (&trained.grad * scale).to_device(device));
+                let (m, v) = &trained.moments;
+                self.adamw.step_chunk([&values, &g, m, v], pieces, t, lr)?;
+                tch::no_grad(|| unit.shard.copy_(&values));
             }
             let _ = trained.grad.zero_();
         }
