@@ -77,12 +77,12 @@ impl AdamW {
                     (*m, *v) = (m.to_device(g.device()), v.to_device(g.device()));
                 }
                 *t += 1;
-                let at = Step { t: *t, decay };
+                let step = Step { t: *t, decay };
                 if p.kind() == Kind::Float && p.is_contiguous() {
-                    group_for(&mut groups, p.device(), at).push(p.shallow_clone(), g, m, v);
+                    group_for(&mut groups, p.device(), step).push(p.shallow_clone(), g, m, v);
                 } else {
                     let values = p.to_kind(Kind::Float).contiguous();
-                    let mut one = Group::new(p.device(), at);
+                    let mut one = Group::new(p.device(), step);
                     one.push(values.shallow_clone(), g, m, v);
                     one.update(lr, betas, eps)
                         .with_context(|| format!("AdamW on {name}"))?;
@@ -186,7 +186,7 @@ struct Step {
 /// fp32 weights that one call of libtorch's fused AdamW updates: one device, one [`Step`].
 struct Group {
     device: Device,
-    at: Step,
+    step: Step,
     values: Vec<Tensor>,
     grads: Vec<Tensor>,
     exp_avgs: Vec<Tensor>,
@@ -220,7 +220,7 @@ extern "C" {
 fn group_for(groups: &mut Vec<Group>, device: Device, step: Step) -> &mut Group {
     match groups
         .iter()
-        .position(|g| g.device == device && g.at == step)
+        .position(|g| g.device == device && g.step == step)
     {
         Some(i) => &mut groups[i],
         None => {
@@ -236,10 +236,10 @@ fn handles(tensors: &[Tensor]) -> Vec<*const C_tensor> {
 }
 
 impl Group {
-    fn new(device: Device, at: Step) -> Group {
+    fn new(device: Device, step: Step) -> Group {
         Group {
             device,
-            at,
+            step,
             values: Vec::new(),
             grads: Vec::new(),
             exp_avgs: Vec::new(),
@@ -258,7 +258,7 @@ impl Group {
     fn update(&self, lr: f64, [beta1, beta2]: [f64; 2], eps: f64) -> Result<()> {
         // The kernel reads each weight's step count from an fp32 tensor on the weights' device;
         // filled there, not copied from the host, so that the host does not wait on CUDA.
-        let step = Tensor::full([0i64; 0], self.at.t as f64, (Kind::Float, self.device));
+        let count = Tensor::full([0i64; 0], self.step.t as f64, (Kind::Float, self.device));
         let lists =
             [&self.values, &self.grads, &self.exp_avgs, &self.exp_avg_sqs].map(|l| handles(l));
         let message = unsafe {
@@ -268,11 +268,11 @@ impl Group {
                 lists[2].as_ptr(),
                 lists[3].as_ptr(),
                 self.values.len() as i64,
-                step.as_ptr(),
+                count.as_ptr(),
                 lr,
                 beta1,
                 beta2,
-                self.at.decay,
+                self.step.decay,
                 eps,
             )
         };
