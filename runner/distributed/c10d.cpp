@@ -26,8 +26,6 @@
 
 #include <chrono>
 #include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <limits>
 #include <string>
 #include <utility>

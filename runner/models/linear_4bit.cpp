@@ -15,11 +15,7 @@
 
 #include "../shim.h"
 
-#include <cstdlib>
 #include <algorithm>
-#include <cstring>
-#include <exception>
-#include <string>
 
 extern "C" {
 // Mirrors `FourBitRaw` in four_bit.rs. Tensors are borrowed; the nested ones are null without
@@ -42,7 +38,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
 
 // `values[i] · absmax[i / block]` in fp32 for the first `n` values (`values` may hold more).
 // `values` is a temporary of the caller's: scaled in place, to hold one fp32 copy, not two.
